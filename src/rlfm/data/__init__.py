@@ -1,1 +1,1 @@
-
+"""Datasets, formats, corpora and the built-in task."""

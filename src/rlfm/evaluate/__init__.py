@@ -1,1 +1,1 @@
-
+"""Metrics, plots and reports."""

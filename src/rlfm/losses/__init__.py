@@ -1,1 +1,1 @@
-
+"""Pure loss functions: tensors in, tensors out."""

@@ -1,1 +1,1 @@
-
+"""Building models: presets, tokenizers, heads, adapters."""

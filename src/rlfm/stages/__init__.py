@@ -1,1 +1,1 @@
-
+"""Training stages: one file each, a Config dataclass and an explicit train(cfg) loop."""
