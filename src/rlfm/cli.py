@@ -1,0 +1,73 @@
+"""The ``rlfm`` command: ``rlfm <command> [flags]``; ``rlfm <command> --help`` documents every flag.
+
+Each command is a module with a ``Config`` dataclass and a function taking it. Flags override
+``--config file.yaml``, which overrides the defaults. Errors a user can cause print one line
+naming the culprit and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from rlfm import __version__
+from rlfm.errors import RlfmError
+
+# name -> (module, function, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "pipeline": ("rlfm.pipeline", "run", "Run the whole recipe on the built-in default task."),
+    "pretrain": ("rlfm.stages.pretrain", "train", "Pre-train a GPT on text (self-supervised)."),
+    "sample": ("rlfm.stages.sample", "run", "Generate text from a model, checkpoint or run."),
+    "models": ("rlfm.models.presets", "list_presets", "List model presets and parameter counts."),
+}
+
+
+def usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = [
+        f"rlfm {__version__}: reinforcement learning for and with foundation models",
+        "",
+        "usage: rlfm <command> [--config FILE.yaml] [--flag value ...]",
+        "       rlfm <command> --help",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "Several processes: torchrun --nproc_per_node N -m rlfm <command> ..."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return
+    if argv[0] in ("-V", "--version"):
+        print(__version__)
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"rlfm: unknown command {name!r}{hint}\n\n{usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    module_name, fn_name, _ = COMMANDS[name]
+    try:
+        from rlfm.config import parse
+
+        module = importlib.import_module(module_name)
+        cfg = parse(module.Config, rest, prog=f"rlfm {name}")
+        getattr(module, fn_name)(cfg)
+    except RlfmError as e:
+        print(f"rlfm {name}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except BrokenPipeError:  # `rlfm models | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
+    except KeyboardInterrupt:
+        print(f"\nrlfm {name}: interrupted (rerun the same command to resume)", file=sys.stderr)
+        raise SystemExit(130) from None

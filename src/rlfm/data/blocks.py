@@ -1,0 +1,87 @@
+"""Packed token streams for pre-training.
+
+Documents are tokenized, each followed by EOS, and concatenated into one stream (no padding,
+so no compute is wasted). A training example is a window of ``block + 1`` consecutive tokens:
+inputs are its first ``block`` tokens, targets its last ``block``.
+
+Order: epoch e shifts the window grid by a random offset in [0, block) and visits the windows in
+a random permutation, both drawn from ``(seed, e)`` alone. So the sampler's whole state is
+``(epoch, cursor)``: it goes into every checkpoint, and a resumed run sees exactly the batches
+the uninterrupted run would have seen. Batches are *global*: the engine gives each process its
+rows, so the order does not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from rlfm.data.text import Document
+from rlfm.errors import DataError
+
+
+def tokenize_stream(tokenizer, documents: Sequence[Document], chunk: int = 512) -> torch.Tensor:
+    """One 1-D int64 tensor: the tokens of every document, each followed by EOS."""
+    eos = tokenizer.eos_token_id
+    parts: list[int] = []
+    for i in range(0, len(documents), chunk):
+        texts = [d.text for d in documents[i : i + chunk]]
+        for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+            parts.extend(ids)
+            parts.append(eos)
+    return torch.tensor(parts, dtype=torch.long)
+
+
+def gather_windows(stream: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
+    """Rows ``stream[s : s + length]`` for each start s. (N,) -> (N, length)."""
+    return stream[starts[:, None] + torch.arange(length)]
+
+
+class BlockSampler:
+    """Global batches of window starts, shuffled per epoch, resumable from (epoch, cursor)."""
+
+    def __init__(self, n_tokens: int, block: int, batch_size: int, seed: int, name: str = "data"):
+        self.n_tokens, self.block, self.batch_size, self.seed = n_tokens, block, batch_size, seed
+        # windows that fit whatever the epoch's offset (offset ≤ block - 1)
+        self.n_windows = (n_tokens - block) // block
+        if self.n_windows < batch_size:
+            raise DataError(
+                f"{name}: {n_tokens:,} tokens make {max(self.n_windows, 0)} windows of "
+                f"{block + 1} tokens, fewer than one batch of {batch_size}; give more text or "
+                f"lower context / batch_size"
+            )
+        self.epoch, self.cursor = 0, 0
+        self._order = self._epoch_order(0)
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        offset = int(torch.randint(0, self.block, (1,), generator=g))
+        return offset + torch.randperm(self.n_windows, generator=g) * self.block
+
+    def next_batch(self) -> torch.Tensor:
+        """The next ``batch_size`` window starts; a new epoch begins when one would run short."""
+        if self.cursor + self.batch_size > self.n_windows:
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self._order = self._epoch_order(self.epoch)
+        starts = self._order[self.cursor : self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return starts
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        self._order = self._epoch_order(self.epoch)
+
+
+def eval_starts(n_tokens: int, block: int, n_windows: int) -> torch.Tensor:
+    """Fixed, evenly spaced window starts covering a validation stream (at most n_windows)."""
+    available = (n_tokens - 1) // block
+    if available < 1:
+        raise DataError(
+            f"validation data: {n_tokens:,} tokens is shorter than one window of {block + 1}"
+        )
+    n = min(n_windows, available)
+    return torch.linspace(0, (available - 1) * block, n).long()

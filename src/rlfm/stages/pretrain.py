@@ -1,0 +1,412 @@
+"""Pre-training: a GPT learns next-token prediction on raw text (self-supervised).
+
+Papers: Radford et al. 2018/2019 (GPT, GPT-2), Brown et al. 2020 (GPT-3, the presets' Table 2.1),
+Touvron et al. 2023 (LLaMA, Table 2).
+
+    L(θ) = − Σ_t log p_θ(x_{t+1} | x_1..x_t)          (losses/lm.py: next_token_loss)
+
+Data: documents are tokenized, each followed by EOS, packed into one stream and cut into
+windows of ``context + 1`` tokens (data/blocks.py). The optimizer is AdamW (β = 0.9, 0.95,
+weight decay 0.1 on matrices), the learning rate warms up linearly and decays along a cosine to
+10% of its peak, gradients are clipped to norm 1 — the GPT-3 recipe. Deviation from the papers:
+the default run is a few-million-parameter model on the built-in Shakespeare corpus, so it
+finishes on a 2-core CPU in minutes.
+
+One process (CPU or one GPU):
+    rlfm pretrain --out runs/demo/pretrain
+N processes (data parallel, same loss curve as one process with the same --batch-size):
+    torchrun --nproc_per_node 8 -m rlfm pretrain --model gpt3-small --data corpus/ \\
+        --batch-size 512 --micro-batch-size 8 --out runs/gpt3-small
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from rich.markup import escape
+
+from rlfm import checkpoint
+from rlfm.config import check, save_yaml
+from rlfm.data.blocks import BlockSampler, eval_starts, gather_windows, tokenize_stream
+from rlfm.data.corpora import load_builtin_corpus
+from rlfm.data.text import Document, load_documents, split_documents
+from rlfm.engine import Engine
+from rlfm.losses.lm import next_token_loss, unigram_cross_entropy
+from rlfm.models.loading import load_causal_lm
+from rlfm.models.presets import PRESETS, build_model, model_config
+from rlfm.models.tokenizer import (
+    ensure_pad_token,
+    load_tokenizer,
+    save_tokenizer,
+    train_bpe_tokenizer,
+)
+from rlfm.optim import adamw, warmup_cosine
+from rlfm.rollout import decode_responses, encode_prompts, sample
+from rlfm.tracking import Tracker
+
+DEFAULT_PROMPTS = ("Romeo.\n", "Juliet.\n", "First Citizen.\n")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Pre-train a causal language model (defaults: the `small` preset on Shakespeare)."""
+
+    config: Path | None = None
+    """YAML file of field values; flags on the command line override it."""
+    out: Path = Path("runs/demo/pretrain")
+    """Output directory. Running again on the same directory resumes from its newest checkpoint."""
+    data: Path | None = None
+    """Training text: a text file, a directory of text files, JSONL/Parquet rows with a text
+    column, or a saved `datasets` directory. Default: the built-in Shakespeare corpus."""
+    text_field: str = "text"
+    """Column holding the text in JSONL/Parquet/`datasets` data."""
+    val_fraction: float = 0.05
+    """Share of the documents of --data held out for validation (the built-in corpus holds out
+    four whole plays)."""
+    tokenizer: Path | None = None
+    """A local Hugging Face tokenizer directory. Default: the --model directory's tokenizer, or
+    a byte-level BPE of --vocab-size trained on the training text."""
+    vocab_size: int = 8192
+    """Vocabulary size of a newly trained BPE tokenizer."""
+    model: str = "small"
+    """A preset name (see `rlfm models`) to train from scratch, or a local Hugging Face causal-LM
+    directory (or rlfm run directory) to continue pre-training."""
+    context: int | None = None
+    """Tokens per training sequence. Default: the preset's context (capped at 1024), or 512."""
+    dropout: float = 0.0
+    """Dropout of a model built from a preset."""
+    steps: int = 1500
+    """Optimizer steps."""
+    batch_size: int = 16
+    """Sequences per optimizer step, summed over all processes."""
+    micro_batch_size: int | None = None
+    """Sequences per forward/backward pass per process; smaller than the per-process batch
+    means gradient accumulation. Default: the whole per-process batch at once."""
+    lr: float | None = None
+    """Peak learning rate. Default: the preset's (GPT-3/LLaMA tables), or 3e-4 for a directory."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a share of the peak (cosine decay)."""
+    warmup_steps: int = 100
+    """Steps of linear learning-rate warm-up."""
+    weight_decay: float = 0.1
+    """AdamW weight decay on weight matrices."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (0 = no clipping)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Compute precision: bf16 autocast where the hardware runs it fast (auto), or fp32."""
+    device: str = "auto"
+    """auto, cpu or cuda."""
+    eval_every: int = 250
+    """Evaluate validation loss every this many steps (and at the end)."""
+    eval_batches: int = 8
+    """Validation windows evaluated = eval_batches × batch_size."""
+    save_every: int = 250
+    """Write a checkpoint every this many steps (and at the end)."""
+    keep_checkpoints: int = 3
+    """Keep only the newest this many checkpoints."""
+    log_every: int = 10
+    """Log training metrics every this many steps."""
+    samples: int = 3
+    """Samples generated at the end (0 = none)."""
+    sample_tokens: int = 100
+    """Tokens per sample."""
+    temperature: float = 0.8
+    """Sampling temperature of the final samples."""
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS
+    """Prompts of the final samples (cycled)."""
+    seed: int = 0
+    """Seed of initialisation, data order and sampling."""
+
+    def __post_init__(self) -> None:
+        check(
+            0 < self.val_fraction < 1, "val_fraction", f"must be in (0, 1), got {self.val_fraction}"
+        )
+        check(self.vocab_size >= 300, "vocab_size", f"must be at least 300, got {self.vocab_size}")
+        check(
+            self.context is None or self.context >= 2, "context", f"must be ≥ 2, got {self.context}"
+        )
+        check(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+        check(self.steps >= 1, "steps", f"must be ≥ 1, got {self.steps}")
+        check(self.batch_size >= 1, "batch_size", f"must be ≥ 1, got {self.batch_size}")
+        check(
+            self.micro_batch_size is None or self.micro_batch_size >= 1,
+            "micro_batch_size",
+            f"must be ≥ 1, got {self.micro_batch_size}",
+        )
+        check(self.lr is None or self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        check(
+            0 <= self.min_lr_ratio <= 1,
+            "min_lr_ratio",
+            f"must be in [0, 1], got {self.min_lr_ratio}",
+        )
+        check(self.warmup_steps >= 0, "warmup_steps", f"must be ≥ 0, got {self.warmup_steps}")
+        check(self.weight_decay >= 0, "weight_decay", f"must be ≥ 0, got {self.weight_decay}")
+        check(self.max_grad_norm >= 0, "max_grad_norm", f"must be ≥ 0, got {self.max_grad_norm}")
+        for name in ("eval_every", "save_every", "log_every", "eval_batches"):
+            check(getattr(self, name) >= 1, name, f"must be ≥ 1, got {getattr(self, name)}")
+        check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be ≥ 1")
+        check(self.samples >= 0 and self.sample_tokens >= 1, "samples", "must be ≥ 0")
+        check(self.temperature >= 0, "temperature", f"must be ≥ 0, got {self.temperature}")
+        if self.data is not None:
+            check(Path(self.data).exists(), "data", f"{self.data} does not exist")
+        if self.tokenizer is not None:
+            check(
+                Path(self.tokenizer).is_dir(), "tokenizer", f"{self.tokenizer} is not a directory"
+            )
+        check(
+            self.model in PRESETS or Path(self.model).is_dir(),
+            "model",
+            f"{self.model!r} is neither a preset ({', '.join(PRESETS)}) nor a directory",
+        )
+
+
+def load_corpus(cfg: Config, engine: Engine) -> tuple[list[Document], list[Document], str]:
+    """Training and validation documents, and a line saying where they came from."""
+    if cfg.data is None:
+        if engine.is_main:  # download once; the others read the cache
+            load_builtin_corpus()
+        engine.barrier()
+        corpus = load_builtin_corpus()
+        return corpus.train, corpus.val, f"built-in corpus: {corpus.source} ({corpus.credit})"
+    docs = load_documents(cfg.data, text_field=cfg.text_field)
+    train, val = split_documents(docs, cfg.val_fraction, cfg.seed)
+    return train, val, f"data: {cfg.data}"
+
+
+def setup_tokenizer(cfg: Config, engine: Engine, train_docs: list[Document], resume: Path | None):
+    """The run's tokenizer: the checkpoint's on resume, else a given one, else a new BPE."""
+    if resume is not None:
+        return load_tokenizer(resume)
+    if cfg.tokenizer is not None or cfg.model not in PRESETS:
+        path = cfg.tokenizer or checkpoint.resolve_model_dir(cfg.model)
+        tok = load_tokenizer(path)
+        ensure_pad_token(tok)
+        return tok
+    path = cfg.out / "tokenizer"
+    if engine.is_main:
+        tok = train_bpe_tokenizer((d.text for d in train_docs), cfg.vocab_size)
+        save_tokenizer(tok, path)
+    engine.barrier()
+    return load_tokenizer(path)
+
+
+def setup_model(cfg: Config, tokenizer, resume: Path | None) -> torch.nn.Module:
+    """The model: from the checkpoint on resume, else a preset built from scratch, else a dir."""
+    if resume is not None:
+        return load_causal_lm(resume)
+    if cfg.model in PRESETS:
+        preset = PRESETS[cfg.model]
+        mc = model_config(
+            preset,
+            vocab_size=len(tokenizer),
+            context=cfg.context or min(preset.context, 1024),
+            dropout=cfg.dropout,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return build_model(mc, seed=cfg.seed)
+    model = load_causal_lm(checkpoint.resolve_model_dir(cfg.model))
+    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+@torch.no_grad()
+def evaluate(
+    model, engine: Engine, stream: torch.Tensor, starts: torch.Tensor, block: int, micro: int
+) -> float:
+    """Mean next-token loss over fixed validation windows (split over processes)."""
+    model.eval()
+    mine = starts[engine.rank :: engine.world_size]
+    total, count = torch.zeros((), dtype=torch.float64), 0
+    for i in range(0, len(mine), micro):
+        rows = gather_windows(stream, mine[i : i + micro], block + 1).to(engine.device)
+        with engine.autocast():
+            logits = model(input_ids=rows[:, :-1]).logits
+        total += next_token_loss(logits, rows[:, 1:]).double().cpu() * rows.shape[0]
+        count += rows.shape[0]
+    model.train()
+    summed = engine.all_reduce_sum(
+        torch.stack([total, torch.tensor(float(count), dtype=torch.float64)])
+    )
+    return float(summed[0] / summed[1])
+
+
+def generate_samples(cfg: Config, model, tokenizer, engine: Engine) -> list[dict[str, str]]:
+    """A few samples from the trained model, for a look at what it learned."""
+    if cfg.samples == 0:
+        return []
+    prompts = (
+        [cfg.prompts[i % len(cfg.prompts)] for i in range(cfg.samples)]
+        if cfg.prompts
+        else [""] * cfg.samples
+    )
+    ids, mask = encode_prompts(tokenizer, prompts, engine.device)
+    g = torch.Generator(device=engine.device).manual_seed(cfg.seed)
+    model.eval()
+    with engine.autocast():
+        out = sample(
+            model,
+            ids,
+            mask,
+            max_new_tokens=cfg.sample_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            temperature=cfg.temperature,
+            generator=g,
+        )
+    model.train()
+    return [{"prompt": p, "sample": s} for p, s in zip(prompts, decode_responses(tokenizer, out))]
+
+
+def train(cfg: Config) -> dict[str, float]:
+    """Run pre-training; returns the final metrics (val_loss, val_ppl, ...)."""
+    engine = Engine.create(cfg.device, cfg.precision)
+    engine.seed(cfg.seed)
+    resume = checkpoint.latest_checkpoint(cfg.out)
+    train_docs, val_docs, source = load_corpus(cfg, engine)
+    tokenizer = setup_tokenizer(cfg, engine, train_docs, resume)
+    model = setup_model(cfg, tokenizer, resume)
+    block = cfg.context or min(model.config.max_position_embeddings, 1024)
+    if block > model.config.max_position_embeddings:
+        from rlfm.errors import ConfigError
+
+        raise ConfigError(
+            f"context: {block} exceeds the model's {model.config.max_position_embeddings} positions"
+        )
+    train_stream = tokenize_stream(tokenizer, train_docs)
+    val_stream = tokenize_stream(tokenizer, val_docs)
+    sampler = BlockSampler(len(train_stream), block, cfg.batch_size, cfg.seed, name="training data")
+    val_windows = eval_starts(len(val_stream), block, cfg.eval_batches * cfg.batch_size)
+    rows = engine.shard(cfg.batch_size)
+    n_micro = engine.micro_batches(cfg.batch_size, cfg.micro_batch_size)
+    micro = (rows.stop - rows.start) // n_micro
+
+    preset = PRESETS.get(cfg.model)
+    lr = cfg.lr or (preset.lr if preset else 3e-4)
+    model.train()
+    model = engine.prepare(model)
+    optimizer = adamw(model, lr, cfg.weight_decay, betas=(0.9, 0.95))
+    scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+
+    step = 0
+    if resume is not None:
+        state = checkpoint.load_trainer_state(resume, engine)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["data"])
+        step = state["step"]
+    if engine.is_main:
+        save_yaml(cfg, cfg.out / "config.yaml")
+    tracker = Tracker(
+        cfg.out,
+        enabled=engine.is_main,
+        total_steps=cfg.steps,
+        start_step=step,
+        description="pretrain",
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    tracker.print(
+        f"[bold]rlfm pretrain[/]  {source}\n"
+        f"model {cfg.model} ({n_params / 1e6:.2f}M parameters), vocabulary {len(tokenizer):,}, "
+        f"context {block}, {len(train_stream):,} training / {len(val_stream):,} validation tokens\n"
+        f"device {engine.device} × {engine.world_size} process(es), {engine.precision}, "
+        f"batch {cfg.batch_size} = {engine.world_size} × {n_micro} × {micro} sequences, "
+        f"peak lr {lr:g}" + (f"\nresuming from {resume} (step {step})" if resume else "")
+    )
+
+    def save(step: int) -> None:
+        checkpoint.save_checkpoint(
+            cfg.out,
+            step,
+            engine=engine,
+            model=model,
+            tokenizer=tokenizer,
+            config=cfg,
+            trainer_state={
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "data": sampler.state_dict(),
+            },
+            keep=cfg.keep_checkpoints,
+        )
+
+    metrics: dict[str, float] = {}
+    train_time, timed_steps = 0.0, 0
+    while step < cfg.steps:
+        t0 = time.perf_counter()
+        batch = gather_windows(train_stream, sampler.next_batch()[rows], block + 1)
+        loss_sum = 0.0
+        for i in range(n_micro):
+            mb = batch[i * micro : (i + 1) * micro].to(engine.device, non_blocking=True)
+            with engine.micro_step(model, last=i == n_micro - 1):
+                with engine.autocast():
+                    logits = model(input_ids=mb[:, :-1]).logits
+                    loss = next_token_loss(logits, mb[:, 1:])
+                (loss / n_micro).backward()
+            loss_sum += loss.item() / n_micro
+        grad_norm = engine.step(model, optimizer, scheduler, cfg.max_grad_norm)
+        step += 1
+        train_time, timed_steps = train_time + time.perf_counter() - t0, timed_steps + 1
+        row: dict[str, float] = {}
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            row = {
+                "loss": engine.all_reduce_mean(loss_sum),
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm,
+                "tokens_per_s": cfg.batch_size * block * timed_steps / train_time,
+                "epoch": sampler.epoch + sampler.cursor / sampler.n_windows,
+            }
+            train_time, timed_steps = 0.0, 0
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            val_loss = evaluate(model, engine, val_stream, val_windows, block, micro)
+            row |= {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+        if row:
+            tracker.log(step, row)
+            metrics |= row
+        else:
+            tracker.advance(step)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            save(step)
+    if "val_loss" not in metrics:  # nothing left to train: a finished run started again
+        val_loss = evaluate(model, engine, val_stream, val_windows, block, micro)
+        metrics |= {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+    tracker.close()
+
+    summary = {k: metrics[k] for k in ("loss", "val_loss", "val_ppl") if k in metrics}
+    if engine.is_main:
+        from rlfm.evaluate.plots import plot_metrics
+
+        plot_metrics(
+            cfg.out / "metrics.jsonl", cfg.out / "plots" / "loss.png", ["loss", "val_loss"]
+        )
+        unigram = unigram_cross_entropy(train_stream, val_stream, len(tokenizer))
+        summary["unigram_val_loss"] = unigram
+        samples = generate_samples(cfg, Engine.unwrap(model), tokenizer, engine)
+        _write_jsonl(cfg.out / "samples.jsonl", [{"step": step, **s} for s in samples])
+        for s in samples:
+            tracker.print(f"[bold cyan]{escape(s['prompt'].strip())}[/] {escape(s['sample'])}\n")
+        if "val_loss" in summary:
+            tracker.print(
+                f"[bold]validation[/] loss {summary['val_loss']:.3f}, perplexity "
+                f"{summary['val_ppl']:.1f} (unigram baseline: loss {unigram:.3f}, perplexity "
+                f"{math.exp(unigram):.1f})\nmodel: {checkpoint.latest_checkpoint(cfg.out)}"
+            )
+    engine.close()
+    return summary
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")

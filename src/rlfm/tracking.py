@@ -1,0 +1,142 @@
+"""What a stage reports while it runs: ``metrics.jsonl``, TensorBoard events, a progress bar.
+
+Only the main process writes. On resume, rows logged after the checkpoint being resumed from
+are dropped from ``metrics.jsonl`` so the file reads as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True, highlight=False)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a ``metrics.jsonl`` file (a torn last line from a kill is skipped)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+class Tracker:
+    """Logs scalars to ``<out>/metrics.jsonl`` and ``<out>/tb``; shows a progress bar."""
+
+    def __init__(
+        self,
+        out: str | Path,
+        *,
+        enabled: bool = True,
+        total_steps: int = 0,
+        start_step: int = 0,
+        tensorboard: bool = True,
+        description: str = "train",
+    ) -> None:
+        self.out = Path(out)
+        self.enabled = enabled
+        self.metrics_path = self.out / "metrics.jsonl"
+        self._tb = None
+        self._progress: Progress | None = None
+        self._task = None
+        self._last_print = 0.0
+        self.total_steps = total_steps
+        if not enabled:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        # keep only rows up to the step we resume from
+        kept = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) <= start_step]
+        tmp = self.metrics_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        tmp.replace(self.metrics_path)
+        self._file = self.metrics_path.open("a", encoding="utf-8")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.out / "tb"), purge_step=start_step + 1)
+        if sys.stderr.isatty() and total_steps > 0:
+            self._progress = Progress(
+                TextColumn(f"[bold]{description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=console,
+            )
+            self._task = self._progress.add_task(
+                description, total=total_steps, completed=start_step, status=""
+            )
+            self._progress.start()
+
+    def log(self, step: int, metrics: dict[str, float], *, show: bool = True) -> None:
+        """Append one row (``step`` plus ``metrics``) and update the bar's status line."""
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, int | float) and math.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
+        if show:
+            status = "  ".join(_short(k, v) for k, v in metrics.items() if k != "lr")
+            if self._progress is not None:
+                self._progress.update(self._task, completed=step, status=status)
+            elif time.monotonic() - self._last_print > 5 or step >= self.total_steps:
+                self._last_print = time.monotonic()
+                total = f"/{self.total_steps}" if self.total_steps else ""
+                console.print(f"step {step}{total}  {status}")
+
+    def advance(self, step: int) -> None:
+        """Move the progress bar to ``step`` without logging."""
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step)
+
+    def print(self, *args: Any) -> None:
+        """Print above the progress bar (main process only)."""
+        if self.enabled:
+            (self._progress.console if self._progress else console).print(*args)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._progress is not None:
+            self._progress.stop()
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _plain(v: Any) -> Any:
+    return float(v) if hasattr(v, "item") else v
+
+
+def _short(k: str, v: Any) -> str:
+    if isinstance(v, float):
+        if k.startswith("tokens_per_s") or abs(v) >= 1000:
+            return f"{k} {v:,.0f}"
+        return f"{k} {v:.4g}"
+    return f"{k} {v}"
