@@ -81,3 +81,16 @@ def test_cli_help_lists_commands_and_documents_flags():
     )
     assert r.returncode == 0
     assert "--vocab-size" in r.stdout and "Sequences per optimizer step" in r.stdout
+
+
+def test_shipped_yaml_presets_are_valid():
+    """Every configs/pretrain/*.yaml parses; tiny.yaml writes at least three checkpoints."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
+    files = sorted(root.glob("*.yaml"))
+    assert files
+    for f in files:
+        parse(Config, ["--config", str(f)])
+    tiny = parse(Config, ["--config", str(root / "tiny.yaml")])
+    assert tiny.model == "tiny" and tiny.steps // tiny.save_every >= 3

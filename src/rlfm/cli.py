@@ -58,7 +58,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     module_name, fn_name, _ = COMMANDS[name]
     try:
         from rlfm.config import parse
+        from rlfm.tracking import quiet_libraries
 
+        quiet_libraries()
         module = importlib.import_module(module_name)
         cfg = parse(module.Config, rest, prog=f"rlfm {name}")
         getattr(module, fn_name)(cfg)

@@ -26,6 +26,24 @@ from rich.progress import (
 console = Console(stderr=True, highlight=False)
 
 
+def quiet_libraries() -> None:
+    """Silence the progress bars and info logs of transformers and datasets (rlfm shows its own)."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        import datasets
+
+        datasets.utils.logging.set_verbosity_error()
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a ``metrics.jsonl`` file (a torn last line from a kill is skipped)."""
     path = Path(path)

@@ -71,8 +71,8 @@ class Config:
     tokenizer: Path | None = None
     """A local Hugging Face tokenizer directory. Default: the --model directory's tokenizer, or
     a byte-level BPE of --vocab-size trained on the training text."""
-    vocab_size: int = 8192
-    """Vocabulary size of a newly trained BPE tokenizer."""
+    vocab_size: int | None = None
+    """Vocabulary size of a newly trained BPE tokenizer. Default: the preset's."""
     model: str = "small"
     """A preset name (see `rlfm models`) to train from scratch, or a local Hugging Face causal-LM
     directory (or rlfm run directory) to continue pre-training."""
@@ -80,7 +80,7 @@ class Config:
     """Tokens per training sequence. Default: the preset's context (capped at 1024), or 512."""
     dropout: float = 0.0
     """Dropout of a model built from a preset."""
-    steps: int = 1500
+    steps: int = 600
     """Optimizer steps."""
     batch_size: int = 16
     """Sequences per optimizer step, summed over all processes."""
@@ -101,11 +101,11 @@ class Config:
     """Compute precision: bf16 autocast where the hardware runs it fast (auto), or fp32."""
     device: str = "auto"
     """auto, cpu or cuda."""
-    eval_every: int = 250
+    eval_every: int = 200
     """Evaluate validation loss every this many steps (and at the end)."""
     eval_batches: int = 8
     """Validation windows evaluated = eval_batches × batch_size."""
-    save_every: int = 250
+    save_every: int = 200
     """Write a checkpoint every this many steps (and at the end)."""
     keep_checkpoints: int = 3
     """Keep only the newest this many checkpoints."""
@@ -126,7 +126,11 @@ class Config:
         check(
             0 < self.val_fraction < 1, "val_fraction", f"must be in (0, 1), got {self.val_fraction}"
         )
-        check(self.vocab_size >= 300, "vocab_size", f"must be at least 300, got {self.vocab_size}")
+        check(
+            self.vocab_size is None or self.vocab_size >= 300,
+            "vocab_size",
+            f"must be at least 300, got {self.vocab_size}",
+        )
         check(
             self.context is None or self.context >= 2, "context", f"must be ≥ 2, got {self.context}"
         )
@@ -189,7 +193,8 @@ def setup_tokenizer(cfg: Config, engine: Engine, train_docs: list[Document], res
         return tok
     path = cfg.out / "tokenizer"
     if engine.is_main:
-        tok = train_bpe_tokenizer((d.text for d in train_docs), cfg.vocab_size)
+        vocab = cfg.vocab_size or PRESETS[cfg.model].vocab_size
+        tok = train_bpe_tokenizer((d.text for d in train_docs), vocab)
         save_tokenizer(tok, path)
     engine.barrier()
     return load_tokenizer(path)
