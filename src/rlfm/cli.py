@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from rlfm import __version__
 from rlfm.errors import RlfmError
 
-# name -> (module, function, one-line help)
+# name -> (module, function, one-line help); a name may be two words ("reward train")
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "pipeline": ("rlfm.pipeline", "run", "Run the whole recipe on the built-in default task."),
     "pretrain": ("rlfm.stages.pretrain", "train", "Pre-train a GPT on text (self-supervised)."),
@@ -48,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(__version__)
         return
     name, rest = argv[0], argv[1:]
+    if len(argv) > 1 and f"{argv[0]} {argv[1]}" in COMMANDS:
+        name, rest = f"{argv[0]} {argv[1]}", argv[2:]
     if name not in COMMANDS:
         import difflib
 
