@@ -50,6 +50,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     name, rest = argv[0], argv[1:]
     if len(argv) > 1 and f"{argv[0]} {argv[1]}" in COMMANDS:
         name, rest = f"{argv[0]} {argv[1]}", argv[2:]
+    group = [c for c in COMMANDS if c.startswith(f"{name} ")]
+    if name not in COMMANDS and group:  # "rlfm reward": list its subcommands
+        width = max(len(c) for c in group)
+        print(
+            "\n".join(
+                [f"usage: rlfm {name} <subcommand> ...", ""]
+                + [f"  rlfm {c:<{width}}  {COMMANDS[c][2]}" for c in group]
+            )
+        )
+        raise SystemExit(0 if not rest or rest[0] in ("-h", "--help") else 2)
     if name not in COMMANDS:
         import difflib
 
