@@ -77,7 +77,7 @@ class Config:
     """A preset name (see `rlfm models`) to train from scratch, or a local Hugging Face causal-LM
     directory (or rlfm run directory) to continue pre-training."""
     context: int | None = None
-    """Tokens per training sequence. Default: the preset's context (capped at 1024), or 512."""
+    """Tokens per training sequence. Default: the model's context, capped at 1024."""
     dropout: float = 0.0
     """Dropout of a model built from a preset."""
     steps: int = 600
