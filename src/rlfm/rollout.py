@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -28,7 +30,10 @@ class Samples:
 
 
 def encode_prompts(
-    tokenizer, prompts: list[str], device: torch.device | str = "cpu", max_length: int | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    device: torch.device | str = "cpu",
+    max_length: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded token ids and mask for ``prompts`` (kept to their last ``max_length`` tokens).
 
@@ -76,7 +81,7 @@ def _forward_args(model: nn.Module) -> tuple[str, dict]:
     return cache_arg, ({"logits_to_keep": 1} if "logits_to_keep" in params else {})
 
 
-def _cache(out):
+def _cache(out: Any) -> Any:
     return out["cache"] if "cache" in out else out["past_key_values"]
 
 
@@ -150,7 +155,7 @@ def sample(
     )
 
 
-def decode_responses(tokenizer, samples: Samples) -> list[str]:
+def decode_responses(tokenizer: PreTrainedTokenizerBase, samples: Samples) -> list[str]:
     """The response texts (special tokens dropped)."""
     return [
         tokenizer.decode(ids[m.bool()].tolist(), skip_special_tokens=True)

@@ -16,12 +16,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from rlfm.data.text import Document
 from rlfm.errors import DataError
 
 
-def tokenize_stream(tokenizer, documents: Sequence[Document], chunk: int = 512) -> torch.Tensor:
+def tokenize_stream(
+    tokenizer: PreTrainedTokenizerBase, documents: Sequence[Document], chunk: int = 512
+) -> torch.Tensor:
     """One 1-D int64 tensor: the tokens of every document, each followed by EOS."""
     eos = tokenizer.eos_token_id
     parts: list[int] = []

@@ -29,6 +29,7 @@ from typing import Literal
 
 import torch
 from rich.markup import escape
+from transformers import PreTrainedTokenizerBase
 
 from rlfm import checkpoint
 from rlfm.config import check, save_yaml
@@ -182,7 +183,9 @@ def load_corpus(cfg: Config, engine: Engine) -> tuple[list[Document], list[Docum
     return train, val, f"data: {cfg.data}"
 
 
-def setup_tokenizer(cfg: Config, engine: Engine, train_docs: list[Document], resume: Path | None):
+def setup_tokenizer(
+    cfg: Config, engine: Engine, train_docs: list[Document], resume: Path | None
+) -> PreTrainedTokenizerBase:
     """The run's tokenizer: the checkpoint's on resume, else a given one, else a new BPE."""
     if resume is not None:
         return load_tokenizer(resume)
@@ -200,7 +203,9 @@ def setup_tokenizer(cfg: Config, engine: Engine, train_docs: list[Document], res
     return load_tokenizer(path)
 
 
-def setup_model(cfg: Config, tokenizer, resume: Path | None) -> torch.nn.Module:
+def setup_model(
+    cfg: Config, tokenizer: PreTrainedTokenizerBase, resume: Path | None
+) -> torch.nn.Module:
     """The model: from the checkpoint on resume, else a preset built from scratch, else a dir."""
     if resume is not None:
         return load_causal_lm(resume)
@@ -225,7 +230,12 @@ def setup_model(cfg: Config, tokenizer, resume: Path | None) -> torch.nn.Module:
 
 @torch.no_grad()
 def evaluate(
-    model, engine: Engine, stream: torch.Tensor, starts: torch.Tensor, block: int, micro: int
+    model: torch.nn.Module,
+    engine: Engine,
+    stream: torch.Tensor,
+    starts: torch.Tensor,
+    block: int,
+    micro: int,
 ) -> float:
     """Mean next-token loss over fixed validation windows (split over processes)."""
     model.eval()
@@ -244,7 +254,9 @@ def evaluate(
     return float(summed[0] / summed[1])
 
 
-def generate_samples(cfg: Config, model, tokenizer, engine: Engine) -> list[dict[str, str]]:
+def generate_samples(
+    cfg: Config, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, engine: Engine
+) -> list[dict[str, str]]:
     """A few samples from the trained model, for a look at what it learned."""
     if cfg.samples == 0:
         return []
