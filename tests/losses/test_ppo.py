@@ -1,0 +1,140 @@
+"""PPO math against numbers worked out by hand."""
+
+import math
+
+import pytest
+import torch
+
+from rlfm.losses.ppo import (
+    AdaptiveKLController,
+    explained_variance,
+    gae,
+    kl_per_token,
+    policy_loss,
+    shaped_rewards,
+    value_loss,
+)
+from rlfm.losses.sequence import masked_mean, token_entropy, token_logprobs, whiten
+
+
+def test_kl_estimators_by_hand():
+    """π = 0.5, π_ref = 0.25: k1 = ln 2 = 0.693147; ρ = 0.5, k3 = (0.5 − 1) − ln 0.5 = 0.193147."""
+    lp, ref = torch.tensor([[math.log(0.5)]]), torch.tensor([[math.log(0.25)]])
+    assert math.isclose(float(kl_per_token(lp, ref, "k1")), 0.693147, rel_tol=1e-5)
+    assert math.isclose(float(kl_per_token(lp, ref, "k3")), 0.193147, rel_tol=1e-5)
+    assert float(kl_per_token(ref, lp, "k3")) >= 0  # k3 is never negative
+
+
+def test_shaped_rewards_by_hand():
+    """β = 0.5: row 0 = (−0.05, −0.1, −0.15 + 1) ; row 1 (one token) = (−0.25 + 2, 0, 0)."""
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.5, 7.0, 7.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    r = shaped_rewards(torch.tensor([1.0, 2.0]), kl, mask, kl_coef=0.5)
+    torch.testing.assert_close(r, torch.tensor([[-0.05, -0.1, 0.85], [1.75, 0.0, 0.0]]))
+
+
+def test_gae_by_hand():
+    """γ = 1, λ = 0.5, R = (0, 0, 1), V = (0.5, 0.6, 0.7): δ = (0.1, 0.1, 0.3),
+    A = (0.1 + 0.5·0.25, 0.1 + 0.5·0.3, 0.3) = (0.225, 0.25, 0.3), returns = A + V."""
+    adv, ret = gae(
+        torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 0.6, 0.7]]), torch.ones(1, 3), 1.0, 0.5
+    )
+    torch.testing.assert_close(adv, torch.tensor([[0.225, 0.25, 0.3]]))
+    torch.testing.assert_close(ret, torch.tensor([[0.725, 0.85, 1.0]]))
+
+
+def test_gae_ignores_padding():
+    """A padded position's value (9.0) and reward never leak into earlier advantages:
+    R = (0, 2, ·), V = (0.5, 1.0, ·), λ = 0.5: A = (0.5 + 0.5·1.0, 1.0, 0) = (1.0, 1.0, 0)."""
+    adv, ret = gae(
+        torch.tensor([[0.0, 2.0, 5.0]]),
+        torch.tensor([[0.5, 1.0, 9.0]]),
+        torch.tensor([[1, 1, 0]]),
+        1.0,
+        0.5,
+    )
+    torch.testing.assert_close(adv, torch.tensor([[1.0, 1.0, 0.0]]))
+    torch.testing.assert_close(ret, torch.tensor([[1.5, 2.0, 0.0]]))
+
+
+def test_policy_loss_by_hand():
+    """ε = 0.2, A = 1: ρ = 1.5 → max(−1.5, −1.2) = −1.2 (clipped); ρ = 0.5 → max(−0.5, −0.8) = −0.5.
+    Loss = −0.85, clip fraction 1/2."""
+    old = torch.zeros(1, 2)
+    lp = torch.log(torch.tensor([[1.5, 0.5]]))
+    loss, stats = policy_loss(lp, old, torch.ones(1, 2), torch.ones(1, 2), clip_eps=0.2)
+    assert math.isclose(float(loss), -0.85, rel_tol=1e-5)
+    assert math.isclose(float(stats["clip_frac"]), 0.5)
+    assert math.isclose(float(stats["ratio"]), 1.0, rel_tol=1e-5)
+
+
+def test_policy_loss_negative_advantage_clips_low_ratio():
+    """A = −1, ρ = 0.5: max(0.5, 0.8) = 0.8 — a worse action is not pushed below 1 − ε for free."""
+    loss, stats = policy_loss(
+        torch.log(torch.tensor([[0.5]])), torch.zeros(1, 1), -torch.ones(1, 1), torch.ones(1, 1)
+    )
+    assert math.isclose(float(loss), 0.8, rel_tol=1e-5) and float(stats["clip_frac"]) == 1.0
+
+
+def test_policy_gradient_vanishes_when_clipped():
+    """Past the clip range the surrogate is flat: no gradient reaches the log-prob."""
+    lp = torch.log(torch.tensor([[1.5]])).requires_grad_()
+    loss, _ = policy_loss(lp, torch.zeros(1, 1), torch.ones(1, 1), torch.ones(1, 1))
+    loss.backward()
+    assert float(lp.grad) == 0.0
+
+
+def test_value_loss_by_hand():
+    """V = 1.0, V_old = 0.5, R = 1.2, ε = 0.2: (V − R)² = 0.04, V_clip = 0.7, (V_clip − R)² = 0.25;
+    loss = ½·max = 0.125."""
+    loss, _ = value_loss(
+        torch.tensor([[1.0]]), torch.tensor([[0.5]]), torch.tensor([[1.2]]), torch.ones(1, 1)
+    )
+    assert math.isclose(float(loss), 0.125, rel_tol=1e-5)
+
+
+def test_adaptive_kl_controller_by_hand():
+    """β = 0.1, target 6, horizon 10000, 512 samples: KL 9 → e = 0.2, β = 0.1·1.01024 = 0.101024;
+    KL 3 → e = −0.2, β = 0.1·0.98976 = 0.098976; target None keeps β."""
+    assert math.isclose(
+        AdaptiveKLController(0.1, 6.0, 10000).update(9.0, 512), 0.101024, rel_tol=1e-6
+    )
+    assert math.isclose(
+        AdaptiveKLController(0.1, 6.0, 10000).update(3.0, 512), 0.098976, rel_tol=1e-6
+    )
+    assert AdaptiveKLController(0.1, None).update(100.0, 512) == 0.1
+
+
+def test_whiten_by_hand():
+    """x = (1, 2, 3, 4): mean 2.5, unbiased var 5/3, std 1.290994 → ±0.387298, ±1.161895;
+    without the mean shift the mean 2.5 is added back; masked entries are 0."""
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0, 100.0]])
+    m = torch.tensor([[1, 1, 1, 1, 0]])
+    expected = torch.tensor([[-1.161895, -0.387298, 0.387298, 1.161895, 0.0]])
+    torch.testing.assert_close(whiten(x, m), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        whiten(x, m, shift_mean=False), (expected + 2.5) * m, atol=1e-5, rtol=1e-5
+    )
+
+
+def test_token_logprobs_use_temperature():
+    """Logits (2, 0) at T = 2 → z = (1, 0): log π(0) = 1 − ln(e + 1) = −0.313262."""
+    lp = token_logprobs(torch.tensor([[[2.0, 0.0]]]), torch.tensor([[0]]), temperature=2.0)
+    assert math.isclose(float(lp), -0.313262, rel_tol=1e-5)
+    full = torch.randn(2, 3, 5)
+    tok = torch.randint(0, 5, (2, 3))
+    ref = (full / 0.7).log_softmax(-1).gather(-1, tok[..., None])[..., 0]
+    torch.testing.assert_close(token_logprobs(full, tok, 0.7), ref)
+
+
+def test_entropy_and_masked_mean():
+    """Uniform over 4 tokens: H = ln 4 = 1.386294; masked mean of (1, 3, [5]) = 2."""
+    assert math.isclose(float(token_entropy(torch.zeros(1, 1, 4))), 1.386294, rel_tol=1e-5)
+    assert float(masked_mean(torch.tensor([1.0, 3.0, 5.0]), torch.tensor([1, 1, 0]))) == 2.0
+
+
+def test_explained_variance():
+    """V = R gives 1; V = 0 gives 0."""
+    r, m = torch.tensor([[1.0, 2.0, 3.0]]), torch.ones(1, 3)
+    assert explained_variance(r, r, m) == pytest.approx(1.0)
+    assert explained_variance(torch.zeros(1, 3), r, m) == pytest.approx(0.0)
