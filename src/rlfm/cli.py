@@ -19,7 +19,17 @@ from rlfm.errors import RlfmError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "pipeline": ("rlfm.pipeline", "run", "Run the whole recipe on the built-in default task."),
     "pretrain": ("rlfm.stages.pretrain", "train", "Pre-train a GPT on text (self-supervised)."),
+    "sft": ("rlfm.stages.sft", "train", "Supervised fine-tuning: full, LoRA or prefix-tuning."),
+    "merge": ("rlfm.stages.merge", "run", "Fold a LoRA adapter into its base; save a plain model."),
+    "ppo": ("rlfm.stages.ppo", "train", "RLHF: PPO against a reward model with a KL penalty."),
     "sample": ("rlfm.stages.sample", "run", "Generate text from a model, checkpoint or run."),
+    "reward train": ("rlfm.stages.reward", "train", "Train a reward model on pairs or rankings."),
+    "reward score": ("rlfm.stages.reward_score", "run", "Score texts with a reward model."),
+    "reward train-segments": (
+        "rlfm.stages.reward_segments",
+        "train",
+        "Learn a reward from preferences over Gymnasium trajectory segments.",
+    ),
     "models": ("rlfm.models.presets", "list_presets", "List model presets and parameter counts."),
 }
 

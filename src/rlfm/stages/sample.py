@@ -1,10 +1,12 @@
 """Sampling: generate text from any model directory or rlfm run.
 
     rlfm sample --model runs/demo/pretrain --prompt "Romeo." --num-samples 3
+    rlfm sample --model runs/demo/sft --reward runs/demo/rm --best-of 8 --prompt "..."
 
 ``--model`` is a Hugging Face causal-LM directory, an rlfm checkpoint, or an rlfm run directory
-(its newest checkpoint is used). Sampling uses rlfm's own KV-cache loop (rollout.py) with
-temperature, top-k and top-p.
+(its newest checkpoint is used); an adapter directory (LoRA or prefix-tuning, from ``rlfm sft``)
+loads the base model it names and applies the adapter. Sampling uses rlfm's own KV-cache loop
+(rollout.py) with temperature, top-k and top-p.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from rlfm.checkpoint import resolve_model_dir
 from rlfm.config import check
 from rlfm.engine import Engine
-from rlfm.models.loading import load_causal_lm
+from rlfm.models.adapters import load_model, sampling_model
 from rlfm.models.tokenizer import load_tokenizer
 from rlfm.rollout import decode_responses, encode_prompts, sample
 
@@ -42,6 +44,11 @@ class Config:
     """Keep only the k most likely tokens (0 = all)."""
     top_p: float = 1.0
     """Keep the smallest set of tokens whose probability reaches p (1 = all)."""
+    best_of: int = 1
+    """Best-of-n: draw this many candidates per sample and keep the one the --reward model
+    scores highest (the baseline RLHF is compared against)."""
+    reward: Path | None = None
+    """Reward model (an `rlfm reward train` run or checkpoint) that ranks the best-of-n candidates."""
     jsonl: bool = False
     """Print one JSON object per sample instead of plain text."""
     seed: int = 0
@@ -58,15 +65,29 @@ class Config:
         check(self.top_k >= 0, "top_k", f"must be ≥ 0, got {self.top_k}")
         check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         check(len(self.prompt) >= 1, "prompt", "give at least one prompt")
+        check(self.best_of >= 1, "best_of", f"must be ≥ 1, got {self.best_of}")
+        check(
+            self.best_of == 1 or self.reward is not None,
+            "reward",
+            "--best-of needs a reward model to pick the best candidate (--reward DIR)",
+        )
 
 
-def run(cfg: Config) -> list[dict[str, str]]:
-    """Generate and print the samples; returns them as {prompt, sample} dicts."""
+def run(cfg: Config) -> list[dict]:
+    """Generate and print the samples; returns them as {prompt, sample[, score]} dicts."""
     path = resolve_model_dir(cfg.model)
     engine = Engine.create(cfg.device, cfg.precision)
     tokenizer = load_tokenizer(path)
-    model = load_causal_lm(path).to(engine.device).eval()
-    prompts = [p for p in cfg.prompt for _ in range(cfg.num_samples)]
+    model = sampling_model(load_model(path)).to(engine.device).eval()  # base + any adapter
+    reward_model = None
+    if cfg.reward is not None:
+        from rlfm.models.heads import RewardModel
+
+        reward_model = (
+            RewardModel.from_pretrained(resolve_model_dir(cfg.reward)).to(engine.device).eval()
+        )
+    n = cfg.best_of
+    prompts = [p for p in cfg.prompt for _ in range(cfg.num_samples) for _ in range(n)]
     ids, mask = encode_prompts(
         tokenizer, prompts, engine.device, max_length=model.config.max_position_embeddings - 1
     )
@@ -85,10 +106,21 @@ def run(cfg: Config) -> list[dict[str, str]]:
             top_p=cfg.top_p,
             generator=g,
         )
-    rows = [{"prompt": p, "sample": s} for p, s in zip(prompts, decode_responses(tokenizer, out))]
+    texts = decode_responses(tokenizer, out)
+    rows = [{"prompt": p, "sample": s} for p, s in zip(prompts, texts)]
+    if reward_model is not None:
+        with torch.no_grad(), engine.autocast():
+            ids, mask, _ = out.sequences()
+            scores = reward_model(ids, mask).float().cpu()
+        for r, score in zip(rows, scores.tolist()):
+            r["score"] = score
+        # keep the best of each group of n candidates
+        best = scores.view(-1, n).argmax(-1) + torch.arange(0, len(rows), n)
+        rows = [rows[i] | {"best_of": n} for i in best.tolist()] if n > 1 else rows
     for r in rows:
         if cfg.jsonl:
             print(json.dumps(r, ensure_ascii=False))
         else:
-            print(f"{r['prompt']}{r['sample']}\n{'-' * 40}")
+            score = f"  [reward {r['score']:.3f}]" if "score" in r else ""
+            print(f"{r['prompt']}{r['sample']}\n{'-' * 40}{score}")
     return rows

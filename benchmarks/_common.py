@@ -1,0 +1,112 @@
+"""Small helpers shared by the benchmark scripts: child processes with their own peak memory,
+this machine's matmul peak, and a plain-text table.
+
+- :func:`run_child` runs one contender in its own process and reads that process's peak
+  resident memory from the kernel (``os.wait4``), so contenders never share an import cache or
+  a memory high-water mark.
+- :func:`matmul_flops` measures what this machine's matrix multiply reaches (FLOP/s) in a given
+  dtype with all the threads torch uses: the denominator of a model-FLOPs utilisation.
+- :func:`table` formats rows as aligned columns.
+
+Benchmarks report ratios measured in one run: on a shared machine absolute figures drift.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    """How one child process ended."""
+
+    returncode: int
+    """Exit status (negative: killed by that signal; -9 also when it ran past its time limit)."""
+    wall_s: float
+    """Seconds from start to exit."""
+    peak_rss_mib: float
+    """Peak resident memory of the child (and any children it waited for), MiB."""
+    log: Path
+    """File holding the child's stdout and stderr."""
+
+    def tail(self, lines: int = 30) -> str:
+        """The last ``lines`` lines of the child's output."""
+        text = self.log.read_text(encoding="utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def run_child(
+    cmd: Sequence[str],
+    log: Path,
+    *,
+    env: dict[str, str] | None = None,
+    timeout_s: float | None = None,
+) -> ChildResult:
+    """Run ``cmd`` with stdout+stderr to ``log``; return its status, wall time and peak RSS.
+
+    The peak RSS comes from ``os.wait4`` on this very child (``ru_maxrss``, KiB on Linux), not
+    from ``RUSAGE_CHILDREN``, which would be the maximum over every child waited for so far.
+    A child still running after ``timeout_s`` is killed (SIGKILL) and reported as such.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=env)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid == proc.pid:
+                break
+            if timeout_s is not None and time.perf_counter() - start > timeout_s:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.1)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped: keep Popen consistent
+    return ChildResult(
+        returncode=proc.returncode,
+        wall_s=time.perf_counter() - start,
+        peak_rss_mib=usage.ru_maxrss / 1024,
+        log=log,
+    )
+
+
+def matmul_flops(dtype_name: str, sizes: Sequence[int] = (2048, 4096), repeats: int = 3) -> float:
+    """Best FLOP/s of square ``n × n`` matmuls in ``dtype_name`` ("float32", "bfloat16").
+
+    Each size is run once untimed, then ``repeats`` times; one product costs 2·n³ FLOPs. The
+    best run over all sizes is returned: on a shared machine the fastest run is the one least
+    disturbed by other work, so it is the best estimate of what the hardware can do.
+    """
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    best = 0.0
+    for n in sizes:
+        g = torch.Generator().manual_seed(n)
+        a = torch.randn(n, n, generator=g).to(dtype)
+        b = torch.randn(n, n, generator=g).to(dtype)
+        c = torch.empty(n, n, dtype=dtype)
+        torch.matmul(a, b, out=c)  # warm-up: thread pool, kernel selection, page faults
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.matmul(a, b, out=c)
+            best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Aligned plain-text table: first column left-aligned, the others right-aligned."""
+    cells = [list(headers), *[list(r) for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(r: Sequence[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+        )
+
+    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths), *map(line, cells[1:])])

@@ -1,0 +1,297 @@
+"""The built-in task's gold labeler, simulated labelers, and the built-in preference set.
+
+**The gold labeler** stands in for a person with a rule anyone can read. For a prompt x (a
+speech and the header of the next speaker) and a reply y, with words = lower-cased runs of
+letters and apostrophes:
+
+    gold(x, y) = courtesy + relevance + length
+
+    courtesy  = +1.0 per civil word of address in y (CIVIL: "sir", "lord", "gentle", "pray",
+                "thanks", ...), at most 3 counted, − 1.5 per insult in y (INSULTS: "knave",
+                "villain", "fool", "rogue", ...), at most 3 counted
+    relevance = +0.5 per distinct content word (3+ letters, not in STOPWORDS) that y shares
+                with x, at most 2.0
+    length    = 0 when y has LENGTH_BAND = 8..40 words; −0.25 per word short of 8; −0.05 per
+                word beyond 40, at most −2.0
+
+So a polite, on-topic reply of a sentence or two scores highest, an insulting or empty one
+lowest. The rule is deliberately simple: it is what the reward model must discover from
+rankings alone, and what PPO's proxy reward is later checked against (Gao et al. 2023).
+
+**Simulated labelers** (:class:`SimulatedLabeler`) see the gold score through noise and bias:
+
+    s_i = gold(x, y_i) + length_bias · words(y_i) + noise · ε_i,   ε_i ~ N(0, 1)
+
+and rank the K completions by s (higher is better; identical texts get one ε, so they tie).
+:func:`default_labelers` makes a panel of three with different noise scales and length biases,
+as real labelers differ.
+
+**The built-in preference set** (:func:`build_preference_set`): the SFT policy samples K
+replies per dialogue prompt (``rollout.sample``, KV cache), each reply is cut at its first blank
+line (a blank line ends a speech in the play layout), a labeler of the panel ranks them, and
+the rows are written as a rankings JSONL (data/preferences.py format, plus ``labeler`` and the
+``gold`` scores) so the set can be read and checked.
+
+Prompt layout (:func:`dialogue_prompt`): the SFT stage's (``data.sft.render_dialogue_prompt``),
+the layout of the plays themselves, ``"<context speaker>.\\n<context>\\n\\n<reply speaker>.\\n"``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from rlfm.data.dialogue import DialoguePair, dialogue_pairs
+from rlfm.data.sft import render_dialogue_prompt
+from rlfm.data.text import Document
+from rlfm.losses.preference import levels_to_ranking
+from rlfm.rollout import decode_responses, encode_prompts, sample
+
+_CIVIL_WORDS = (
+    "sir sirs madam lord lords lady ladies gentle gentleman gentlemen gentlewoman noble good "
+    "kind sweet dear friend friends pray prithee please beseech thank thanks thankful welcome "
+    "grace honour honor worthy courteous master mistress"
+)
+CIVIL = frozenset(_CIVIL_WORDS.split())
+"""Words of civil address and courtesy (+1 each, at most 3)."""
+_INSULTS_WORDS = (
+    "knave knaves villain villains fool fools foolish rogue rogues rascal rascals slave slaves "
+    "wretch coward cowards cur curs dog dogs beast beasts idiot varlet varlets whoreson scurvy "
+    "base vile damned devil monster toad hag peasant caitiff loggerhead canker"
+)
+INSULTS = frozenset(_INSULTS_WORDS.split())
+"""Insults (−1.5 each, at most 3)."""
+_STOPWORDS_WORDS = (
+    "the and that this with for not you your yours are was were but have has had will would "
+    "shall should what which who whom when where why how all any our ours their them they "
+    "his her hers him she from there then than thou thee thy thine art hath doth dost did "
+    "does let now come more well yet may might can must upon into out too very one here "
+    "some such own nor its it's i'll i'm 'tis"
+)
+STOPWORDS = frozenset(_STOPWORDS_WORDS.split())
+"""Function words that do not count as content for relevance."""
+LENGTH_BAND = (8, 40)
+"""Reply lengths (words) with no length penalty."""
+
+_WORD = re.compile(r"[a-z']+")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words (letters and apostrophes, apostrophes trimmed at the ends)."""
+    return [w.strip("'") for w in _WORD.findall(text.lower()) if w.strip("'")]
+
+
+def content_words(text: str) -> set[str]:
+    """Distinct words of 3+ letters that are not stopwords."""
+    return {w for w in words(text) if len(w) >= 3 and w not in STOPWORDS}
+
+
+@dataclass(frozen=True)
+class GoldScore:
+    """The gold rule's parts for one reply (see the module docstring)."""
+
+    courtesy: float
+    relevance: float
+    length: float
+
+    @property
+    def total(self) -> float:
+        return self.courtesy + self.relevance + self.length
+
+
+def gold_components(prompt: str, reply: str) -> GoldScore:
+    """The gold rule, part by part."""
+    w = words(reply)
+    civil = sum(1 for x in w if x in CIVIL)
+    insults = sum(1 for x in w if x in INSULTS)
+    courtesy = 1.0 * min(civil, 3) - 1.5 * min(insults, 3)
+    shared = len(content_words(reply) & content_words(prompt))
+    relevance = min(0.5 * shared, 2.0)
+    lo, hi = LENGTH_BAND
+    n = len(w)
+    if n < lo:
+        length = -0.25 * (lo - n)
+    elif n > hi:
+        length = max(-0.05 * (n - hi), -2.0)
+    else:
+        length = 0.0
+    return GoldScore(courtesy, relevance, length)
+
+
+def gold_score(prompt: str, reply: str) -> float:
+    """gold(x, y) = courtesy + relevance + length (module docstring)."""
+    return gold_components(prompt, reply).total
+
+
+@dataclass(frozen=True)
+class SimulatedLabeler:
+    """A labeler who sees the gold score through noise and a length bias."""
+
+    name: str
+    """Written into each row it ranks."""
+    noise: float = 0.5
+    """Standard deviation of the Gaussian noise on each perceived score."""
+    length_bias: float = 0.0
+    """Added to the perceived score per word of the reply (> 0 likes long replies)."""
+
+    def scores(self, prompt: str, completions: Sequence[str], rng: random.Random) -> list[float]:
+        """Perceived scores s_i (one noise draw per distinct text, so duplicates tie)."""
+        eps: dict[str, float] = {}
+        out = []
+        for c in completions:
+            if c not in eps:
+                eps[c] = rng.gauss(0.0, 1.0)
+            s = gold_score(prompt, c) + self.length_bias * len(words(c))
+            out.append(s + self.noise * eps[c])
+        return out
+
+    def rank(
+        self, prompt: str, completions: Sequence[str], rng: random.Random
+    ) -> list[int | list[int]]:
+        """Indices best → worst; equal perceived scores are tied (an inner list)."""
+        s = self.scores(prompt, completions, rng)
+        distinct = sorted(set(s), reverse=True)
+        level = {v: i for i, v in enumerate(distinct)}
+        return levels_to_ranking([level[v] for v in s])
+
+
+def default_labelers(noise: float = 1.0) -> list[SimulatedLabeler]:
+    """Three labelers: careful (0.5·noise), average (noise, likes long replies), hasty
+    (1.5·noise, likes short replies)."""
+    return [
+        SimulatedLabeler("labeler-1", noise=0.5 * noise, length_bias=0.0),
+        SimulatedLabeler("labeler-2", noise=1.0 * noise, length_bias=0.03),
+        SimulatedLabeler("labeler-3", noise=1.5 * noise, length_bias=-0.03),
+    ]
+
+
+# ---------------------------------------------------------------------------- the built-in set
+
+
+def dialogue_prompt(pair: DialoguePair) -> str:
+    """The policy's prompt for a dialogue pair, exactly as the SFT stage writes it
+    (``data.sft.render_dialogue_prompt``): ``"<context speaker>.\\n<context>\\n\\n<reply
+    speaker>.\\n"``."""
+    return render_dialogue_prompt(pair.context_speaker, pair.context, pair.reply_speaker)
+
+
+def dialogue_prompts(docs: Sequence[Document], n: int, seed: int, max_words: int = 60) -> list[str]:
+    """Up to ``n`` distinct prompts from the dialogue of ``docs``, drawn with ``seed``; contexts
+    longer than ``max_words`` words are skipped (short prompts keep sampling cheap)."""
+    seen: set[str] = set()
+    prompts = []
+    for doc in docs:
+        for pair in dialogue_pairs(doc):
+            p = dialogue_prompt(pair)
+            if len(pair.context.split()) <= max_words and p not in seen:
+                seen.add(p)
+                prompts.append(p)
+    random.Random(seed).shuffle(prompts)
+    return prompts[:n]
+
+
+def clean_reply(text: str) -> str:
+    """A sampled reply up to its first blank line, without surrounding whitespace."""
+    return text.split("\n\n", 1)[0].strip()
+
+
+@torch.no_grad()
+def sample_replies(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    k: int,
+    *,
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> list[list[str]]:
+    """``k`` replies per prompt sampled from ``model`` (on its own device; the caller chooses
+    precision), cut with :func:`clean_reply`. -> ``len(prompts)`` lists of ``k`` strings."""
+    device = next(model.parameters()).device
+    limit = int(getattr(model.config, "max_position_embeddings", 1024))
+    g = torch.Generator(device=device).manual_seed(seed)
+    flat = [p for p in prompts for _ in range(k)]
+    was_training = model.training
+    model.eval()
+    replies: list[str] = []
+    for i in range(0, len(flat), batch_size):
+        chunk = flat[i : i + batch_size]
+        ids, mask = encode_prompts(tokenizer, chunk, device, max_length=limit - max_new_tokens)
+        out = sample(
+            model,
+            ids,
+            mask,
+            max_new_tokens=min(max_new_tokens, limit - ids.shape[1]),
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            temperature=temperature,
+            generator=g,
+        )
+        replies.extend(clean_reply(t) for t in decode_responses(tokenizer, out))
+    model.train(was_training)
+    return [replies[j * k : (j + 1) * k] for j in range(len(prompts))]
+
+
+def label_rows(
+    prompts: Sequence[str],
+    replies: Sequence[Sequence[str]],
+    labelers: Sequence[SimulatedLabeler],
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Rankings rows: each prompt's replies ranked by one labeler (in turn), with gold scores.
+
+    Prompts whose replies are all identical (nothing to compare) are left out.
+    """
+    rng = random.Random(seed)
+    rows = []
+    for j, (prompt, comps) in enumerate(zip(prompts, replies)):
+        if len(set(comps)) < 2:
+            continue
+        labeler = labelers[j % len(labelers)]
+        rows.append(
+            {
+                "prompt": prompt,
+                "completions": list(comps),
+                "ranking": labeler.rank(prompt, comps, rng),
+                "labeler": labeler.name,
+                "gold": [round(gold_score(prompt, c), 4) for c in comps],
+            }
+        )
+    return rows
+
+
+def build_preference_set(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    k: int = 4,
+    labelers: Sequence[SimulatedLabeler] | None = None,
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """The built-in preference set for ``prompts``: ``k`` sampled replies each, ranked by the
+    simulated labelers. Returns rankings rows (write them with
+    ``data.preferences.write_rankings``)."""
+    replies = sample_replies(
+        model,
+        tokenizer,
+        prompts,
+        k,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    return label_rows(prompts, replies, labelers or default_labelers(), seed=seed)

@@ -1,0 +1,1 @@
+"""Making offline RL data from Gymnasium environments: episodes, segments, behaviour policies."""

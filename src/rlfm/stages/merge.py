@@ -1,0 +1,59 @@
+"""Merging: fold a LoRA adapter into its base model's weights and save a plain HF model.
+
+    W = W₀ + (α / r) · B A          (Hu et al. 2021, section 4.1: no inference latency)
+
+    rlfm merge --adapter runs/demo/sft-lora --out runs/demo/sft-merged
+
+``--adapter`` is an adapter directory written by ``rlfm sft --adapter lora`` (a checkpoint, or a
+run directory: its newest checkpoint). Its base model is the directory named in
+``adapter_config.json``. The result is an ordinary Hugging Face model directory
+(``config.json``, ``model.safetensors``) with the adapter's tokenizer: it loads with
+``AutoModelForCausalLM.from_pretrained`` and needs neither peft nor the base directory.
+Prefix-tuning adds key/value vectors rather than weight updates, so it cannot be merged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlfm.checkpoint import resolve_model_dir
+from rlfm.config import check
+from rlfm.errors import ModelError
+from rlfm.models import adapters
+from rlfm.models.tokenizer import load_tokenizer
+
+
+@dataclass(frozen=True)
+class Config:
+    """Fold a LoRA adapter into its base model."""
+
+    adapter: Path = Path("runs/demo/sft")
+    """An adapter directory (LoRA), an rlfm checkpoint holding one, or an rlfm run directory."""
+    out: Path = Path("runs/demo/sft-merged")
+    """Directory for the merged model and its tokenizer."""
+
+    def __post_init__(self) -> None:
+        check(
+            Path(self.out).resolve() != Path(self.adapter).resolve(),
+            "out",
+            "must differ from --adapter (the adapter would be overwritten)",
+        )
+
+
+def run(cfg: Config) -> Path:
+    """Merge and save; returns the output directory."""
+    path = resolve_model_dir(cfg.adapter)
+    if not adapters.is_adapter_dir(path):
+        raise ModelError(
+            f"adapter: {path} holds a plain model, not an adapter (nothing to merge: it can be "
+            "used as it is)"
+        )
+    tokenizer = load_tokenizer(path)
+    merged = adapters.load_model(path, merge=True)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    print(f"merged {path} into its base {adapters.adapter_base_path(path)}: {out}")
+    return out

@@ -1,0 +1,117 @@
+"""The gold labeler's rule by hand, simulated labelers, and the built-in preference set."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from transformers import GPT2Config
+
+from rlfm.data.labelers import (
+    SimulatedLabeler,
+    build_preference_set,
+    clean_reply,
+    default_labelers,
+    gold_components,
+    gold_score,
+)
+from rlfm.data.preferences import parse_row
+from rlfm.models.presets import build_model
+from rlfm.models.tokenizer import train_bpe_tokenizer
+
+PROMPT = "Romeo.\nWhere is my gentle lady Juliet tonight?\n\nNurse.\n"
+POLITE = "Good my lord, I pray you, your lady Juliet sleeps in her chamber."
+RUDE = "Away, thou knave and villain!"
+
+
+def test_gold_rule_by_hand():
+    """POLITE: 13 words (in the 8..40 band: 0), civil words good/lord/pray/lady = 4, capped at
+    3 → +3.0, shares 'lady' and 'juliet' with the prompt → +1.0: total 4.0. RUDE: 5 words →
+    −0.25·3 = −0.75, insults knave/villain → −3.0, nothing shared: total −3.75. The empty
+    reply: −0.25·8 = −2.0."""
+    p = gold_components(PROMPT, POLITE)
+    assert (p.courtesy, p.relevance, p.length) == (3.0, 1.0, 0.0) and p.total == 4.0
+    r = gold_components(PROMPT, RUDE)
+    assert (r.courtesy, r.relevance, r.length) == (-3.0, 0.0, -0.75)
+    assert gold_score(PROMPT, RUDE) == -3.75
+    assert gold_score(PROMPT, "") == -2.0
+    long_reply = " ".join(["lady"] + ["word"] * 79)  # 80 words: 40 over → −2.0 (the cap)
+    assert gold_components(PROMPT, long_reply).length == -2.0
+
+
+def test_noiseless_labeler_ranks_by_gold_and_ties_duplicates():
+    """With no noise and no bias the ranking is the gold order (POLITE, empty, RUDE), and two
+    identical replies are tied (an inner list)."""
+    lab = SimulatedLabeler("exact", noise=0.0)
+    rng = random.Random(0)
+    assert lab.rank(PROMPT, [POLITE, RUDE, ""], rng) == [0, 2, 1]
+    assert lab.rank(PROMPT, [RUDE, POLITE, RUDE], rng) == [1, [0, 2]]
+
+
+def test_length_bias_and_noise_change_the_rankings():
+    """Two replies with equal gold scores: a labeler with length_bias > 0 prefers the longer
+    one, < 0 the shorter. Over 300 rankings of 4 replies, agreement with the gold order falls
+    as the noise grows (0.3 → 3.0)."""
+    short = "the moon is bright tonight over the garden wall"  # 9 words, gold 0
+    long = "the moon is bright tonight over the garden wall and the sea"  # 12 words, gold 0
+    assert gold_score(PROMPT, short) == gold_score(PROMPT, long)
+    rng = random.Random(0)
+    assert SimulatedLabeler("long", 0.0, 0.1).rank(PROMPT, [short, long], rng) == [1, 0]
+    assert SimulatedLabeler("short", 0.0, -0.1).rank(PROMPT, [short, long], rng) == [0, 1]
+
+    pool = [POLITE, RUDE, "", short, "Good sir, thanks.", "Fie, you scurvy rogue, go hang."]
+
+    def agreement(noise: float) -> float:
+        lab, rng, hits, total = SimulatedLabeler("x", noise), random.Random(1), 0, 0
+        for _ in range(300):
+            comps = rng.sample(pool, 4)
+            gold = [gold_score(PROMPT, c) for c in comps]
+            order = [
+                i
+                for item in lab.rank(PROMPT, comps, rng)
+                for i in ([item] if isinstance(item, int) else item)
+            ]
+            for a in range(4):
+                for b in range(a + 1, 4):
+                    if gold[order[a]] != gold[order[b]]:
+                        total += 1
+                        hits += gold[order[a]] > gold[order[b]]
+        return hits / total
+
+    low, high = agreement(0.3), agreement(3.0)
+    assert low > 0.95 and high < low - 0.1, (low, high)
+    assert [lab.noise for lab in default_labelers(2.0)] == [1.0, 2.0, 3.0]
+
+
+def test_clean_reply_stops_at_a_blank_line():
+    """A sampled reply ends at its first blank line (the next speech), stripped."""
+    assert clean_reply(" I thank you.\nFarewell.\n\nRomeo.\nStay!") == "I thank you.\nFarewell."
+
+
+def test_built_in_set_rows_are_valid_rankings():
+    """A policy samples K = 4 replies per prompt; the rows are valid rankings (they pass the
+    data checks) with the labeler's name and a gold score per reply."""
+    tok = train_bpe_tokenizer([PROMPT + POLITE + RUDE] * 30, 300)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=96,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = build_model(cfg, seed=0)
+    prompts = [
+        PROMPT,
+        "Juliet.\nGood night, good night!\n\nRomeo.\n",
+        "Nurse.\nMadam!\n\nJuliet.\n",
+    ]
+    rows = build_preference_set(model, tok, prompts, k=4, max_new_tokens=12, seed=0)
+    assert len(rows) == 3
+    for n, row in enumerate(rows, start=1):
+        r = parse_row(row, f"built-in: row {n}")
+        assert r.k == 4 and r.gold is not None and row["labeler"].startswith("labeler-")
+        assert r.gold == pytest.approx([gold_score(r.prompt, c) for c in r.completions], abs=1e-4)
+    assert [row["labeler"] for row in rows] == ["labeler-1", "labeler-2", "labeler-3"]

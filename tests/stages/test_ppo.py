@@ -1,0 +1,241 @@
+"""PPO as a user runs it: it learns a known reward with bounded KL, resumes exactly, LoRA works."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from rlfm.checkpoint import checkpoints
+from rlfm.stages import ppo, pretrain
+from rlfm.tracking import read_metrics
+from tests.conftest import synthetic_text
+
+NAMES = ["romeo", "juliet", "hamlet", "lear", "viola", "orsino", "cordelia", "ophelia"]
+
+
+def romeo_count(prompts, responses):
+    """The known reward: how many times the response says 'romeo'."""
+    return torch.tensor([r.split().count("romeo") * 1.0 for r in responses])
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory):
+    """A tiny GPT pre-trained on one synthetic line per document, so it ends lines with EOS."""
+    root = tmp_path_factory.mktemp("ppo")
+    docs = root / "docs.jsonl"
+    docs.write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in synthetic_text(3000).splitlines())
+    )
+    out = root / "pre"
+    pretrain.train(
+        pretrain.Config(
+            out=out,
+            data=docs,
+            model="tiny",
+            vocab_size=300,
+            context=32,
+            batch_size=16,
+            steps=150,
+            lr=3e-3,
+            warmup_steps=10,
+            eval_every=150,
+            save_every=150,
+            samples=0,
+            precision="fp32",
+            device="cpu",
+        )
+    )
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"{n} greets"}) + "\n" for n in NAMES * 4))
+    return out, prompts
+
+
+def config(policy_dir, out, **kw) -> ppo.Config:
+    run, prompts = policy_dir
+    args = dict(
+        policy=run,
+        out=out,
+        prompts=prompts,
+        updates=30,
+        rollout_batch=16,
+        minibatch=8,
+        max_new_tokens=16,
+        lr=3e-4,
+        value_lr=1e-3,
+        kl_coef=0.2,
+        kl_target=4.0,
+        kl_horizon=50,
+        temperature=1.0,
+        eval_every=10,
+        save_every=10,
+        device="cpu",
+        precision="fp32",
+    )
+    return ppo.Config(**(args | kw))
+
+
+def test_learns_a_known_reward_with_kl_in_the_target_band(policy_dir, tmp_path):
+    """Reward = count of 'romeo': it rises by a large margin within 30 updates while the
+    adaptive controller holds the KL near its target (4 nats) and β moves to do so."""
+    ppo.train(config(policy_dir, tmp_path / "run"), reward_fn=romeo_count)
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    first, last = rows[0], rows[-10:]
+    late_score = sum(r["score"] for r in last) / len(last)
+    late_kl = sum(r["kl"] for r in last) / len(last)
+    assert late_score > first["score"] + 1.0, (first["score"], late_score)
+    assert late_kl < 2 * 4.0, late_kl
+    assert rows[-1]["beta"] != 0.2  # the controller acted
+    assert rows[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # annealed to 0
+    assert all(0.5 <= r["ratio"] <= 2.0 for r in rows)
+    assert {
+        "entropy",
+        "clip_frac",
+        "approx_kl",
+        "value_loss",
+        "explained_variance",
+        "eos_fraction",
+        "response_length",
+        "kl_k1",
+        "kl_k3",
+        "objective",
+        "gen_tokens_per_s",
+    } <= set(rows[0])
+    samples = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert {"prompt", "response", "score", "kl"} <= set(samples[0])
+
+
+def test_resume_after_a_crash_gives_the_same_curve(policy_dir, tmp_path, monkeypatch):
+    """A run that dies after its update-3 checkpoint and is started again logs exactly the
+    scores and KLs of an uninterrupted run (policy, value, optimizers, β, RNG, data position)."""
+    kw = dict(updates=6, save_every=3, eval_every=3)
+    ppo.train(config(policy_dir, tmp_path / "ref", **kw), reward_fn=romeo_count)
+
+    real_guards = ppo._guards
+
+    def crash(row, first_eos, tracker):
+        if len(read_metrics(tmp_path / "run" / "metrics.jsonl")) >= 4:
+            raise KeyboardInterrupt  # dies during update 5, after the update-3 checkpoint
+        real_guards(row, first_eos, tracker)
+
+    monkeypatch.setattr(ppo, "_guards", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ppo.train(config(policy_dir, tmp_path / "run", **kw), reward_fn=romeo_count)
+    assert [c.name for c in checkpoints(tmp_path / "run")] == ["step_3"]
+    monkeypatch.setattr(ppo, "_guards", real_guards)
+    ppo.train(config(policy_dir, tmp_path / "run", **kw), reward_fn=romeo_count)
+    ref = read_metrics(tmp_path / "ref" / "metrics.jsonl")
+    got = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in got] == [r["step"] for r in ref]
+    for a, b in zip(ref, got):
+        for key in ("score", "kl", "beta", "value_loss"):
+            assert math.isclose(a[key], b[key], rel_tol=1e-5, abs_tol=1e-7), (a["step"], key)
+
+
+def test_missing_eos_gets_the_penalty(policy_dir, tmp_path):
+    """With one new token a response rarely reaches EOS; those score the fixed penalty."""
+    cfg = config(
+        policy_dir,
+        tmp_path / "run",
+        updates=1,
+        max_new_tokens=1,
+        missing_eos_penalty=-3.0,
+        eval_every=1,
+    )
+    ppo.train(cfg, reward_fn=lambda p, r: torch.full((len(r),), 5.0))
+    row = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
+    expected = 5.0 * row["eos_fraction"] - 3.0 * (1 - row["eos_fraction"])
+    assert row["score"] == pytest.approx(expected, abs=1e-5)
+    assert row["eos_fraction"] < 1.0
+
+
+def test_optimizer_and_dropout_defaults(policy_dir, tmp_path, monkeypatch):
+    """Adam eps is 1e-5 and every model is in eval mode (dropout off) while PPO trains."""
+    seen = {}
+    real = ppo._optimise
+
+    def spy(cfg, engine, ro, policy, value_model, p_opt, v_opt, *rest):
+        seen["eps"] = {g["eps"] for o in (p_opt, v_opt) for g in o.param_groups}
+        seen["training"] = {m.training for m in (*policy.modules(), *value_model.modules())}
+        return real(cfg, engine, ro, policy, value_model, p_opt, v_opt, *rest)
+
+    monkeypatch.setattr(ppo, "_optimise", spy)
+    ppo.train(config(policy_dir, tmp_path / "run", updates=1, eval_every=1), reward_fn=romeo_count)
+    assert seen == {"eps": {1e-5}, "training": {False}}
+
+
+def test_lora_policy_with_reward_model(policy_dir, tmp_path):
+    """--adapter lora with a real reward model: the policy checkpoint is an adapter directory (no
+    full weights) that `rlfm sample` loads, and the reward model's directory is left as it was."""
+    import subprocess
+    import sys
+
+    from rlfm.checkpoint import resolve_model_dir
+    from rlfm.models.heads import RewardModel
+
+    run, prompts = policy_dir
+    rm_dir = tmp_path / "rm"
+    RewardModel.from_backbone(resolve_model_dir(run), seed=0).save_pretrained(rm_dir)
+    rm_before = RewardModel.from_pretrained(rm_dir).state_dict()
+    cfg = config(
+        policy_dir,
+        tmp_path / "run",
+        reward=rm_dir,
+        adapter="lora",
+        updates=2,
+        eval_every=2,
+        save_every=2,
+        lr=1e-3,
+    )
+    summary = ppo.train(cfg)
+    assert "eval_score" in summary
+    ckpt = checkpoints(tmp_path / "run")[-1]
+    assert (ckpt / "adapter_config.json").is_file() and not (ckpt / "model.safetensors").exists()
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlfm",
+            "sample",
+            "--model",
+            str(tmp_path / "run"),
+            "--prompt",
+            "romeo greets",
+            "--max-new-tokens",
+            "5",
+            "--jsonl",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    rm_after = RewardModel.from_pretrained(rm_dir).state_dict()
+    assert all(torch.equal(rm_before[k], rm_after[k]) for k in rm_before)
+
+
+def test_best_of_n_keeps_the_highest_scored_candidate(policy_dir, tmp_path):
+    """`rlfm sample --best-of 4 --reward RM` returns, per sample, the candidate with the highest
+    reward among the 4 that the same seed draws without --best-of."""
+    from rlfm.checkpoint import resolve_model_dir
+    from rlfm.models.heads import RewardModel
+    from rlfm.stages import sample
+
+    run, _ = policy_dir
+    rm_dir = tmp_path / "rm"
+    RewardModel.from_backbone(resolve_model_dir(run), seed=0).save_pretrained(rm_dir)
+    common = dict(
+        model=run,
+        reward=rm_dir,
+        prompt=("romeo greets",),
+        max_new_tokens=8,
+        jsonl=True,
+        device="cpu",
+    )
+    best = sample.run(sample.Config(best_of=4, **common))
+    every = sample.run(sample.Config(num_samples=4, **common))
+    assert len(best) == 1 and best[0]["best_of"] == 4
+    assert best[0]["score"] == pytest.approx(max(r["score"] for r in every))
+    assert best[0]["sample"] in [r["sample"] for r in every]
