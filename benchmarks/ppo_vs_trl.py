@@ -55,7 +55,13 @@ The rollout batch is ``--prompts`` as in (a), but both sides train in micro-batc
 accumulation over the rollout): the saved activations of a backward pass grow with the
 micro-batch, the models' weights, gradients and optimizer moments do not, and this part is about
 the latter. ``--lora-micro-batch 32`` shows the whole-batch figure (activations then dominate
-both sides).
+both sides). The (b) children run with ``MALLOC_MMAP_THRESHOLD_=131072``: glibc then serves
+every block of 128 KiB or more (every tensor that matters) with its own ``mmap`` and returns it to
+the kernel when freed, so RSS follows the memory actually in use. With glibc's default (a
+threshold that moves up after large frees, so later tensors come from a fragmenting heap) the
+same peak varied by ±10% from one round to the next (351–430 MiB for rlfm), against
+±0.1 MiB with the fixed threshold. ``--default-malloc`` keeps glibc's default. Parts (a) and
+(c) measure time and keep the default allocator.
 
 **(c) Generation tokens/s**: ``rlfm.rollout.sample`` (KV cache) against
 ``model.generate(do_sample=True, temperature, top_k=0, top_p=1.0)`` on the ``--model`` model,
@@ -70,7 +76,7 @@ timed updates / calls of all rounds is reported (with the spread). Child CPU tim
 per update is reported too: it is less disturbed by other work than wall time. Each child runs
 with one OpenMP thread (``--threads``, default 1): on a 2-core machine shared with other jobs,
 two threads per process spend most of their time waiting for each other at every operator
-(measured here: the same PPO update took 3 to 16 s with two threads against a steady 1.5 s
+(measured here: the same PPO update took 7 to 21 s with two threads against 1.4 to 1.5 s
 with one), which buries any difference between the contenders; ``--threads 0`` keeps torch's
 default.
 
@@ -106,6 +112,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import run_child, table  # noqa: E402
 
 TEMPERATURE = 0.7
+MMAP_THRESHOLD = 128 * 1024
+"""Bytes from which glibc serves an allocation with its own mmap in the (b) children."""
 LORA_TARGETS = ["c_attn", "attn.c_proj"]
 """rlfm's default LoRA targets for GPT-2 (``models.adapters.default_lora_targets``)."""
 
@@ -473,7 +481,9 @@ def child_generation(spec: dict) -> dict:
 CHILDREN = {"rlfm-ppo": child_rlfm_ppo, "trl-ppo": child_trl_ppo, "gen": child_generation}
 
 
-def run_spec(root: Path, name: str, spec: dict, threads: int, timeout_s: float) -> dict:
+def run_spec(
+    root: Path, name: str, spec: dict, threads: int, timeout_s: float, extra_env: dict[str, str]
+) -> dict:
     """Run one child; its result dict plus ``peak_rss_mib`` (wait4) and ``log``, or ``error``."""
     spec = dict(spec, result=str(root / f"{name}.result.json"), out=str(root / f"{name}-out"))
     spec_file = root / f"{name}.spec.json"
@@ -481,6 +491,7 @@ def run_spec(root: Path, name: str, spec: dict, threads: int, timeout_s: float) 
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
+    env |= extra_env
     res = run_child(
         [sys.executable, __file__, "--child", str(spec_file)],
         root / f"{name}.log",
@@ -536,7 +547,7 @@ def verdict(ok: bool) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--parts", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c"])
     p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions (≥ 2)")
     p.add_argument("--prompts", type=int, default=32, help="prompts per PPO update / gen batch")
@@ -558,6 +569,9 @@ def main() -> None:
         "--trl-gradient-checkpointing", action="store_true", help="TRL's default (off here)"
     )
     p.add_argument("--threads", type=int, default=1, help="OMP threads per child (0: torch's)")
+    p.add_argument(
+        "--default-malloc", action="store_true", help="(b) without the fixed mmap threshold"
+    )
     p.add_argument("--timeout", type=float, default=900, help="seconds per child at most")
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -607,6 +621,7 @@ def main() -> None:
         spec = common | {"kind": "gen", "model": assets["model"], "reps": a.gen_reps}
         jobs["c"] = [("rlfm", spec | {"impl": "rlfm"}), ("hf", spec | {"impl": "hf"})]
 
+    part_env = {} if a.default_malloc else {"b": {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}}
     raw: dict[str, dict[str, list[dict]]] = {part: {} for part in jobs}
     for r in range(a.rounds):
         for part, contenders in jobs.items():
@@ -614,7 +629,7 @@ def main() -> None:
             for name, spec in order:
                 label = f"{part}-{name}-r{r}"
                 t0 = time.perf_counter()
-                res = run_spec(root, label, spec, a.threads, a.timeout)
+                res = run_spec(root, label, spec, a.threads, a.timeout, part_env.get(part, {}))
                 raw[part].setdefault(name, []).append(res)
                 dt = time.perf_counter() - t0
                 print(
@@ -724,6 +739,7 @@ def main() -> None:
             f"\n(b) LoRA r={a.lora_r}, GPT-2 {a.lora_layers} layers x {a.lora_width} wide, rollout "
             f"batch {a.prompts}, micro-batch {a.lora_micro_batch}; model memory = peak RSS during "
             "the PPO updates - RSS right after imports"
+            + ("" if a.default_malloc else " (glibc mmap threshold fixed at 128 KiB)")
         )
         print(table(
             ["contender", "after imports MiB", "peak MiB", "model MiB (range)", "s/update",

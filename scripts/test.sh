@@ -7,7 +7,7 @@ bash scripts/setup.sh dev
 .venv/bin/ruff check
 .venv/bin/ruff format --check
 status=0
-.venv/bin/python -m pytest "$@" || status=$?
+.venv/bin/python -m pytest -n 2 "$@" || status=$?
 if [ "$status" -eq 5 ]; then
   echo "test.sh: pytest collected no tests: failing" >&2
   exit 1

@@ -7,6 +7,11 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
+
+# Test models are tiny: one thread each is faster than two fighting over the cores, and the
+# suite runs in two worker processes (pytest -n 2) to use both.
+torch.set_num_threads(1)
 
 NAMES = ["romeo", "juliet", "hamlet", "ophelia", "lear", "cordelia", "viola", "orsino"]
 VERBS = ["greets", "thanks", "follows", "answers", "praises", "warns"]

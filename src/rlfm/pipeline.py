@@ -70,6 +70,7 @@ def stage_configs(cfg: Config) -> tuple[pretrain.Config, sft.Config, reward.Conf
         tune = replace(tune, steps=60, eval_every=30, save_every=30, max_length=128)
         rm = replace(
             rm,
+            max_length=128,
             num_prompts=96,
             num_val_prompts=32,
             steps=40,

@@ -128,7 +128,10 @@ def sample(
         if temperature > 0:
             logits = filter_logits(logits / temperature, top_k, top_p)
             logp = logits.log_softmax(-1)
-            tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+            # inverse-CDF sampling: one uniform number per row (multinomial draws one per token)
+            cdf = logp.exp().double().cumsum(-1)
+            u = torch.rand(B, 1, generator=generator, device=device, dtype=cdf.dtype) * cdf[:, -1:]
+            tok = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
         else:
             logp = logits.log_softmax(-1)
             tok = logits.argmax(-1)

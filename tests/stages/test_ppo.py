@@ -89,7 +89,6 @@ def test_learns_a_known_reward_with_kl_in_the_target_band(policy_dir, tmp_path):
     assert late_kl < 2 * 4.0, late_kl
     assert rows[-1]["beta"] != 0.2  # the controller acted
     assert rows[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # annealed to 0
-    assert all(0.5 <= r["ratio"] <= 2.0 for r in rows)
     assert {
         "entropy",
         "clip_frac",

@@ -120,7 +120,7 @@ class Record:
     """One validated row and where it came from."""
 
     source: str
-    """``"<file>: line 3"``, ``"<file>: row 3"``, or ``"built-in dialogue: <play>"``."""
+    """``"<file>: line 3"``, ``"<file>: row 3"``, or ``"built-in dialogue: <play>: pair 3"``."""
     demo: Demonstration
 
 

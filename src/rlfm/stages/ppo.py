@@ -215,11 +215,14 @@ class Rollout:
 
 
 def response_logits(policy: nn.Module, s: Samples) -> torch.Tensor:
-    """The policy's logits predicting each response token. -> (B, R, V)."""
+    """The policy's logits predicting each response token. -> (B, R, V).
+
+    Only the last R + 1 positions get vocabulary logits (``logits_to_keep``): the prompt's
+    positions would cost output-layer work and memory for nothing."""
     ids, mask, pos = s.sequences()
-    P, R = s.prompt_ids.shape[1], s.response_ids.shape[1]
-    logits = policy(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-    return logits[:, P - 1 : P + R - 1]
+    R = s.response_ids.shape[1]
+    out = policy(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=R + 1)
+    return out.logits[:, :-1]
 
 
 def response_values(value_model: nn.Module, s: Samples) -> torch.Tensor:
@@ -269,6 +272,13 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
             m.eval()  # dropout off during RL; gradients still flow
             m.to(engine.device)
     _check_vocabulary(tokenizer, policy)
+    positions = int(getattr(policy.config, "max_position_embeddings", 0) or 1 << 30)
+    prompt_limit = min(cfg.max_prompt_tokens, positions - cfg.max_new_tokens)
+    if prompt_limit < 1:
+        raise ConfigError(
+            f"max_new_tokens: {cfg.max_new_tokens} leaves no room for a prompt in the policy's "
+            f"{positions} positions"
+        )
 
     # ---- prompts
     train_prompts, eval_prompts, source = _prompts(cfg, tokenizer, engine)
@@ -346,9 +356,7 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
 
     @torch.no_grad()
     def collect(prompts: list[str]) -> Rollout:
-        ids, mask = encode_prompts(
-            tokenizer, prompts, engine.device, max_length=cfg.max_prompt_tokens
-        )
+        ids, mask = encode_prompts(tokenizer, prompts, engine.device, max_length=prompt_limit)
         with engine.autocast():
             s = sample(
                 sampling_model(policy),
@@ -456,7 +464,9 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
         k: v for k, v in metrics.items() if k.startswith("eval_") or k in ("score", "kl", "beta")
     }
     if engine.is_main and reward_fn is None and cfg.prompts is None:
-        summary |= _gold_win_rate(cfg, tokenizer, policy, reference, eval_prompts, engine, tracker)
+        summary |= _gold_win_rate(
+            cfg, prompt_limit, tokenizer, policy, reference, eval_prompts, engine, tracker
+        )
     engine.close()
     return summary
 
@@ -578,20 +588,25 @@ def _optimise(
                 sl = slice(i * micro, (i + 1) * micro)
                 part = s.select(sl)
                 last = i == n_micro - 1
-                with engine.micro_step(policy, last), engine.micro_step(value_model, last):
+                m = part.response_mask
+                weight = m.sum() / n_tokens  # token-weighted mean over micro-batches
+                # policy, then value model: one model's activations alive at a time
+                with engine.micro_step(policy, last):
                     with engine.autocast():
                         logits = response_logits(policy, part)
                         logprobs = token_logprobs(logits, part.response_ids, cfg.temperature)
-                        values = response_values(value_model, part).float()
-                    m = part.response_mask
                     p_loss, p_stats = policy_loss(
                         logprobs, ro.logprobs[idx][sl], advantages[sl], m, cfg.clip_eps
                     )
+                    (p_loss * weight).backward()
+                logits = logits.detach()
+                with engine.micro_step(value_model, last):
+                    with engine.autocast():
+                        values = response_values(value_model, part).float()
                     v_loss, v_stats = value_loss(
                         values, ro.values[idx][sl], returns[sl], m, cfg.clip_eps
                     )
-                    weight = m.sum() / n_tokens  # token-weighted mean over micro-batches
-                    ((p_loss + v_loss) * weight).backward()
+                    (v_loss * weight).backward()
                 with torch.no_grad():
                     step_stats = {
                         "policy_loss": float(p_loss),
@@ -711,6 +726,7 @@ def _write_samples(path: Path, update: int, ro: Rollout, engine: Engine, n: int 
 @torch.no_grad()
 def _gold_win_rate(
     cfg: Config,
+    prompt_limit: int,
     tokenizer: PreTrainedTokenizerBase,
     policy: nn.Module,
     reference: nn.Module | None,
@@ -727,7 +743,7 @@ def _gold_win_rate(
         out = []
         for i in range(0, len(prompts), 32):
             ids, mask = encode_prompts(
-                tokenizer, prompts[i : i + 32], engine.device, max_length=cfg.max_prompt_tokens
+                tokenizer, prompts[i : i + 32], engine.device, max_length=prompt_limit
             )
             with engine.autocast():
                 s = sample(
