@@ -3,6 +3,7 @@ settings that keep every test on the CPU, offline and fast."""
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 # Test models are tiny: one thread each is faster than two fighting over the cores, and the
 # suite runs in two worker processes (pytest -n 2) to use both.
 torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"  # the same in every subprocess: same numbers as in-process
 
 NAMES = ["romeo", "juliet", "hamlet", "ophelia", "lear", "cordelia", "viola", "orsino"]
 VERBS = ["greets", "thanks", "follows", "answers", "praises", "warns"]
