@@ -29,7 +29,12 @@ def adamw(
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, eps=eps)
+    params = [p for g in groups for p in g["params"]]
+    # the fused kernel (one pass over all parameters) where every parameter can use it
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=lr, betas=betas, eps=eps, fused=fused or None
+    )
 
 
 def warmup_cosine(
