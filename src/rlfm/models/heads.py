@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,7 +48,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from rlfm.errors import ModelError
-from rlfm.models.loading import load_causal_lm
+from rlfm.models.adapters import adapter_base_path, add_lora, load_model
 from rlfm.models.tokenizer import ensure_pad_token, load_tokenizer
 
 HEAD_WEIGHTS = "head.safetensors"
@@ -62,46 +61,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 def load_backbone(path: str | Path) -> nn.Module:
     """The causal LM in ``path``: a Hugging Face model directory, or a PEFT adapter directory
-    whose base (``base_model_name_or_path``, itself possibly an adapter) is loaded first and
-    the adapter merged in. Raises ModelError naming the directory."""
-    path = Path(path)
-    adapter = path / ADAPTER_CONFIG
-    if (path / "config.json").is_file() or not adapter.is_file():
-        return load_causal_lm(path)
-    from peft import PeftModel
-
-    base = _adapter_base(path)
-    model = load_backbone(base)
-    try:
-        peft_model = PeftModel.from_pretrained(model, path)
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise ModelError(f"cannot apply the adapter in {str(path)!r} to {str(base)!r}: {e}") from e
-    if not hasattr(peft_model, "merge_and_unload"):  # prompt learning: nothing to fold in
-        raise ModelError(
-            f"the adapter in {str(path)!r} is a {peft_model.peft_type} adapter, which cannot be "
-            "folded into the weights; a reward model needs a plain or LoRA backbone"
-        )
-    return peft_model.merge_and_unload()
-
-
-def _adapter_base(path: Path) -> Path:
-    """The base model directory an adapter directory names."""
-    try:
-        cfg = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"cannot read {str(path / ADAPTER_CONFIG)!r}: {e}") from e
-    base = cfg.get("base_model_name_or_path") if isinstance(cfg, dict) else None
-    if not base:
-        raise ModelError(f"{str(path / ADAPTER_CONFIG)!r} names no base_model_name_or_path")
-    base_path = Path(base)
-    if not base_path.is_absolute() and not base_path.exists():
-        base_path = path / base  # a path relative to the adapter directory
-    if not base_path.is_dir():
-        raise ModelError(
-            f"the adapter in {str(path)!r} was trained on {base!r}, which is not a local "
-            "directory (rlfm loads no model from the hub)"
-        )
-    return base_path
+    whose base is loaded first and the adapter merged in (models/adapters.py)."""
+    return load_model(path, merge=True)
 
 
 def load_model_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
@@ -113,7 +74,7 @@ def load_model_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     except ModelError:
         if not (path / ADAPTER_CONFIG).is_file():
             raise
-        return load_model_tokenizer(_adapter_base(path))
+        return load_model_tokenizer(adapter_base_path(path))
     ensure_pad_token(tok)
     return tok
 
@@ -348,7 +309,7 @@ class ScalarHeadModel(nn.Module):
             from peft import PeftModel
 
             lm = PeftModel.from_pretrained(
-                load_backbone(_adapter_base(path)), path, is_trainable=True
+                load_backbone(adapter_base_path(path)), path, is_trainable=True
             )
         else:
             lm = load_backbone(path)
@@ -472,20 +433,9 @@ def _fit_vocabulary(lm: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
 
 def _add_lora(lm: nn.Module, base: Path, rank: int, alpha: float, dropout: float) -> nn.Module:
     """Wrap ``lm`` with a new LoRA adapter on all linear layers; record ``base`` as its base."""
-    from peft import LoraConfig, get_peft_model
-
-    cfg = LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules="all-linear",
-        base_model_name_or_path=str(Path(base).resolve()),
+    return add_lora(
+        lm, r=rank, alpha=alpha, dropout=dropout, targets=("all-linear",), base_path=base
     )
-    with warnings.catch_warnings():  # GPT-2's Conv1D: peft notes it sets fan_in_fan_out
-        warnings.simplefilter("ignore")
-        model = get_peft_model(lm, cfg)
-    model.peft_config["default"].base_model_name_or_path = str(Path(base).resolve())
-    return model
 
 
 # ---------------------------------------------------------------------------- segments

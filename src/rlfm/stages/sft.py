@@ -22,9 +22,10 @@ and later stages load base + adapter from a checkpoint directly.
 Optimisation: AdamW (β = 0.9, 0.95), linear warm-up, cosine decay to 10% of the peak, gradients
 clipped to norm 1. Batches group demonstrations of similar length (data/sft.py: BucketSampler),
 and the output layer is evaluated only from the first position that carries loss onward
-(``logits_to_keep``), so the prompt's vocabulary logits are never computed; padded lengths are
-rounded to a few sizes where kernels are compiled per shape (``shape_multiple``). Deviations from
-InstructGPT: a small model on the built-in dialogue by default instead of labeler demonstrations;
+(``logits_to_keep``), so vocabulary logits before the batch's first completion token are never
+computed, and the loss's float32 copies hold only the positions that carry loss; padded lengths
+are rounded to a few sizes where kernels are compiled per shape (``shape_multiple``).
+Deviations from InstructGPT: a small model on the built-in dialogue by default instead of labeler demonstrations;
 validation is the loss on held-out demonstrations (four held-out plays), and samples for fixed
 held-out prompts are written to ``samples.jsonl`` at every evaluation (step 0 included), where
 the replies can be seen turning from "continue the play" into "answer the line".
@@ -297,19 +298,25 @@ def batch_loss(
 
     With ``trim`` the model computes vocabulary logits only from the first position whose next
     token carries loss (``logits_to_keep``), rounded down to ``multiple_of``; the positions
-    before it need none.
+    before it need none. The loss itself is computed on the rows of the logits that carry loss
+    only, so its float32 copies are as small as the completions, not the batch.
     """
     B, T = batch.input_ids.shape  # batch, time (on the CPU: no device sync below)
     has_loss = batch.loss_mask[:, 1:].any(0)  # (T-1,) target columns with any loss token
     start = int(has_loss.nonzero()[0]) if trim else 0
     start -= start % multiple_of
-    n = int(batch.loss_mask[:, start + 1 :].sum())
+    rows, cols = batch.loss_mask[:, start + 1 :].nonzero(as_tuple=True)  # target: start+1+col
+    targets = batch.input_ids[:, start + 1 :][rows, cols]  # (N,)
     b = batch.to(device)
     kwargs = {"logits_to_keep": T - start} if trim else {}
     logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, **kwargs).logits
-    logits = logits[:, -(T - start) :][:, :-1]  # (B, T-1-start, V): predicts tokens start+1..
-    loss = next_token_loss(logits, b.input_ids[:, start + 1 :], b.loss_mask[:, start + 1 :])
-    return loss * n, n
+    if len(rows) == 0:  # nothing to learn here (keeps the graph, so DDP still syncs)
+        return logits.sum() * 0.0, 0
+    K = logits.shape[1]  # the last K positions; position t - 1 predicts token t
+    flat = rows * K + (start + cols) - (T - K)  # (N,) rows of the (B·K, V) logits with loss
+    picked = logits.reshape(B * K, -1)[flat.to(device, non_blocking=True)]  # (N, V)
+    loss = next_token_loss(picked[None], targets.to(device, non_blocking=True)[None])
+    return loss * len(flat), len(flat)
 
 
 @torch.no_grad()
