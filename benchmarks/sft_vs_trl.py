@@ -3,8 +3,9 @@
 Same model, data, batch size, sequence length, precision and optimizer, on the same machine:
 
 - **rlfm** — ``rlfm.stages.sft.train`` (what ``rlfm sft`` runs) with its defaults: length-grouped
-  batches, right padding to each batch's longest row, vocabulary logits only from the first
-  position that carries loss onward. Its throughput is the ``samples_per_s`` it logs, which
+  batches, right padding to each batch's longest row (rounded up to a multiple of 16 under bf16
+  on a CPU), vocabulary logits only from the batch's first position that carries loss onward,
+  the loss taken on the positions that carry it. Its throughput is the ``samples_per_s`` it logs, which
   times batch assembly, forward, backward, clipping and the optimizer step, and excludes
   logging, evaluation and checkpoints (both happen only at step 0 and after the last step).
 - **TRL** — ``trl.SFTTrainer`` with ``SFTConfig`` defaults for a prompt–completion data set
@@ -25,7 +26,9 @@ sides the same peft ``LoraConfig`` (r = 8, α = 16, dropout 0.05 on GPT-2's ``c_
 
 Measures: **samples/s** over the steps after ``--warmup`` (the first steps create kernels and
 caches), and **peak memory** = the process's peak resident memory (``ru_maxrss``) minus its
-resident memory right after its imports. Each contender runs in its own process, ``--rounds``
+resident memory right after its imports (both import the same libraries first: torch,
+transformers, datasets, peft, accelerate, trl, TensorBoard, matplotlib, rlfm), the smallest
+over the rounds. Each contender runs in its own process, ``--rounds``
 times, interleaved (the order reverses every other round); the best round of each is reported:
 other work on a shared machine only slows a run down. Ratio = rlfm samples/s ÷ TRL samples/s.
 
@@ -252,6 +255,7 @@ def run_trl(args: argparse.Namespace, work: Path) -> dict:
         "peak_mib": peak - base,
         "loss": f"{result.training_loss:.3f} (mean of the run)",
         "trl": trl.__version__,
+        "mixed_precision": str(trainer.accelerator.mixed_precision),
     }
 
 

@@ -109,11 +109,13 @@ class Engine:
         return float(t)
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Element-wise sum of a tensor over processes (returns a new tensor)."""
-        t = tensor.detach().clone()
+        """Element-wise sum of a tensor over processes (a new tensor, on the input's device).
+
+        The reduction runs on the engine's device (NCCL reduces only GPU tensors)."""
+        t = tensor.detach().to(self.device, copy=True)
         if self.distributed:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t
+        return t.to(tensor.device)
 
     def broadcast_object(self, obj: Any) -> Any:
         """``obj`` from rank 0, on every process."""
