@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from rlfm.data.text import _json_kind, _read_text
+from rlfm.data.text import _json_kind, _read_text, json_lines
 from rlfm.errors import DataError
 from rlfm.losses.preference import levels_to_ranking, pair_mask, ranking_levels
 
@@ -160,19 +160,10 @@ def _load_file(file: Path, tokenizer: PreTrainedTokenizerBase | None) -> list[Ra
             parse_row(row, f"{file}: item {n}", f"{file.name}:{n}", tokenizer)
             for n, row in enumerate(items, start=1)
         ]
-    out = []
-    for n, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(
-                f"{file}: line {n}: not valid JSON ({e.msg} at column {e.colno}); expected one "
-                "JSON object per line"
-            ) from None
-        out.append(parse_row(row, f"{file}: line {n}", f"{file.name}:{n}", tokenizer))
-    return out
+    return [
+        parse_row(row, f"{file}: line {n}", f"{file.name}:{n}", tokenizer)
+        for n, row in json_lines(file, text)
+    ]
 
 
 def _load_parquet(file: Path, tokenizer: PreTrainedTokenizerBase | None) -> list[Ranking]:

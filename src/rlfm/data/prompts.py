@@ -19,6 +19,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from rlfm.data.text import json_lines
 from rlfm.errors import DataError
 
 
@@ -52,15 +53,7 @@ def _rows(path: Path) -> list[tuple[str, Any]]:
             return [(f"{path}: item {i + 1}", r) for i, r in enumerate(json.loads(text))]
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-    rows = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((f"{path}: line {n}", json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {n}: invalid JSON ({e.msg})") from None
-    return rows
+    return [(f"{path}: line {n}", row) for n, row in json_lines(path, text)]
 
 
 def _prompt_of(where: str, row: Any, tokenizer: PreTrainedTokenizerBase) -> str:

@@ -61,7 +61,7 @@ from transformers import PreTrainedTokenizerBase
 
 from rlfm.data.corpora import VAL_PLAYS, load_builtin_corpus
 from rlfm.data.dialogue import DialoguePair, dialogue_pairs
-from rlfm.data.text import _read_text
+from rlfm.data.text import _read_text, json_lines
 from rlfm.errors import DataError
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -363,19 +363,7 @@ def _json_records(file: Path, text: str, suffix: str) -> list[Record]:
             return [parse_row(f"{file}: item {n}", r) for n, r in enumerate(whole, start=1)]
         if isinstance(whole, dict):
             return [parse_row(f"{file}: line 1", whole)]
-    records = []
-    for n, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(
-                f"{file}: line {n}: not valid JSON ({e.msg} at column {e.colno}); expected one "
-                "JSON object per line"
-            ) from None
-        records.append(parse_row(f"{file}: line {n}", row))
-    return records
+    return [parse_row(f"{file}: line {n}", row) for n, row in json_lines(file, text)]
 
 
 def _is_saved_dataset(directory: Path) -> bool:

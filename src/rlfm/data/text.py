@@ -217,21 +217,26 @@ def _json_kind(value: Any) -> str:
     return "object"
 
 
-def _load_json_lines(file: Path, name: str, text: str, text_field: str) -> list[Document]:
-    """One document per non-blank line of a JSON-lines text."""
-    docs = []
+def json_lines(file: Path, text: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line of a JSON-lines text; DataError
+    names the file, the line and the column of invalid JSON."""
     for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            yield n, json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(
                 f"{file}: line {n}: not valid JSON ({e.msg} at column {e.colno}); "
                 "expected one JSON object per line"
             ) from None
-        docs.append(_row_document(file, name, "line", n, row, text_field))
-    return docs
+
+
+def _load_json_lines(file: Path, name: str, text: str, text_field: str) -> list[Document]:
+    """One document per non-blank line of a JSON-lines text."""
+    return [
+        _row_document(file, name, "line", n, row, text_field) for n, row in json_lines(file, text)
+    ]
 
 
 def _load_json(file: Path, name: str, text: str, text_field: str) -> list[Document]:
