@@ -1,8 +1,9 @@
 """Preference data: pairs and K-way rankings, read from files, checked, tokenized, batched.
 
-**Formats.** A JSONL file (one object per line), a JSON file (a list of objects), a Parquet
-file, a saved `datasets` directory (the "train" split of a DatasetDict, or its only split), or
-a directory of such files. Each row is one of:
+**Formats** (read by :mod:`rlfm.data.rows`). A JSONL file (one object per line), a JSON file
+(a list of objects, one object, or JSON lines), a Parquet file, a saved `datasets` directory
+(the "train" split of a DatasetDict, or its only split), or a directory of such files (found
+recursively, hidden ones left out). Each row is one of:
 
 - a **pair** ``{"prompt": ..., "chosen": ..., "rejected": ...}`` — TRL's preference format and
   that of most public sets. ``prompt`` may be missing (Anthropic HH style: the conversation is
@@ -51,12 +52,16 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from rlfm.data.text import _json_kind, _read_text, json_lines
+from rlfm.data.rows import (
+    Row,
+    file_rows,
+    is_saved_dataset,
+    json_kind,
+    row_files,
+    saved_dataset_rows,
+)
 from rlfm.errors import DataError
 from rlfm.losses.preference import levels_to_ranking, pair_mask, ranking_levels
-
-SUFFIXES = (".jsonl", ".json", ".parquet")
-"""File endings read as preference rows."""
 
 
 @dataclass(frozen=True)
@@ -121,14 +126,14 @@ def load_preferences(
             f"{root}: no such file or directory; expected a .jsonl, .json or .parquet file of "
             "preference rows, or a saved `datasets` directory"
         )
-    if root.is_dir():
-        if _is_saved_dataset(root):
-            rows = _load_saved_dataset(root, tokenizer)
-        else:
-            files = sorted(p for p in root.iterdir() if p.suffix.lower() in SUFFIXES)
-            if not files:
-                raise DataError(f"{root}: directory holds no .jsonl, .json or .parquet file")
-            rows = [r for f in files for r in _load_file(f, tokenizer)]
+    if root.is_dir() and is_saved_dataset(root):
+        train, _ = saved_dataset_rows(root)
+        rows = _rankings(train, root.name, tokenizer)
+    elif root.is_dir():
+        files = row_files(root)
+        if not files:
+            raise DataError(f"{root}: directory holds no .jsonl, .json or .parquet file")
+        rows = [r for f in files for r in _load_file(f, tokenizer)]
     else:
         rows = _load_file(root, tokenizer)
     if not rows:
@@ -136,73 +141,19 @@ def load_preferences(
     return rows
 
 
-def _is_saved_dataset(directory: Path) -> bool:
-    if (directory / "dataset_dict.json").is_file():
-        return True
-    return (directory / "dataset_info.json").is_file() and (directory / "state.json").is_file()
-
-
 def _load_file(file: Path, tokenizer: PreTrainedTokenizerBase | None) -> list[Ranking]:
-    suffix = file.suffix.lower()
-    if suffix == ".parquet":
-        return _load_parquet(file, tokenizer)
-    if suffix not in (".jsonl", ".json"):
-        raise DataError(f"{file}: unknown file type {suffix!r}; expected .jsonl, .json or .parquet")
-    text = _read_text(file)  # DataError naming the line for bytes that are not UTF-8
-    if not text.strip():
+    """Rankings of one .jsonl, .json or .parquet file; DataError when it holds no rows."""
+    rows = file_rows(file)  # DataError naming the line for bytes that are not UTF-8
+    if not rows:
         raise DataError(f"{file}: file is empty; expected preference rows")
-    if suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{file}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        return [
-            parse_row(row, f"{file}: item {n}", f"{file.name}:{n}", tokenizer)
-            for n, row in enumerate(items, start=1)
-        ]
-    return [
-        parse_row(row, f"{file}: line {n}", f"{file.name}:{n}", tokenizer)
-        for n, row in json_lines(file, text)
-    ]
+    return _rankings(rows, file.name, tokenizer)
 
 
-def _load_parquet(file: Path, tokenizer: PreTrainedTokenizerBase | None) -> list[Ranking]:
-    import pyarrow.parquet as pq  # a dependency of `datasets`
-
-    try:
-        rows = pq.read_table(file).to_pylist()
-    except Exception as e:  # pyarrow raises several types for a damaged file
-        raise DataError(f"{file}: not a readable Parquet file ({e})") from None
-    return [
-        parse_row(row, f"{file}: row {n}", f"{file.name}:{n}", tokenizer)
-        for n, row in enumerate(rows, start=1)
-    ]
-
-
-def _load_saved_dataset(
-    directory: Path, tokenizer: PreTrainedTokenizerBase | None
+def _rankings(
+    rows: list[Row], name: str, tokenizer: PreTrainedTokenizerBase | None
 ) -> list[Ranking]:
-    import datasets
-
-    try:
-        loaded = datasets.load_from_disk(str(directory))
-    except Exception as e:  # damaged or from an incompatible `datasets` version
-        raise DataError(
-            f"{directory}: cannot be loaded with datasets.load_from_disk ({e})"
-        ) from None
-    if isinstance(loaded, datasets.DatasetDict):
-        if "train" in loaded:
-            loaded = loaded["train"]
-        elif len(loaded) == 1:
-            loaded = loaded[next(iter(loaded))]
-        else:
-            raise DataError(
-                f"{directory}: a DatasetDict with splits {', '.join(loaded)} and no 'train' split"
-            )
-    return [
-        parse_row(row, f"{directory}: row {n}", f"{directory.name}:{n}", tokenizer)
-        for n, row in enumerate(loaded, start=1)
-    ]
+    """Rows as rankings whose source is ``"<name>:<line or row>"``."""
+    return [parse_row(r.value, r.where, f"{name}:{r.number}", tokenizer) for r in rows]
 
 
 # ---------------------------------------------------------------------------- one row
@@ -228,7 +179,7 @@ class _RowError(ValueError):
 
 def _parse_row(row: Any, source: str, tokenizer: PreTrainedTokenizerBase | None) -> Ranking:
     if not isinstance(row, dict):
-        raise _RowError(f"is a JSON {_json_kind(row)}, expected an object")
+        raise _RowError(f"is a JSON {json_kind(row)}, expected an object")
     keys = set(row)
     if keys & {"completions", "ranking"}:
         _require(row, ("completions", "ranking"), "a ranking row")
@@ -283,7 +234,7 @@ def _parse_ranking(row: dict, source: str, tokenizer: PreTrainedTokenizerBase | 
         raise _RowError("missing field 'prompt' for a ranking row")
     completions = row["completions"]
     if not isinstance(completions, list):
-        raise _RowError(f"'completions' is a JSON {_json_kind(completions)}, expected a list")
+        raise _RowError(f"'completions' is a JSON {json_kind(completions)}, expected a list")
     if len(completions) < 2:
         raise _RowError(f"'completions' has {len(completions)} item(s); a ranking needs at least 2")
     prompt, texts = _prompt_and_completions(
@@ -333,7 +284,7 @@ def _text(value: Any, name: str) -> str:
                 f"{name} is not valid UTF-8 (byte 0x{value[e.start]:02x} at offset {e.start})"
             ) from None
     if not isinstance(value, str):
-        raise _RowError(f"{name} is a JSON {_json_kind(value)}, expected a string")
+        raise _RowError(f"{name} is a JSON {json_kind(value)}, expected a string")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
@@ -374,7 +325,7 @@ def _as_messages(value: Any, name: str) -> list[dict[str, str]]:
     if _is_conversation(value):
         return _messages(value, name)
     raise _RowError(
-        f"{name} is a JSON {_json_kind(value)}, expected a string, a message or messages"
+        f"{name} is a JSON {json_kind(value)}, expected a string, a message or messages"
     )
 
 
@@ -396,7 +347,7 @@ def _prompt_and_completions(
         return prompt, texts
     if not _is_conversation(prompt_value):
         raise _RowError(
-            f"'prompt' is a JSON {_json_kind(prompt_value)}, expected a string or a list of "
+            f"'prompt' is a JSON {json_kind(prompt_value)}, expected a string or a list of "
             '{"role": ..., "content": ...} messages'
         )
     history = _messages(prompt_value, "'prompt'")

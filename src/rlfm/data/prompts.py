@@ -12,48 +12,38 @@ apart for evaluation, so the policy is scored on prompts it never trained on.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from rlfm.data.text import json_lines
+from rlfm.data.rows import (
+    ROW_SUFFIXES,
+    Row,
+    file_rows,
+    is_saved_dataset,
+    json_lines,
+    read_text,
+    saved_dataset_rows,
+)
 from rlfm.errors import DataError
 
 
-def _rows(path: Path) -> list[tuple[str, Any]]:
-    """(where, row) pairs of a row file or saved dataset; DataError names file and line."""
+def _rows(path: Path) -> list[Row]:
+    """Rows of a row file or saved dataset (a file of another ending is read as JSON lines);
+    DataError names the file and line."""
     if path.is_dir():
-        import datasets
-
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except (FileNotFoundError, ValueError) as e:
-            raise DataError(f"{path}: not a saved `datasets` directory ({e})") from None
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-        return [(f"{path}: row {i + 1}", row) for i, row in enumerate(ds)]
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except Exception as e:  # pyarrow raises several kinds for a damaged file
-            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-        return [(f"{path}: row {i + 1}", row) for i, row in enumerate(table.to_pylist())]
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    if suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            return [(f"{path}: item {i + 1}", r) for i, r in enumerate(json.loads(text))]
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-    return [(f"{path}: line {n}", row) for n, row in json_lines(path, text)]
+        if not is_saved_dataset(path):
+            raise DataError(
+                f"{path}: not a saved `datasets` directory (it has neither dataset_dict.json "
+                "nor dataset_info.json and state.json); expected a JSONL, JSON or Parquet file "
+                "of prompts, or a directory written by Dataset.save_to_disk"
+            )
+        return saved_dataset_rows(path)[0]
+    if path.suffix.lower() in ROW_SUFFIXES:
+        return file_rows(path)
+    return [Row(f"{path}: line {n}", v, n) for n, v in json_lines(path, read_text(path))]
 
 
 def _prompt_of(where: str, row: Any, tokenizer: PreTrainedTokenizerBase) -> str:
@@ -95,7 +85,7 @@ def load_prompts(path: str | Path, tokenizer: PreTrainedTokenizerBase) -> list[s
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or directory (expected JSONL/Parquet prompts)")
-    prompts = [_prompt_of(where, row, tokenizer) for where, row in _rows(path)]
+    prompts = [_prompt_of(r.where, r.value, tokenizer) for r in _rows(path)]
     if not prompts:
         raise DataError(f"{path}: holds no prompts")
     return prompts

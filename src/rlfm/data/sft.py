@@ -25,9 +25,9 @@ Three sources, one result (a list of :class:`Example`: token ids and a 0/1 loss 
   text between the rendering of ``messages[:i]`` with the generation prompt and the rendering
   of ``messages[:i+1]`` (for the default template: the reply and its EOS).
 
-Rows come from local files (:func:`load_records`): ``.jsonl``, ``.json``, ``.parquet``, a saved
-`datasets` directory (a ``validation`` or ``test`` split of a ``DatasetDict`` becomes the
-validation data), or a directory of such files. A row that is not usable (a missing or mistyped
+Rows come from local files (:func:`load_records`, read by :mod:`rlfm.data.rows`): ``.jsonl``,
+``.json``, ``.parquet``, a saved `datasets` directory (a ``validation`` or ``test`` split of a
+``DatasetDict`` becomes the validation data), or a directory of such files. A row that is not usable (a missing or mistyped
 field, an empty completion, roles that do not alternate, no assistant turn) raises
 :class:`~rlfm.errors.DataError` naming the file, the row and the problem, while the data is
 read, before any model is loaded.
@@ -61,11 +61,16 @@ from transformers import PreTrainedTokenizerBase
 
 from rlfm.data.corpora import VAL_PLAYS, load_builtin_corpus
 from rlfm.data.dialogue import DialoguePair, dialogue_pairs
-from rlfm.data.text import _read_text, json_lines
+from rlfm.data.rows import (
+    ROW_SUFFIXES,
+    Row,
+    file_rows,
+    is_saved_dataset,
+    row_files,
+    saved_dataset_rows,
+)
 from rlfm.errors import DataError
 
-SUFFIXES = (".jsonl", ".json", ".parquet")
-"""File endings read as rows of demonstrations."""
 ROLES = ("system", "user", "assistant")
 """Message roles of a conversation."""
 TooLong = Literal["drop", "truncate", "error"]
@@ -313,97 +318,35 @@ def load_records(path: str | Path) -> tuple[list[Record], list[Record]]:
             f"{root}: no such file or directory; expected a .jsonl, .json or .parquet file of "
             "demonstrations, or a saved `datasets` directory"
         )
+    if root.is_dir() and is_saved_dataset(root):
+        train, val = saved_dataset_rows(root)
+        if not train:
+            raise DataError(f"{root}: holds no rows")
+        return _records(train), _records(val)
     if root.is_dir():
-        if _is_saved_dataset(root):
-            return _load_saved_dataset(root)
-        files = sorted(
-            p
-            for p in root.rglob("*")
-            if p.is_file()
-            and p.suffix.lower() in SUFFIXES
-            and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        )
+        files = row_files(root)
         if not files:
             raise DataError(f"{root}: directory holds no .jsonl, .json or .parquet files")
-        rows = [r for f in files for r in _load_file(f)]
-        return rows, []
+        return [r for f in files for r in _load_file(f)], []
     return _load_file(root), []
 
 
 def _load_file(file: Path) -> list[Record]:
+    """Records of one .jsonl, .json or .parquet file; DataError when it holds none."""
     suffix = file.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq  # a dependency of `datasets`
-
-        try:
-            rows = pq.read_table(file).to_pylist()
-        except Exception as e:  # pyarrow raises several types for a damaged file
-            raise DataError(f"{file}: not a readable Parquet file ({e})") from None
-        records = [parse_row(f"{file}: row {n}", r) for n, r in enumerate(rows, start=1)]
-    elif suffix in (".jsonl", ".json"):
-        text = _read_text(file)
-        records = _json_records(file, text, suffix)
-    else:
+    if suffix not in ROW_SUFFIXES:
         raise DataError(
             f"{file}: unknown file type {suffix or '(no ending)'!r}; expected .jsonl, .json or "
             ".parquet rows with 'prompt' and 'completion', or 'messages'"
         )
+    records = _records(file_rows(file))
     if not records:
         raise DataError(f"{file}: holds no rows")
     return records
 
 
-def _json_records(file: Path, text: str, suffix: str) -> list[Record]:
-    if suffix == ".json":
-        try:
-            whole = json.loads(text)
-        except json.JSONDecodeError:
-            whole = None  # maybe JSON lines
-        if isinstance(whole, list):
-            return [parse_row(f"{file}: item {n}", r) for n, r in enumerate(whole, start=1)]
-        if isinstance(whole, dict):
-            return [parse_row(f"{file}: line 1", whole)]
-    return [parse_row(f"{file}: line {n}", row) for n, row in json_lines(file, text)]
-
-
-def _is_saved_dataset(directory: Path) -> bool:
-    if (directory / "dataset_dict.json").is_file():
-        return True
-    return (directory / "dataset_info.json").is_file() and (directory / "state.json").is_file()
-
-
-def _load_saved_dataset(directory: Path) -> tuple[list[Record], list[Record]]:
-    import datasets  # heavy: imported only for saved datasets
-
-    try:
-        loaded = datasets.load_from_disk(str(directory))
-    except Exception as e:  # damaged, or from an incompatible `datasets` version
-        raise DataError(
-            f"{directory}: cannot be loaded with datasets.load_from_disk ({e})"
-        ) from None
-    val = []
-    if isinstance(loaded, datasets.DatasetDict):
-        splits = list(loaded)
-        train_split = "train" if "train" in loaded else (splits[0] if len(splits) == 1 else None)
-        if train_split is None:
-            raise DataError(
-                f"{directory}: a DatasetDict with splits {', '.join(splits)} and no 'train' "
-                "split; expected a 'train' split or a single split"
-            )
-        for name in ("validation", "test"):
-            if name in loaded and name != train_split:
-                val = [
-                    parse_row(f"{directory} [{name}]: row {n}", r)
-                    for n, r in enumerate(loaded[name], start=1)
-                ]
-                break
-        where, loaded = f"{directory} [{train_split}]", loaded[train_split]
-    else:
-        where = str(directory)
-    rows = [parse_row(f"{where}: row {n}", r) for n, r in enumerate(loaded, start=1)]
-    if not rows:
-        raise DataError(f"{directory}: holds no rows")
-    return rows, val
+def _records(rows: list[Row]) -> list[Record]:
+    return [parse_row(r.where, r.value) for r in rows]
 
 
 def split_records(

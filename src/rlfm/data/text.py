@@ -18,7 +18,9 @@ Every input becomes a list of :class:`Document` (a name and its text). What is a
 
 Names are relative to the path given (``path.name`` for a single file), rows and lines are
 counted from 1, and every problem raises :class:`rlfm.errors.DataError` naming the file (and
-the row or line) before any long work starts. Input files are only ever read.
+the row or line) before any long work starts. Input files are only ever read. The reading is
+:mod:`rlfm.data.rows`' (shared with the SFT, preference and prompt data), except that of Parquet
+files and saved datasets: only their ``text_field`` column is read.
 
 :func:`split_documents` makes the train/validation split: by document, or, for a single
 document, by cutting its text at a line boundary.
@@ -26,17 +28,14 @@ document, by cutting its text at a line boundary.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlfm.data.rows import is_saved_dataset, json_kind, json_rows, read_text, saved_dataset_splits
 from rlfm.errors import ConfigError, DataError
-
-ROW_SUFFIXES = (".jsonl", ".json", ".parquet")
-"""File endings read as one document per row; anything else is one plain-text document."""
 
 
 @dataclass(frozen=True)
@@ -102,16 +101,9 @@ def split_documents(
 # ---------------------------------------------------------------------------- files and folders
 
 
-def _is_saved_dataset(directory: Path) -> bool:
-    """True when `directory` is what `Dataset(Dict).save_to_disk` writes."""
-    if (directory / "dataset_dict.json").is_file():
-        return True
-    return (directory / "dataset_info.json").is_file() and (directory / "state.json").is_file()
-
-
 def _load_dir(directory: Path, root: Path, text_field: str) -> Iterator[Document]:
     """Documents of every usable file below `directory`, sorted, named relative to `root`."""
-    if _is_saved_dataset(directory):
+    if is_saved_dataset(directory):
         yield from _load_saved_dataset(directory, _rel(directory, root), text_field)
         return
     for child in sorted(directory.iterdir()):
@@ -136,133 +128,52 @@ def _load_file(file: Path, name: str, text_field: str, skip_empty: bool = False)
         if skip_empty and file.stat().st_size == 0:
             return []
         return _load_parquet(file, name, text_field)
-    text = _read_text(file)
+    text = read_text(file)
     if not text.strip():
         if skip_empty:
             return []
         raise DataError(f"{file}: file is empty (0 bytes or only whitespace); expected text")
-    if suffix == ".jsonl":
-        return _load_json_lines(file, name, text, text_field)
-    if suffix == ".json":
-        return _load_json(file, name, text, text_field)
+    if suffix in (".jsonl", ".json"):
+        rows = json_rows(file, text)
+        if not rows:  # a non-blank text gives no rows only as an empty JSON list
+            raise DataError(
+                f"{file}: the JSON list is empty; expected objects with a {text_field!r} field"
+            )
+        return [_row_document(r.where, f"{name}:{r.number}", r.value, text_field) for r in rows]
     return [Document(name=name, text=text)]
-
-
-def _read_text(file: Path) -> str:
-    """The file's text as UTF-8 with ``\\n`` line endings; DataError for binary content."""
-    data = file.read_bytes()
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        line = data.count(b"\n", 0, nul) + 1
-        raise DataError(
-            f"{file}: binary file (NUL byte at byte offset {nul}, line {line}); expected UTF-8 text"
-        )
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(
-            f"{file}: not valid UTF-8 (byte 0x{data[e.start]:02x} at byte offset "
-            f"{e.start}, line {line}); expected UTF-8 text: re-encode the file, "
-            "e.g. `iconv -f latin1 -t utf-8`"
-        ) from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 # ---------------------------------------------------------------------------- rows
 
 
-def _row_document(file: Path, name: str, where: str, n: int, row: Any, text_field: str) -> Document:
-    """The document of one JSON row; `where` is "line" or "item", `n` its 1-based number."""
+def _row_document(where: str, name: str, row: Any, text_field: str) -> Document:
+    """The document `name` of one JSON row; `where` names the row in messages."""
     if not isinstance(row, dict):
         raise DataError(
-            f"{file}: {where} {n}: is a JSON {_json_kind(row)}, expected an object "
+            f"{where}: is a JSON {json_kind(row)}, expected an object "
             f'like {{"{text_field}": "..."}}'
         )
     if text_field not in row:
         fields = ", ".join(repr(k) for k in row) or "none"
         raise DataError(
-            f"{file}: {where} {n}: has no {text_field!r} field (fields: {fields}); "
+            f"{where}: has no {text_field!r} field (fields: {fields}); "
             f"expected a string field {text_field!r}"
         )
-    return Document(
-        name=f"{name}:{n}", text=_check_text(file, where, n, row[text_field], text_field)
-    )
+    return Document(name=name, text=_check_text(where, row[text_field], text_field))
 
 
-def _check_text(file: Path, where: str, n: int, value: Any, text_field: str) -> str:
+def _check_text(where: str, value: Any, text_field: str) -> str:
     """`value` if it is a non-empty string, else DataError naming the row."""
     if not isinstance(value, str):
         kind = "null" if value is None else type(value).__name__
-        raise DataError(f"{file}: {where} {n}: field {text_field!r} is {kind}, expected a string")
+        raise DataError(f"{where}: field {text_field!r} is {kind}, expected a string")
     if not value.strip():
-        raise DataError(f"{file}: {where} {n}: field {text_field!r} is empty, expected text")
+        raise DataError(f"{where}: field {text_field!r} is empty, expected text")
     return value
 
 
-def _json_kind(value: Any) -> str:
-    """JSON's name for the type of a decoded value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
-
-def json_lines(file: Path, text: str) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed value) for each non-blank line of a JSON-lines text; DataError
-    names the file, the line and the column of invalid JSON."""
-    for n, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield n, json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(
-                f"{file}: line {n}: not valid JSON ({e.msg} at column {e.colno}); "
-                "expected one JSON object per line"
-            ) from None
-
-
-def _load_json_lines(file: Path, name: str, text: str, text_field: str) -> list[Document]:
-    """One document per non-blank line of a JSON-lines text."""
-    return [
-        _row_document(file, name, "line", n, row, text_field) for n, row in json_lines(file, text)
-    ]
-
-
-def _load_json(file: Path, name: str, text: str, text_field: str) -> list[Document]:
-    """A .json file: a list of objects, a single object, or JSON lines."""
-    try:
-        whole = json.loads(text)
-    except json.JSONDecodeError:
-        if text.lstrip().startswith("["):
-            raise DataError(
-                f"{file}: not valid JSON; expected a list of objects or JSON lines"
-            ) from None
-        return _load_json_lines(file, name, text, text_field)
-    if isinstance(whole, list):
-        if not whole:
-            raise DataError(
-                f"{file}: the JSON list is empty; expected objects with a {text_field!r} field"
-            )
-        return [
-            _row_document(file, name, "item", n, row, text_field)
-            for n, row in enumerate(whole, start=1)
-        ]
-    return [_row_document(file, name, "line", 1, whole, text_field)]
-
-
 def _load_parquet(file: Path, name: str, text_field: str) -> list[Document]:
-    """One document per row of a Parquet file's `text_field` column."""
+    """One document per row of a Parquet file's `text_field` column (only that column is read)."""
     import pyarrow.parquet as pq  # a dependency of `datasets`; imported only when needed
 
     try:
@@ -282,45 +193,26 @@ def _load_parquet(file: Path, name: str, text_field: str) -> list[Document]:
     if not values:
         raise DataError(f"{file}: has no rows; expected rows with a {text_field!r} column")
     return [
-        Document(name=f"{name}:{n}", text=_check_text(file, "row", n, v, text_field))
+        Document(name=f"{name}:{n}", text=_check_text(f"{file}: row {n}", v, text_field))
         for n, v in enumerate(values, start=1)
     ]
 
 
 def _load_saved_dataset(directory: Path, name: str, text_field: str) -> list[Document]:
-    """Rows of a `datasets` directory (the "train" split, or the only split, of a DatasetDict)."""
-    import datasets  # heavy: imported only for saved datasets
-
-    try:
-        loaded = datasets.load_from_disk(str(directory))
-    except Exception as e:  # damaged or from an incompatible `datasets` version
+    """One document per row of a saved `datasets` directory's `text_field` column (the
+    training split that rows.saved_dataset_splits chooses; only that column is read)."""
+    (label, split), _ = saved_dataset_splits(directory)
+    if text_field not in split.column_names:
         raise DataError(
-            f"{directory}: cannot be loaded with datasets.load_from_disk ({e}); "
-            "expected a directory written by Dataset.save_to_disk"
-        ) from None
-    if isinstance(loaded, datasets.DatasetDict):
-        splits = list(loaded)
-        if "train" in loaded:
-            split = "train"
-        elif len(splits) == 1:
-            split = splits[0]
-        else:
-            raise DataError(
-                f"{directory}: a DatasetDict with splits {', '.join(splits)} and no "
-                "'train' split; expected a 'train' split or a single split"
-            )
-        loaded = loaded[split]
-    if text_field not in loaded.column_names:
-        raise DataError(
-            f"{directory}: has no column {text_field!r} (columns: "
-            f"{', '.join(loaded.column_names) or 'none'}); expected a string column "
+            f"{label}: has no column {text_field!r} (columns: "
+            f"{', '.join(split.column_names) or 'none'}); expected a string column "
             f"{text_field!r}"
         )
-    values = list(loaded[text_field])
+    values = list(split[text_field])
     if not values:
-        raise DataError(f"{directory}: has no rows; expected rows with a {text_field!r} column")
+        raise DataError(f"{label}: has no rows; expected rows with a {text_field!r} column")
     return [
-        Document(name=f"{name}:{n}", text=_check_text(directory, "row", n, v, text_field))
+        Document(name=f"{name}:{n}", text=_check_text(f"{label}: row {n}", v, text_field))
         for n, v in enumerate(values, start=1)
     ]
 
