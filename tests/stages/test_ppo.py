@@ -81,7 +81,8 @@ def test_learns_a_known_reward_with_kl_in_the_target_band(policy_dir, tmp_path):
     """Reward = count of 'romeo': it rises by a large margin within 30 updates while the
     adaptive controller holds the KL near its target (4 nats) and β moves to do so."""
     ppo.train(config(policy_dir, tmp_path / "run"), reward_fn=romeo_count)
-    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    start, *rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert start["step"] == 0 and {"eval_score", "eval_kl"} <= set(start)  # the SFT baseline
     first, last = rows[0], rows[-10:]
     late_score = sum(r["score"] for r in last) / len(last)
     late_kl = sum(r["kl"] for r in last) / len(last)
@@ -115,7 +116,7 @@ def test_resume_after_a_crash_gives_the_same_curve(policy_dir, tmp_path, monkeyp
     real_guards = ppo._guards
 
     def crash(row, first_eos, tracker):
-        if len(read_metrics(tmp_path / "run" / "metrics.jsonl")) >= 4:
+        if len(read_metrics(tmp_path / "run" / "metrics.jsonl")) >= 5:  # steps 0..4
             raise KeyboardInterrupt  # dies during update 5, after the update-3 checkpoint
         real_guards(row, first_eos, tracker)
 
@@ -129,8 +130,9 @@ def test_resume_after_a_crash_gives_the_same_curve(policy_dir, tmp_path, monkeyp
     got = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in got] == [r["step"] for r in ref]
     for a, b in zip(ref, got):
-        for key in ("score", "kl", "beta", "value_loss"):
-            assert math.isclose(a[key], b[key], rel_tol=1e-5, abs_tol=1e-7), (a["step"], key)
+        for key in ("score", "kl", "beta", "value_loss", "eval_score"):
+            if key in a or key in b:
+                assert math.isclose(a[key], b[key], rel_tol=1e-5, abs_tol=1e-7), (a["step"], key)
 
 
 def test_missing_eos_gets_the_penalty(policy_dir, tmp_path):
@@ -144,7 +146,7 @@ def test_missing_eos_gets_the_penalty(policy_dir, tmp_path):
         eval_every=1,
     )
     ppo.train(cfg, reward_fn=lambda p, r: torch.full((len(r),), 5.0))
-    row = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
+    row = read_metrics(tmp_path / "run" / "metrics.jsonl")[1]  # [0]: the step-0 evaluation
     expected = 5.0 * row["eos_fraction"] - 3.0 * (1 - row["eos_fraction"])
     assert row["score"] == pytest.approx(expected, abs=1e-5)
     assert row["eos_fraction"] < 1.0

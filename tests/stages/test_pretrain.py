@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlfm.checkpoint import checkpoints
+from rlfm.models.presets import build_model, model_config
 from rlfm.stages import pretrain
 from rlfm.tracking import read_metrics
 
@@ -127,6 +129,39 @@ def test_two_process_ddp_matches_one_process(tmp_path, corpus_file):
     for x, y in zip(a, b):
         assert math.isclose(x["loss"], y["loss"], rel_tol=2e-4), (x, y)
     assert math.isclose(a[-1]["val_loss"], b[-1]["val_loss"], rel_tol=2e-4)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "llama-tiny"])
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_chunked_loss_matches_model_logits(preset, bf16):
+    """GPT-2 (head tied to the embedding) and Llama (untied head): the chunked loss from the
+    base model's hidden states gives the loss and every parameter's gradient of the model's
+    own logits."""
+    model = build_model(model_config(preset, vocab_size=300, context=32), seed=0)
+    head = pretrain.plain_head_weight(model)
+    assert head is model.get_output_embeddings().weight
+    rows = torch.randint(0, 300, (3, 18), generator=torch.Generator().manual_seed(0))
+    results = []
+    for weight in (None, head):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = pretrain.lm_loss(model, rows, weight)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (full, full_grads), (chunked, chunked_grads) = results
+    torch.testing.assert_close(chunked, full, rtol=1e-6, atol=1e-6)
+    for a, b in zip(chunked_grads, full_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_models_with_other_heads_keep_the_full_logits():
+    """A head with a bias, or soft-capped logits, is not plain h Wᵀ: no chunked loss."""
+    model = build_model(model_config("tiny", vocab_size=300, context=32), seed=0)
+    model.config.final_logit_softcapping = 30.0
+    assert pretrain.plain_head_weight(model) is None
+    model.config.final_logit_softcapping = None
+    model.lm_head = torch.nn.Linear(128, 300, bias=True)
+    assert pretrain.plain_head_weight(model) is None
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -377,6 +377,8 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
         return Rollout(s, prompts, responses, logprobs, ref, values, scores, kl)
 
     metrics: dict[str, float] = {}
+    if update == 0:  # the SFT policy's own held-out numbers: the start of every curve
+        tracker.log(0, _evaluate(eval_prompts, collect, engine, reward_fn is None))
     while update < cfg.updates:
         t0 = time.perf_counter()
         batch_prompts = [train_prompts[i] for i in order.next_batch()[rows].tolist()]
@@ -455,7 +457,7 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
         plot_metrics(
             cfg.out / "metrics.jsonl",
             cfg.out / "plots" / "reward.png",
-            ["score", "objective", "eval_score"],
+            ["score", "objective", "eval_score", "eval_gold"],
         )
         plot_metrics(
             cfg.out / "metrics.jsonl", cfg.out / "plots" / "kl.png", ["kl", "kl_k3", "eval_kl"]

@@ -5,6 +5,11 @@ Touvron et al. 2023 (LLaMA, Table 2).
 
     L(θ) = − Σ_t log p_θ(x_{t+1} | x_1..x_t)          (losses/lm.py: next_token_loss)
 
+For models whose logits are plain h Wᵀ (GPT-2, Llama, ...) the loss is computed from the final
+hidden states h and the LM head's weight W a block of positions at a time
+(losses/lm.py: chunked_next_token_loss), so the (batch × context, vocabulary) logits are never
+held whole; other models take the full-logits path. Both give the same loss and gradients.
+
 Data: documents are tokenized, each followed by EOS, packed into one stream and cut into
 windows of ``context + 1`` tokens (data/blocks.py). The optimizer is AdamW (β = 0.9, 0.95,
 weight decay 0.1 on matrices), the learning rate warms up linearly and decays along a cosine to
@@ -21,6 +26,7 @@ N processes (data parallel, same loss curve as one process with the same --batch
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass
@@ -37,7 +43,7 @@ from rlfm.data.blocks import BlockSampler, eval_starts, gather_windows, tokenize
 from rlfm.data.corpora import load_builtin_corpus
 from rlfm.data.text import Document, load_documents, split_documents
 from rlfm.engine import Engine
-from rlfm.losses.lm import next_token_loss, unigram_cross_entropy
+from rlfm.losses.lm import chunked_next_token_loss, next_token_loss, unigram_cross_entropy
 from rlfm.models.loading import load_causal_lm
 from rlfm.models.presets import PRESETS, build_model, model_config
 from rlfm.models.tokenizer import (
@@ -228,6 +234,69 @@ def setup_model(
     return model
 
 
+# Causal LMs whose forward is, verbatim, ``logits = lm_head(base_model(...)[0][:, logits_to_keep])``
+# with a bias-free nn.Linear head (checked in transformers' modeling code). Any other architecture
+# may scale or soft-cap its logits or hidden states between the two, so it keeps the full path.
+_PLAIN_HEAD_TYPES = frozenset({"gpt2", "llama", "mistral", "qwen2", "qwen3"})
+# Config fields of logit transforms some architectures apply after the head; set = not plain.
+_LOGIT_TRANSFORMS = (
+    "final_logit_softcapping",
+    "logit_softcapping",
+    "logit_scale",
+    "logits_scaling",
+    "lm_head_multiplier",
+    "output_logits_scale",
+)
+
+
+def plain_head_weight(model: torch.nn.Module) -> torch.nn.Parameter | None:
+    """The (V, d) output-embedding weight W when the model's logits are exactly h Wᵀ of its base
+    model's output h, else None (the caller then uses the model's own logits)."""
+    net = Engine.unwrap(model)
+    config = getattr(net, "config", None)
+    head = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
+    if config is None or getattr(config, "model_type", None) not in _PLAIN_HEAD_TYPES:
+        return None
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        return None
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS):
+        return None
+    if "logits_to_keep" not in inspect.signature(net.forward).parameters:
+        return None
+    return head.weight
+
+
+def lm_loss(
+    model: torch.nn.Module, rows: torch.Tensor, head_weight: torch.nn.Parameter | None
+) -> torch.Tensor:
+    """Mean next-token loss of ``rows`` (B, T + 1): positions 0..T−1 predict 1..T.
+
+    With ``head_weight`` (from ``plain_head_weight``) the loss is chunked over positions and the
+    full logits never exist; without it the model's logits go to ``next_token_loss``.
+
+    The chunked path still calls ``model`` itself — the DDP wrapper when there are several
+    processes — not its base model: DDP arms gradient all-reduce and syncs buffers in its own
+    forward, and a call into ``model.module.transformer`` would skip that, leaving each
+    process with its own gradients. ``logits_to_keep`` set to no positions makes the head's
+    matmul empty, and a forward hook on the base model takes the hidden states the head would
+    have been given. The head's weight then gets its gradient through the chunked loss, inside
+    the same backward pass, so DDP sees every parameter used as before.
+    """
+    inputs, targets = rows[:, :-1], rows[:, 1:]
+    if head_weight is None:
+        return next_token_loss(model(input_ids=inputs).logits, targets)
+    captured: list[torch.Tensor] = []
+    hook = Engine.unwrap(model).base_model.register_forward_hook(
+        lambda _module, _args, out: captured.append(out[0])  # (B, T, d) last hidden states
+    )
+    try:
+        model(input_ids=inputs, logits_to_keep=inputs.new_empty(0))  # (B, 0, V) logits
+    finally:
+        hook.remove()
+    assert len(captured) == 1, f"base model ran {len(captured)} times in one forward"
+    return chunked_next_token_loss(captured[0], head_weight, targets)
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -240,12 +309,13 @@ def evaluate(
     """Mean next-token loss over fixed validation windows (split over processes)."""
     model.eval()
     mine = starts[engine.rank :: engine.world_size]
+    head_weight = plain_head_weight(model)
     total, count = torch.zeros((), dtype=torch.float64), 0
     for i in range(0, len(mine), micro):
         rows = gather_windows(stream, mine[i : i + micro], block + 1).to(engine.device)
         with engine.autocast():
-            logits = model(input_ids=rows[:, :-1]).logits
-        total += next_token_loss(logits, rows[:, 1:]).double().cpu() * rows.shape[0]
+            loss = lm_loss(model, rows, head_weight)
+        total += loss.double().cpu() * rows.shape[0]
         count += rows.shape[0]
     model.train()
     summed = engine.all_reduce_sum(
@@ -312,6 +382,7 @@ def train(cfg: Config) -> dict[str, float]:
     model = engine.prepare(model)
     optimizer = adamw(model, lr, cfg.weight_decay, betas=(0.9, 0.95))
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+    head_weight = plain_head_weight(model)  # None: the model's own logits (see lm_loss)
 
     step = 0
     if resume is not None:
@@ -365,8 +436,7 @@ def train(cfg: Config) -> dict[str, float]:
             mb = batch[i * micro : (i + 1) * micro].to(engine.device, non_blocking=True)
             with engine.micro_step(model, last=i == n_micro - 1):
                 with engine.autocast():
-                    logits = model(input_ids=mb[:, :-1]).logits
-                    loss = next_token_loss(logits, mb[:, 1:])
+                    loss = lm_loss(model, mb, head_weight)
                 (loss / n_micro).backward()
             loss_sum += loss.item() / n_micro
         grad_norm = engine.step(model, optimizer, scheduler, cfg.max_grad_norm)
