@@ -249,7 +249,10 @@ def child_rlfm_ppo(spec: dict) -> dict:
 
     class StampingTracker(ppo.Tracker):
         def log(self, step, metrics, *, show=True):
-            stamps.append(stamp())  # the update is complete when its row is logged
+            if step == 0:  # the SFT policy's evaluation before update 1: not an update
+                gens.clear()
+            else:
+                stamps.append(stamp())  # the update is complete when its row is logged
             super().log(step, metrics, show=show)
 
     real_sample = ppo.sample

@@ -613,9 +613,7 @@ def _optimise(
                     step_stats = {
                         "policy_loss": float(p_loss),
                         "value_loss": float(v_loss),
-                        "entropy": float(
-                            masked_mean(token_entropy(logits.float(), cfg.temperature), m)
-                        ),
+                        "entropy": float(masked_mean(token_entropy(logits, cfg.temperature), m)),
                         **{k: float(v) for k, v in (p_stats | v_stats).items()},
                     }
                     if epoch == 0:
