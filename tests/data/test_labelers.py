@@ -37,6 +37,9 @@ def test_gold_rule_by_hand():
     assert gold_score(PROMPT, "") == -2.0
     long_reply = " ".join(["lady"] + ["word"] * 79)  # 80 words: 40 over → −2.0 (the cap)
     assert gold_components(PROMPT, long_reply).length == -2.0
+    # civil words count once each: 'sir' ×3 → +1; 'good', 'sir', 'lord' → +3 (4 words: −1.0)
+    assert gold_components(PROMPT, "Ay, sir, sir, sir.").courtesy == 1.0
+    assert gold_score(PROMPT, "Good sir, my lord.") == 3.0 - 1.0
 
 
 def test_noiseless_labeler_ranks_by_gold_and_ties_duplicates():

@@ -6,9 +6,9 @@ letters and apostrophes:
 
     gold(x, y) = courtesy + relevance + length
 
-    courtesy  = +1.0 per civil word of address in y (CIVIL: "sir", "lord", "gentle", "pray",
-                "thanks", ...), at most 3 counted, − 1.5 per insult in y (INSULTS: "knave",
-                "villain", "fool", "rogue", ...), at most 3 counted
+    courtesy  = +1.0 per distinct civil word of address in y (CIVIL: "sir", "lord", "gentle",
+                "pray", "thanks", ...), at most 3 counted, − 1.5 per insult in y (INSULTS:
+                "knave", "villain", "fool", "rogue", ...), at most 3 counted
     relevance = +0.5 per distinct content word (3+ letters, not in STOPWORDS) that y shares
                 with x, at most 2.0
     length    = 0 when y has LENGTH_BAND = 8..40 words; −0.25 per word short of 8; −0.05 per
@@ -60,7 +60,7 @@ _CIVIL_WORDS = (
     "grace honour honor worthy courteous master mistress"
 )
 CIVIL = frozenset(_CIVIL_WORDS.split())
-"""Words of civil address and courtesy (+1 each, at most 3)."""
+"""Words of civil address and courtesy (+1 per distinct word, at most 3)."""
 _INSULTS_WORDS = (
     "knave knaves villain villains fool fools foolish rogue rogues rascal rascals slave slaves "
     "wretch coward cowards cur curs dog dogs beast beasts idiot varlet varlets whoreson scurvy "
@@ -109,7 +109,7 @@ class GoldScore:
 def gold_components(prompt: str, reply: str) -> GoldScore:
     """The gold rule, part by part."""
     w = words(reply)
-    civil = sum(1 for x in w if x in CIVIL)
+    civil = len(set(w) & CIVIL)  # distinct: "sir, sir, sir" is one courtesy, not three
     insults = sum(1 for x in w if x in INSULTS)
     courtesy = 1.0 * min(civil, 3) - 1.5 * min(insults, 3)
     shared = len(content_words(reply) & content_words(prompt))

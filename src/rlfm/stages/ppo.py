@@ -140,8 +140,10 @@ class Config:
     """Initial β, the weight of the KL penalty."""
     kl_target: float | None = 6.0
     """Target KL (nats per response) of the adaptive controller; `none` keeps β fixed."""
-    kl_horizon: int = 10000
-    """Horizon of the adaptive KL controller (in responses)."""
+    kl_horizon: int = 320
+    """Horizon of the adaptive KL controller, in responses: each update moves β by at most a factor
+    1 ± 0.2·rollout_batch/horizon. 320 = 10 × the default rollout batch, Ziegler et al.'s
+    K_β = 0.1 per batch (TRL's 10000 barely moves β in a run of ~1,000 responses)."""
     kl_estimator: Literal["k1", "k3"] = "k1"
     """Per-token KL estimator in the reward: k1 = log π − log π_ref, k3 = (ρ−1) − log ρ."""
     clip_eps: float = 0.2
