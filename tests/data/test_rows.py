@@ -109,3 +109,13 @@ def test_dataset_dict_without_train_split(tmp_path: Path) -> None:
     datasets.DatasetDict({"a": one, "b": one}).save_to_disk(tmp_path / "dd")
     with pytest.raises(DataError, match=r"dd: a DatasetDict with splits a, b and no 'train'"):
         saved_dataset_rows(tmp_path / "dd")
+
+
+def test_a_saved_dataset_inside_a_row_folder_is_named(tmp_path: Path) -> None:
+    """Its metadata files (dataset_info.json, state.json) are not rows: the folder is named."""
+    import datasets
+
+    (tmp_path / "a.jsonl").write_text('{"a": 1}\n', encoding="utf-8")
+    datasets.Dataset.from_list([{"a": 2}]).save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(DataError, match=r"holds a saved `datasets` directory, .*saved"):
+        row_files(tmp_path)

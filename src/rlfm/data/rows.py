@@ -145,14 +145,22 @@ def file_rows(file: Path) -> list[Row]:
 
 def row_files(directory: Path) -> list[Path]:
     """The ``.jsonl``, ``.json`` and ``.parquet`` files below ``directory``, recursively, in
-    sorted order; hidden files and anything in hidden folders are left out."""
-    return sorted(
+    sorted order; hidden files and anything in hidden folders are left out. DataError for a
+    saved `datasets` folder inside (its metadata files are not rows: pass that folder itself)."""
+    files = sorted(
         p
         for p in directory.rglob("*")
         if p.is_file()
         and p.suffix.lower() in ROW_SUFFIXES
         and not any(part.startswith(".") for part in p.relative_to(directory).parts)
     )
+    for folder in sorted({p.parent for p in files}):
+        if folder != directory and is_saved_dataset(folder):
+            raise DataError(
+                f"{directory}: holds a saved `datasets` directory, {folder}; pass that directory "
+                "itself, or keep only .jsonl, .json and .parquet files here"
+            )
+    return files
 
 
 # ---------------------------------------------------------------------------- saved datasets
