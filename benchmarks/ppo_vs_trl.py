@@ -283,7 +283,7 @@ def child_rlfm_ppo(spec: dict) -> dict:
             updates=n,
             rollout_batch=spec["batch"],
             minibatch=spec["batch"],
-            micro_batch=spec["micro_batch"],
+            micro_batch_size=spec["micro_batch"],
             ppo_epochs=1,
             max_prompt_tokens=spec["prompt_tokens"],
             max_new_tokens=spec["new_tokens"],

@@ -18,7 +18,7 @@ One update:
      R_t = −β·KL_t (+ score at the last token).
   3. ``ppo_epochs`` passes over the rollout in shuffled minibatches of ``minibatch`` responses,
      one optimizer step per minibatch (policy and value model each), each minibatch cut into
-     micro-batches of ``micro_batch`` for gradient accumulation. Per minibatch: rewards are
+     micro-batches of ``micro_batch_size`` for gradient accumulation. Per minibatch: rewards are
      whitened without shifting their mean, GAE (γ, λ) gives advantages and returns
      (= advantages + values), advantages are whitened. Clipped policy loss (ε) and clipped value
      loss; Adam (eps 1e-5), learning rates annealed linearly to 0 over ``updates``.
@@ -40,7 +40,7 @@ Deviation from the papers: no pre-training-mix term (InstructGPT's PPO-ptx).
 
 One process:   rlfm ppo --policy runs/demo/sft --reward runs/demo/rm --out runs/demo/ppo
 N processes:   torchrun --nproc_per_node 8 -m rlfm ppo --policy sft/ --reward rm/ \\
-                   --rollout-batch 512 --minibatch 64 --micro-batch 8 --out runs/ppo
+                   --rollout-batch 512 --minibatch 64 --micro-batch-size 8 --out runs/ppo
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ class Config:
     """Prompts sampled per update, over all processes."""
     minibatch: int = 8
     """Responses per optimizer step, over all processes."""
-    micro_batch: int | None = None
+    micro_batch_size: int | None = None
     """Responses per forward/backward pass per process (default: the whole per-process minibatch)."""
     ppo_epochs: int = 4
     """Passes over each rollout batch."""
@@ -176,9 +176,9 @@ class Config:
             f"{self.minibatch} must divide rollout_batch {self.rollout_batch}",
         )
         check(
-            self.micro_batch is None or self.micro_batch >= 1,
-            "micro_batch",
-            f"must be ≥ 1, got {self.micro_batch}",
+            self.micro_batch_size is None or self.micro_batch_size >= 1,
+            "micro_batch_size",
+            f"must be ≥ 1, got {self.micro_batch_size}",
         )
         check(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1")
         check(self.max_prompt_tokens >= 1, "max_prompt_tokens", "must be ≥ 1")
@@ -288,7 +288,7 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
     rows = engine.shard(cfg.rollout_batch)
     per_process_mb = engine.shard(cfg.minibatch)
     mb_size = per_process_mb.stop - per_process_mb.start
-    n_micro = engine.micro_batches(cfg.minibatch, cfg.micro_batch)
+    n_micro = engine.micro_batches(cfg.minibatch, cfg.micro_batch_size)
     micro = mb_size // n_micro
 
     # ---- optimisation
