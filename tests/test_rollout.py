@@ -3,7 +3,7 @@
 import torch
 
 from rlfm.models.presets import build_model, model_config
-from rlfm.rollout import filter_logits, sample
+from rlfm.rollout import draw, filter_logits, sample
 
 EOS, PAD = 1, 2
 
@@ -103,3 +103,20 @@ def test_filter_logits_topk_topp():
     kept = ~torch.isinf(filter_logits(logits, top_p=0.7))
     assert kept.tolist() == [[True, True, False, False]]
     assert torch.equal(filter_logits(logits), logits)
+
+
+def test_draw_matches_the_tempered_distribution_and_never_draws_a_filtered_token():
+    """40,000 draws from logits (2, 1, 0, −1) at T = 0.5 with top_k = 3: frequencies within
+    0.01 of softmax((2, 1, 0) / 0.5) = (0.8668, 0.1173, 0.0159), token 3 never; the returned
+    log-probs are those of the filtered, tempered distribution."""
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(40_000, 1)
+    g = torch.Generator().manual_seed(0)
+    tok, logp = draw(logits, 0.5, top_k=3, generator=g)
+    want = torch.tensor([2.0, 1.0, 0.0]).div(0.5).softmax(-1)
+    freq = torch.bincount(tok, minlength=4).double() / len(tok)
+    assert freq[3] == 0
+    torch.testing.assert_close(freq[:3].float(), want, atol=0.01, rtol=0)
+    torch.testing.assert_close(logp, want.log()[tok])
+    greedy, greedy_logp = draw(logits[:2], 0.0)
+    assert greedy.tolist() == [0, 0]
+    torch.testing.assert_close(greedy_logp, logits[:2].log_softmax(-1)[:, 0])

@@ -96,6 +96,30 @@ def _cache(out: Any) -> Any:
 
 
 @torch.no_grad()
+def draw(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row from softmax(filter(logits / T)) and its log-probability; the argmax
+    when temperature = 0. (B, V) float32 -> (B,), (B,)."""
+    if temperature <= 0:
+        tok = logits.argmax(-1)
+        return tok, logits.gather(-1, tok[:, None]).squeeze(-1) - logits.logsumexp(-1)
+    probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+    # inverse-CDF sampling: one uniform number per row (multinomial draws one per token);
+    # u is scaled by the row's total, so float32 rounding in the sum cannot bias the tail,
+    # and kept below it, so a token of probability 0 is never drawn
+    cdf = probs.cumsum(-1)
+    total = cdf[:, -1:]
+    u = torch.rand(logits.shape[0], 1, generator=generator, device=logits.device) * total
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
+    tok = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+    return tok, probs.gather(-1, tok[:, None]).squeeze(-1).log()
+
+
 def sample(
     model: nn.Module,
     prompt_ids: torch.Tensor,
@@ -124,18 +148,7 @@ def sample(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     ended = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(max_new_tokens):
-        logits = logits.float()
-        if temperature > 0:
-            logits = filter_logits(logits / temperature, top_k, top_p)
-            logp = logits.log_softmax(-1)
-            # inverse-CDF sampling: one uniform number per row (multinomial draws one per token)
-            cdf = logp.exp().double().cumsum(-1)
-            u = torch.rand(B, 1, generator=generator, device=device, dtype=cdf.dtype) * cdf[:, -1:]
-            tok = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
-        else:
-            logp = logits.log_softmax(-1)
-            tok = logits.argmax(-1)
-        tok_logp = logp.gather(-1, tok[:, None]).squeeze(-1)
+        tok, tok_logp = draw(logits.float(), temperature, top_k, top_p, generator)
         tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
         tokens.append(tok)
         logps.append(torch.where(done, torch.zeros_like(tok_logp), tok_logp))
