@@ -116,6 +116,53 @@ def load_trainer_state(ckpt: str | Path, engine: Engine) -> dict[str, Any]:
     return state
 
 
+def save_training(
+    out: str | Path,
+    step: int,
+    *,
+    engine: Engine,
+    model: torch.nn.Module,
+    tokenizer: Any | None,
+    config: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    data: Any,
+    keep: int = 3,
+) -> Path:
+    """:func:`save_checkpoint` with the trainer state of a supervised stage: the optimizer, the
+    learning-rate schedule and the data position (``data.state_dict()``)."""
+    return save_checkpoint(
+        out,
+        step,
+        engine=engine,
+        model=model,
+        tokenizer=tokenizer,
+        config=config,
+        trainer_state={
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "data": data.state_dict(),
+        },
+        keep=keep,
+    )
+
+
+def resume_training(
+    ckpt: str | Path,
+    engine: Engine,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    data: Any,
+) -> int:
+    """Restore what :func:`save_training` wrote (and this process's RNG); returns the step."""
+    state = load_trainer_state(ckpt, engine)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    data.load_state_dict(state["data"])
+    return int(state["step"])
+
+
 def resolve_model_dir(path: str | Path) -> Path:
     """A loadable HF model directory for ``path``: the directory itself when it holds a model
     (``config.json``), or the newest checkpoint of an rlfm run directory."""

@@ -385,11 +385,9 @@ def train(cfg: Config) -> dict[str, float]:
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps, 0.1)
     step = 0
     if resume is not None:
-        state = checkpoint.load_trainer_state(resume, engine)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        sampler.load_state_dict(state["data"])
-        step = state["step"]
+        step = checkpoint.resume_training(
+            resume, engine, optimizer=optimizer, scheduler=scheduler, data=sampler
+        )
     if engine.is_main:
         save_yaml(cfg, cfg.out / "config.yaml")
     tracker = Tracker(
@@ -414,18 +412,16 @@ def train(cfg: Config) -> dict[str, float]:
     )
 
     def save(step: int) -> None:
-        checkpoint.save_checkpoint(
+        checkpoint.save_training(
             cfg.out,
             step,
             engine=engine,
             model=model,
             tokenizer=tokenizer,
             config=cfg,
-            trainer_state={
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "data": sampler.state_dict(),
-            },
+            optimizer=optimizer,
+            scheduler=scheduler,
+            data=sampler,
             keep=cfg.keep_checkpoints,
         )
 
