@@ -240,3 +240,45 @@ def test_best_of_n_keeps_the_highest_scored_candidate(policy_dir, tmp_path):
     assert len(best) == 1 and best[0]["best_of"] == 4
     assert best[0]["score"] == pytest.approx(max(r["score"] for r in every))
     assert best[0]["sample"] in [r["sample"] for r in every]
+
+
+@pytest.mark.parametrize("adapter", ["full", "lora"])
+def test_value_model_can_start_from_the_policy(policy_dir, tmp_path, monkeypatch, adapter):
+    """--value-from policy: the value model starts from the SFT policy's weights (not the reward
+    model's, which are shifted here so the two differ), with the reward model still scoring."""
+    from rlfm.checkpoint import resolve_model_dir
+    from rlfm.models.heads import RewardModel
+    from rlfm.models.loading import load_causal_lm
+
+    run, _ = policy_dir
+    rm_dir = tmp_path / "rm"
+    rm = RewardModel.from_backbone(resolve_model_dir(run), seed=0)
+    with torch.no_grad():
+        for p in rm.backbone.parameters():
+            p.add_(0.1)
+    rm.save_pretrained(rm_dir)
+    seen = {}
+    real = ppo._reward_and_value
+
+    def spy(cfg, reward_fn, where):
+        reward, value = real(cfg, reward_fn, where)
+        seen["value"] = value.backbone.get_input_embeddings().weight.detach().clone()
+        seen["reward"] = reward.backbone.get_input_embeddings().weight.detach().clone()
+        return reward, value
+
+    monkeypatch.setattr(ppo, "_reward_and_value", spy)
+    cfg = config(
+        policy_dir,
+        tmp_path / "run",
+        reward=rm_dir,
+        adapter=adapter,
+        value_from="policy",
+        updates=2,
+        eval_every=2,
+        save_every=2,
+    )
+    assert "eval_score" in ppo.train(cfg)
+    policy = load_causal_lm(resolve_model_dir(run)).get_input_embeddings().weight.detach()
+    n = min(len(policy), len(seen["value"]))
+    assert torch.equal(seen["value"][:n], policy[:n])
+    assert not torch.equal(seen["value"][:n], seen["reward"][:n])

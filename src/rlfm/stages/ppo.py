@@ -34,7 +34,8 @@ SFT model and the value model a full copy of the reward model. With ``--adapter 
 policy is the SFT model plus a LoRA adapter and the reference is the same weights with the
 adapter disabled; the value model is a LoRA adapter (and a copy of the reward head) on the
 reward model's own weights, whose score is read with that adapter disabled — two models'
-weights in memory instead of four.
+weights in memory instead of four. ``--value-from policy`` starts the value model from the SFT
+policy instead, with a new scalar head (with LoRA: an adapter on a copy of the policy's weights).
 
 Deviation from the papers: no pre-training-mix term (InstructGPT's PPO-ptx).
 
@@ -116,6 +117,10 @@ class Config:
     with the adapter disabled, and the value model a LoRA adapter on the reward model)."""
     lora_r: int = 8
     """LoRA rank (with --adapter lora)."""
+    value_from: Literal["reward", "policy"] = "reward"
+    """Where the value model starts: the reward model (its head already scores responses), or
+    the SFT policy with a new scalar head. With --adapter lora it is a LoRA adapter on those
+    weights: on the reward model's own weights (no extra copy), or on a copy of the policy's."""
     updates: int = 40
     """PPO updates (rollout, then ppo_epochs of optimisation)."""
     rollout_batch: int = 32
@@ -341,11 +346,13 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
     if reward_fn is None:
         _check_reward_model(cfg, tracker)
 
+    shared_weights = cfg.adapter == "lora" and cfg.value_from == "reward" and reward_fn is None
+
     def score(prompts: list[str], responses: list[str], s: Samples) -> torch.Tensor:
         if reward_fn is not None:
             return reward_fn(prompts, responses).float().to(engine.device)
         ids, mask, _ = s.sequences()
-        if cfg.adapter == "lora":  # the reward model shares its weights with the value model
+        if shared_weights:  # the reward model's weights carry the value model's LoRA layers
             with disabled_adapter(value_model.backbone):
                 return reward_model(ids, mask).float()
         return reward_model(ids, mask).float()
@@ -479,9 +486,14 @@ def _reward_and_value(
     cfg: Config, reward_fn: RewardFn | None, policy_dir: Path
 ) -> tuple[nn.Module | None, nn.Module]:
     """The frozen reward model (None with a reward function) and the trainable value model."""
-    if reward_fn is not None:
-        value = ValueModel.from_backbone(policy_dir, seed=cfg.seed)
-        return None, value
+    if reward_fn is not None or cfg.value_from == "policy":
+        value = ValueModel.from_backbone(
+            policy_dir, lora_rank=cfg.lora_r if cfg.adapter == "lora" else 0, seed=cfg.seed
+        )
+        if reward_fn is not None:
+            return None, value
+        reward = RewardModel.from_pretrained(checkpoint.resolve_model_dir(cfg.reward))
+        return reward.requires_grad_(False), value
     reward_dir = checkpoint.resolve_model_dir(cfg.reward)
     reward = RewardModel.from_pretrained(reward_dir)
     reward.requires_grad_(False)
