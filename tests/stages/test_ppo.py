@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -282,3 +283,47 @@ def test_value_model_can_start_from_the_policy(policy_dir, tmp_path, monkeypatch
     n = min(len(policy), len(seen["value"]))
     assert torch.equal(seen["value"][:n], policy[:n])
     assert not torch.equal(seen["value"][:n], seen["reward"][:n])
+
+
+class _Printed:
+    def __init__(self):
+        self.lines = []
+
+    def print(self, *args):
+        self.lines.append(" ".join(map(str, args)))
+
+
+def test_guards_speak_up_and_stay_quiet_within_noise():
+    """Negative KL beyond 3 standard errors, a ratio outside [0.5, 2] and a collapsing EOS share
+    each warn; a mean KL of −0.003 with a standard error of 0.002 is sampling noise: silent."""
+    quiet = {"kl_k1": -0.003, "kl_k1_stderr": 0.002, "ratio": 1.0, "eos_fraction": 0.9}
+    t = _Printed()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ppo._guards(quiet, 0.9, t)
+    assert t.lines == []
+    cases = {
+        "mean KL is negative": {"kl_k1": -0.05, "kl_k1_stderr": 0.002},
+        "mean policy ratio": {"ratio": 2.5},
+        "learning to ramble": {"eos_fraction": 0.3},
+    }
+    for message, change in cases.items():
+        t = _Printed()
+        with pytest.warns(UserWarning, match=message):
+            ppo._guards(quiet | change, 0.9, t)
+        assert len(t.lines) == 1 and message in t.lines[0]
+
+
+def test_a_weak_reward_model_is_flagged(tmp_path):
+    """A reward run whose last held-out accuracy is 55% (< 60%) gets a warning before PPO."""
+    (tmp_path / "rm").mkdir()
+    rows = [{"step": 10, "val_accuracy": 0.7}, {"step": 20, "val_accuracy": 0.55}]
+    (tmp_path / "rm" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t = _Printed()
+    with pytest.warns(UserWarning, match=r"accuracy is 55\.0% \(< 60%\)"):
+        ppo._check_reward_model(ppo.Config(reward=tmp_path / "rm"), t)
+    rows[-1]["val_accuracy"] = 0.65
+    (tmp_path / "rm" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ppo._check_reward_model(ppo.Config(reward=tmp_path / "rm"), _Printed())

@@ -421,6 +421,11 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
             "score": engine.all_reduce_mean(ro.scores.mean()),
             "kl": engine.all_reduce_mean(seq_kl.mean()),
             "kl_k1": engine.all_reduce_mean(k1.mean()),
+            # its standard error over the rollout: how far below 0 sampling noise alone reaches
+            "kl_k1_stderr": math.sqrt(
+                engine.all_reduce_mean(k1.var() if len(k1) > 1 else k1.new_zeros(()))
+                / (len(k1) * engine.world_size)
+            ),
             "kl_k3": engine.all_reduce_mean(k3.mean()),
             "beta": kl_ctl.kl_coef,
             "response_length": engine.all_reduce_mean(m.sum(1).float().mean()),
@@ -647,9 +652,10 @@ def _optimise(
 def _guards(row: dict[str, float], first_eos: float, tracker: Tracker) -> None:
     """Warnings that speak up before a run silently diverges."""
     problems = []
-    if row["kl_k1"] < -1e-3:
+    if row["kl_k1"] < -max(1e-3, 3.0 * row.get("kl_k1_stderr", 0.0)):
         problems.append(
-            f"mean KL is negative ({row['kl_k1']:.4f}): the sampled responses are not samples of π. "
+            f"mean KL is negative ({row['kl_k1']:.4f}, more than 3 standard errors below 0): the "
+            "sampled responses are not samples of π. "
             "Likely cause: a sampling setting (temperature, top_k, top_p) that differs from the one "
             "the log-probs are computed with, or a tokenizer/model mismatch"
         )
