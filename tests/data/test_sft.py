@@ -165,7 +165,7 @@ def test_builtin_dialogue_needs_shakespeare(tmp_path):
         ({"text": "hi"}, "no 'prompt' or 'completion' field"),
         ({"prompt": "hi", "completion": "  "}, "empty completion"),
         ({"prompt": 3, "completion": "x"}, "'prompt' is a number"),
-        ([1, 2], "is a list, expected an object"),
+        ([1, 2], "is an array, expected an object"),
         ({"messages": []}, "empty list"),
         ({"messages": [{"role": "user"}]}, "message 1 is not an object with 'role' and 'content'"),
         ({"messages": [{"role": "bard", "content": "x"}]}, "role 'bard'"),

@@ -105,7 +105,8 @@ def json_rows(file: Path, text: str) -> list[Row]:
 
 
 def json_kind(value: Any) -> str:
-    """JSON's name for the type of a decoded value ("object", "array", "null", ...)."""
+    """JSON's name for the type of a decoded value ("object", "array", "null", ...); the Python
+    type's name for a value JSON cannot hold."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -116,7 +117,9 @@ def json_kind(value: Any) -> str:
         return "string"
     if isinstance(value, list):
         return "array"
-    return "object"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__  # a Parquet value JSON has no name for (bytes, datetime, ...)
 
 
 # ---------------------------------------------------------------------------- files

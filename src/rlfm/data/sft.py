@@ -66,6 +66,7 @@ from rlfm.data.rows import (
     Row,
     file_rows,
     is_saved_dataset,
+    json_kind,
     row_files,
     saved_dataset_rows,
 )
@@ -290,20 +291,9 @@ def _parse_messages(source: str, messages: Any) -> tuple[tuple[str, str], ...]:
 
 
 def _kind(value: Any) -> str:
-    """JSON's name for a decoded value's type."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+    """JSON's name for a decoded value's type, with its article: "an array", "a string"."""
+    kind = json_kind(value)
+    return kind if kind == "null" else ("an " if kind[0] in "aeiou" else "a ") + kind
 
 
 def load_records(path: str | Path) -> tuple[list[Record], list[Record]]:
