@@ -365,17 +365,8 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
 
     @torch.no_grad()
     def collect(prompts: list[str]) -> Rollout:
-        ids, mask = encode_prompts(tokenizer, prompts, engine.device, max_length=prompt_limit)
+        s = _sample(cfg, engine, tokenizer, sampling_model(policy), prompts, prompt_limit)
         with engine.autocast():
-            s = sample(
-                sampling_model(policy),
-                ids,
-                mask,
-                max_new_tokens=cfg.max_new_tokens,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                temperature=cfg.temperature,
-            )
             responses = decode_responses(tokenizer, s)
             logprobs = token_logprobs(response_logits(policy, s), s.response_ids, cfg.temperature)
             ref = ref_logprobs(s)
@@ -485,6 +476,30 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
         )
     engine.close()
     return summary
+
+
+@torch.no_grad()
+def _sample(
+    cfg: Config,
+    engine: Engine,
+    tokenizer: PreTrainedTokenizerBase,
+    model: nn.Module,
+    prompts: list[str],
+    prompt_limit: int,
+) -> Samples:
+    """Responses to ``prompts`` as PPO samples them: temperature ``cfg.temperature``, top_k 0,
+    top_p 1, each row stopping at EOS, prompts cut to their last ``prompt_limit`` tokens."""
+    ids, mask = encode_prompts(tokenizer, prompts, engine.device, max_length=prompt_limit)
+    with engine.autocast():
+        return sample(
+            model,
+            ids,
+            mask,
+            max_new_tokens=cfg.max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            temperature=cfg.temperature,
+        )
 
 
 def _reward_and_value(
@@ -762,19 +777,7 @@ def _gold_win_rate(
     def responses(model: nn.Module) -> list[str]:
         out = []
         for i in range(0, len(prompts), 32):
-            ids, mask = encode_prompts(
-                tokenizer, prompts[i : i + 32], engine.device, max_length=prompt_limit
-            )
-            with engine.autocast():
-                s = sample(
-                    model,
-                    ids,
-                    mask,
-                    max_new_tokens=cfg.max_new_tokens,
-                    eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id,
-                    temperature=cfg.temperature,
-                )
+            s = _sample(cfg, engine, tokenizer, model, prompts[i : i + 32], prompt_limit)
             out += decode_responses(tokenizer, s)
         return out
 
