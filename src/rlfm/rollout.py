@@ -1,5 +1,11 @@
 """Sampling from a causal language model with a KV cache.
 
+:func:`generate` is the one call every stage uses: prompt texts in; token ids, masks, log-probs
+and response texts out. It decides the prompt budget once for everyone — a prompt keeps its
+last ``context − max_new_tokens`` tokens (and at most ``max_prompt_tokens``), so a response
+always has room for ``max_new_tokens`` — and counts the prompts it had to cut.
+:func:`sample` is the tensor-level loop underneath.
+
 Prompts are left-padded so every row's next token sits in the last column; each row stops at
 its first EOS and is padded with PAD after it. Log-probabilities are those of the distribution
 actually sampled from (logits divided by the temperature, then top-k / top-p filtering), so a
@@ -9,12 +15,15 @@ learner that recomputes them with the same temperature gets the same numbers.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
+
+from rlfm.errors import ConfigError
 
 
 @dataclass
@@ -38,30 +47,132 @@ class Samples:
         """The rows ``rows`` of this batch."""
         return Samples(**{k: getattr(self, k)[rows] for k in self.__dataclass_fields__})
 
+    @staticmethod
+    def cat(parts: Sequence[Samples], pad_token_id: int) -> Samples:
+        """Batches one after the other: prompts padded on the left, responses on the right."""
+        if len(parts) == 1:
+            return parts[0]
+        P = max(s.prompt_ids.shape[1] for s in parts)
+        R = max(s.response_ids.shape[1] for s in parts)
 
-def encode_prompts(
+        def pad(t: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
+            extra = width - t.shape[1]
+            return torch.nn.functional.pad(t, (extra, 0) if left else (0, extra), value=value)
+
+        return Samples(
+            prompt_ids=torch.cat([pad(s.prompt_ids, P, pad_token_id, True) for s in parts]),
+            prompt_mask=torch.cat([pad(s.prompt_mask, P, 0, True) for s in parts]),
+            response_ids=torch.cat([pad(s.response_ids, R, pad_token_id, False) for s in parts]),
+            response_mask=torch.cat([pad(s.response_mask, R, 0, False) for s in parts]),
+            logprobs=torch.cat([pad(s.logprobs, R, 0.0, False) for s in parts]),
+            ended=torch.cat([s.ended for s in parts]),
+        )
+
+
+@dataclass
+class Generation:
+    """What :func:`generate` returns."""
+
+    samples: Samples  # token ids, masks and log-probs, (B, P) and (B, R)
+    prompts: list[str]  # (B,) the prompt texts, as given
+    texts: list[str]  # (B,) the response texts (special tokens dropped)
+    prompts_cut: int  # prompts longer than the budget, cut to their last prompt_budget tokens
+    prompt_budget: int  # tokens a prompt may keep
+
+
+def model_positions(model: nn.Module) -> int | None:
+    """The number of positions a model can attend over (None when its config does not say)."""
+    config = getattr(getattr(model, "module", model), "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def prompt_budget(
+    positions: int | None, max_new_tokens: int, max_prompt_tokens: int | None = None
+) -> int:
+    """Tokens a prompt may keep so that ``max_new_tokens`` still fit in ``positions``."""
+    room = (positions - max_new_tokens) if positions else (max_prompt_tokens or 1 << 30)
+    if room < 1:
+        raise ConfigError(
+            f"max_new_tokens: {max_new_tokens} leaves no room for a prompt in the model's "
+            f"{positions} positions"
+        )
+    return min(room, max_prompt_tokens) if max_prompt_tokens else room
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    max_prompt_tokens: int | None = None,
+    batch_size: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Generation:
+    """Sample one response per prompt (repeat a prompt for several), ``batch_size`` rows at a
+    time (all at once by default), on the model's device; the caller chooses autocast and
+    eval mode. Each prompt keeps its last :func:`prompt_budget` tokens."""
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("generate: no prompts")
+    device = next(model.parameters()).device
+    budget = prompt_budget(model_positions(model), max_new_tokens, max_prompt_tokens)
+    step = batch_size or len(prompts)
+    parts, cut = [], 0
+    for i in range(0, len(prompts), step):
+        ids, mask, n_cut = _encode(tokenizer, prompts[i : i + step], device, budget)
+        cut += n_cut
+        parts.append(
+            sample(
+                model,
+                ids,
+                mask,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                generator=generator,
+            )
+        )
+    samples = Samples.cat(parts, tokenizer.pad_token_id)
+    return Generation(samples, prompts, decode_responses(tokenizer, samples), cut, budget)
+
+
+def _encode(
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
-    device: torch.device | str = "cpu",
-    max_length: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded token ids and mask for ``prompts`` (kept to their last ``max_length`` tokens).
+    device: torch.device | str,
+    max_length: int,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Left-padded token ids and mask for ``prompts`` (kept to their last ``max_length``
+    tokens), and how many were cut.
 
     An empty prompt becomes a lone BOS/EOS token so every row has at least one token.
     """
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    rows = []
+    rows, cut = [], 0
     for p in prompts:
         ids = tokenizer(p, add_special_tokens=False)["input_ids"] if p else []
         ids = ids or [start]
-        rows.append(ids[-max_length:] if max_length else ids)
+        cut += len(ids) > max_length
+        rows.append(ids[-max_length:])
     P = max(len(r) for r in rows)
     ids = torch.full((len(rows), P), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(rows), P), dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, P - len(r) :] = torch.tensor(r)
         mask[i, P - len(r) :] = 1
-    return ids.to(device), mask.to(device)
+    return ids.to(device), mask.to(device), cut
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:

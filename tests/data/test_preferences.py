@@ -13,7 +13,10 @@ from transformers import GPT2Config
 from rlfm.data.preferences import (
     collate_rankings,
     encode_rankings,
+    levels_to_ranking,
     load_preferences,
+    ranking_levels,
+    ranking_pairs,
     shared_prefix_cut,
     split_rankings,
 )
@@ -246,3 +249,32 @@ def _naive_loss(rm, tok, rankings, margin):
             losses.append(bradley_terry_loss(rew[0], rew[1], margin))
         per_ranking.append(torch.stack(losses).mean())
     return torch.stack(per_ranking).mean()
+
+
+def test_ranking_to_pairs_without_and_with_ties():
+    """[2, 0, 1] gives the C(3,2) = 3 pairs (2,0), (2,1), (0,1); [[2, 0], 1, 3] (2 and 0 tie)
+    gives 5 of C(4,2) = 6 pairs: no pair between 2 and 0; a K = 5 ranking without ties gives
+    C(5,2) = 10."""
+    assert ranking_pairs([2, 0, 1]) == [(2, 0), (2, 1), (0, 1)]
+    assert ranking_pairs([[2, 0], 1, 3]) == [(2, 1), (2, 3), (0, 1), (0, 3), (1, 3)]
+    assert len(ranking_pairs([4, 3, 2, 1, 0])) == 10
+    assert ranking_levels([[2, 0], 1, 3], 4) == [0, 1, 0, 2]
+    assert levels_to_ranking([0, 1, 0, 2]) == [[0, 2], 1, 3]
+
+
+@pytest.mark.parametrize(
+    ("ranking", "k", "message"),
+    [
+        ([0, 1, 1], 3, "twice"),
+        ([0, 3], 2, "outside"),
+        ([0], 2, "leaves out"),
+        ([[0, 1]], 2, "ties every"),
+        ([0, "1"], 2, "integers"),
+        ([[], 0, 1], 2, "empty"),
+    ],
+)
+def test_bad_rankings_say_why(ranking, k, message):
+    """A ranking that is not a permutation of 0..K−1 (or ties everything) raises ValueError
+    saying what is wrong."""
+    with pytest.raises(ValueError, match=message):
+        ranking_levels(ranking, k)

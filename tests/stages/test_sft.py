@@ -23,7 +23,7 @@ from rlfm.errors import DataError
 from rlfm.models import adapters
 from rlfm.models.presets import Preset, build_model, model_config
 from rlfm.models.tokenizer import MIN_VOCAB_SIZE, load_tokenizer, train_bpe_tokenizer
-from rlfm.rollout import decode_responses, encode_prompts, sample
+from rlfm.rollout import generate
 from rlfm.stages import merge, sft
 from rlfm.stages import sample as sample_stage
 from rlfm.tracking import read_metrics
@@ -306,17 +306,8 @@ def test_copy_task_is_learned(tmp_path):
     sft.train(cfg)
     model = adapters.load_model(checkpoints(cfg.out)[-1]).eval()
     tok = load_tokenizer(checkpoints(cfg.out)[-1])
-    ids, mask = encode_prompts(tok, [r["prompt"] for r in test_rows])
-    out = sample(
-        model,
-        ids,
-        mask,
-        max_new_tokens=7,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        temperature=0,
-    )
-    replies = decode_responses(tok, out)
+    gen = generate(model, tok, [r["prompt"] for r in test_rows], max_new_tokens=7, temperature=0)
+    replies, out = gen.texts, gen.samples
     exact = sum(a == r["completion"] for a, r in zip(replies, test_rows)) / len(test_rows)
     assert exact >= 0.95, list(zip(replies, test_rows))[:5]
     assert out.ended.float().mean() >= 0.95  # and it stops (EOS) after the reply

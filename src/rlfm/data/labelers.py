@@ -26,11 +26,10 @@ and rank the K completions by s (higher is better; identical texts get one ε, s
 :func:`default_labelers` makes a panel of three with different noise scales and length biases,
 as real labelers differ.
 
-**The built-in preference set** (:func:`build_preference_set`): the SFT policy samples K
-replies per dialogue prompt (``rollout.sample``, KV cache), each reply is cut at its first blank
-line (a blank line ends a speech in the play layout), a labeler of the panel ranks them, and
-the rows are written as a rankings JSONL (data/preferences.py format, plus ``labeler`` and the
-``gold`` scores) so the set can be read and checked.
+**Rankings rows** (:func:`label_rows`): each prompt's replies ranked by a labeler of the panel
+in turn, in the rankings format of data/preferences.py plus ``labeler`` and the ``gold``
+scores, so the set can be read and checked. The replies themselves come from a policy
+(rlfm/builtin_task.py samples them; this module knows no model).
 
 Prompt layout (:func:`dialogue_prompt`): the SFT stage's (``data.sft.render_dialogue_prompt``),
 the layout of the plays themselves, ``"<context speaker>.\\n<context>\\n\\n<reply speaker>.\\n"``.
@@ -44,15 +43,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import nn
-from transformers import PreTrainedTokenizerBase
-
 from rlfm.data.dialogue import DialoguePair, dialogue_pairs
+from rlfm.data.preferences import levels_to_ranking
 from rlfm.data.sft import render_dialogue_prompt
 from rlfm.data.text import Document
-from rlfm.losses.preference import levels_to_ranking
-from rlfm.rollout import decode_responses, encode_prompts, sample
 
 _CIVIL_WORDS = (
     "sir sirs madam lord lords lady ladies gentle gentleman gentlemen gentlewoman noble good "
@@ -202,45 +196,6 @@ def clean_reply(text: str) -> str:
     return text.split("\n\n", 1)[0].strip()
 
 
-@torch.no_grad()
-def sample_replies(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    k: int,
-    *,
-    max_new_tokens: int = 48,
-    temperature: float = 1.0,
-    batch_size: int = 64,
-    seed: int = 0,
-) -> list[list[str]]:
-    """``k`` replies per prompt sampled from ``model`` (on its own device; the caller chooses
-    precision), cut with :func:`clean_reply`. -> ``len(prompts)`` lists of ``k`` strings."""
-    device = next(model.parameters()).device
-    limit = int(getattr(model.config, "max_position_embeddings", 1024))
-    g = torch.Generator(device=device).manual_seed(seed)
-    flat = [p for p in prompts for _ in range(k)]
-    was_training = model.training
-    model.eval()
-    replies: list[str] = []
-    for i in range(0, len(flat), batch_size):
-        chunk = flat[i : i + batch_size]
-        ids, mask = encode_prompts(tokenizer, chunk, device, max_length=limit - max_new_tokens)
-        out = sample(
-            model,
-            ids,
-            mask,
-            max_new_tokens=min(max_new_tokens, limit - ids.shape[1]),
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            temperature=temperature,
-            generator=g,
-        )
-        replies.extend(clean_reply(t) for t in decode_responses(tokenizer, out))
-    model.train(was_training)
-    return [replies[j * k : (j + 1) * k] for j in range(len(prompts))]
-
-
 def label_rows(
     prompts: Sequence[str],
     replies: Sequence[Sequence[str]],
@@ -267,31 +222,3 @@ def label_rows(
             }
         )
     return rows
-
-
-def build_preference_set(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    *,
-    k: int = 4,
-    labelers: Sequence[SimulatedLabeler] | None = None,
-    max_new_tokens: int = 48,
-    temperature: float = 1.0,
-    batch_size: int = 64,
-    seed: int = 0,
-) -> list[dict[str, Any]]:
-    """The built-in preference set for ``prompts``: ``k`` sampled replies each, ranked by the
-    simulated labelers. Returns rankings rows (write them with
-    ``data.preferences.write_rankings``)."""
-    replies = sample_replies(
-        model,
-        tokenizer,
-        prompts,
-        k,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        batch_size=batch_size,
-        seed=seed,
-    )
-    return label_rows(prompts, replies, labelers or default_labelers(), seed=seed)

@@ -25,20 +25,16 @@ whose items are completion indices or inner lists of tied indices, e.g. ``[[2, 0
 (2 and 0 tie for best). Tied completions form no pair, so a ranking with ties has fewer than
 C(K,2) pairs and its loss is the mean over the pairs it has.
 
-Rankings are handed to the vectorised loss as **levels**: ``levels[b, i]`` is the position of
+Rankings are handed to the vectorised loss as **levels** (data/preferences.py turns the rankings
+of data files into levels): ``levels[b, i]`` is the position of
 completion i's tie group in ranking b (0 = best), and −1 marks padding, so rankings of
 different K share one (B, K_max) batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
-
-RankingSpec = Sequence[int | Sequence[int]]
-"""A ranking as written in data files: best → worst, inner lists group tied completions."""
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -80,71 +76,6 @@ def bradley_terry_loss(
     # logsigmoid is the numerically stable log σ(z) (no overflow for large |z|)
     loss = -F.logsigmoid(_wide(rewards_chosen) - _wide(rewards_rejected) - margin)
     return loss.mean() if reduction == "mean" else loss
-
-
-def ranking_levels(ranking: RankingSpec, k: int) -> list[int]:
-    """The level of each of ``k`` completions in ``ranking`` (0 = best; tied ones share a level).
-
-    ``ranking_levels([[2, 0], 1, 3], 4) == [0, 1, 0, 2]``. Raises ValueError, saying why, unless
-    the ranking (flattened) is a permutation of 0..k−1 with at least two levels.
-    """
-    if isinstance(ranking, str | bytes) or not isinstance(ranking, Sequence):
-        raise ValueError(f"ranking must be a list, got {type(ranking).__name__}")
-    levels: list[int | None] = [None] * k
-    for level, item in enumerate(ranking):
-        group = [item] if not isinstance(item, Sequence) or isinstance(item, str) else item
-        if not group:
-            raise ValueError(f"ranking item {level + 1} is an empty list of tied completions")
-        for i in group:
-            if isinstance(i, bool) or not isinstance(i, int):
-                raise ValueError(f"ranking holds {i!r}, expected completion indices (integers)")
-            if not 0 <= i < k:
-                raise ValueError(
-                    f"ranking holds index {i}, outside 0..{k - 1} for {k} completions; "
-                    f"it must be a permutation of 0..{k - 1}"
-                )
-            if levels[i] is not None:
-                raise ValueError(
-                    f"ranking holds index {i} twice; it must be a permutation of 0..{k - 1}"
-                )
-            levels[i] = level
-    missing = [i for i, v in enumerate(levels) if v is None]
-    if missing:
-        raise ValueError(
-            f"ranking leaves out completion(s) {', '.join(map(str, missing))}; it must be a "
-            f"permutation of 0..{k - 1}"
-        )
-    if len(ranking) < 2:
-        raise ValueError("ranking ties every completion, so it makes no comparison")
-    return [int(v) for v in levels]  # type: ignore[arg-type]
-
-
-def levels_to_ranking(levels: Sequence[int]) -> list[int | list[int]]:
-    """The inverse of :func:`ranking_levels`: ``[0, 1, 0, 2] -> [[0, 2], 1, 3]``."""
-    groups: dict[int, list[int]] = {}
-    for i, level in enumerate(levels):
-        groups.setdefault(level, []).append(i)
-    return [g[0] if len(g) == 1 else g for _, g in sorted(groups.items())]
-
-
-def ranking_pairs(ranking: RankingSpec, k: int | None = None) -> list[tuple[int, int]]:
-    """All (winner, loser) pairs of a ranking: C(K,2) without ties, fewer with ties.
-
-    ``ranking_pairs([2, 0, 1]) == [(2, 0), (2, 1), (0, 1)]``;
-    ``ranking_pairs([[2, 0], 1]) == [(2, 1), (0, 1)]`` (2 and 0 tie: no pair between them).
-    ``k`` defaults to the number of indices in the ranking.
-    """
-    if k is None:
-        k = sum(len(x) if isinstance(x, Sequence) else 1 for x in ranking)
-    levels = ranking_levels(ranking, k)
-    order = sorted(range(k), key=lambda i: (levels[i], _position(ranking, i)))
-    return [(w, lo) for a, w in enumerate(order) for lo in order[a + 1 :] if levels[w] < levels[lo]]
-
-
-def _position(ranking: RankingSpec, i: int) -> int:
-    """Where index i is written in the ranking (keeps pairs in reading order)."""
-    flat = [j for x in ranking for j in (x if isinstance(x, Sequence) else [x])]
-    return flat.index(i)
 
 
 def pair_mask(levels: torch.Tensor) -> torch.Tensor:

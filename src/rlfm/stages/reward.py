@@ -238,7 +238,8 @@ def read_prompts(path: Path) -> list[str]:
 def build_builtin_set(cfg: Config, engine: Engine, train_file: Path, val_file: Path) -> None:
     """Sample --k replies per prompt from the reference policy, let the simulated labelers rank
     them, write the two rankings files (main process only)."""
-    from rlfm.data.labelers import build_preference_set, default_labelers
+    from rlfm.builtin_task import build_preference_set
+    from rlfm.data.labelers import default_labelers
 
     train_prompts, val_prompts = builtin_prompts(cfg)
     policy, tokenizer = load_policy(cfg, engine)
@@ -499,7 +500,7 @@ def normalise(
 ) -> dict[str, Any]:
     """Sample one reply per prompt from the reference policy, score them; the gain and bias that
     give those rewards mean 0 and standard deviation 1 (written to reference_samples.jsonl)."""
-    from rlfm.data.labelers import sample_replies
+    from rlfm.builtin_task import sample_replies
 
     prompts = list(dict.fromkeys(r.prompt for r in rankings))
     random.Random(cfg.seed).shuffle(prompts)
