@@ -89,7 +89,7 @@ from rlfm.models.adapters import (
     sampling_model,
 )
 from rlfm.models.heads import RewardModel, ValueModel, load_model_tokenizer
-from rlfm.rollout import Samples, decode_responses, encode_prompts, sample
+from rlfm.rollout import Generation, Samples, generate, model_positions, prompt_budget
 from rlfm.tracking import Tracker
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
@@ -279,13 +279,7 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
             m.eval()  # dropout off during RL; gradients still flow
             m.to(engine.device)
     _check_vocabulary(tokenizer, policy)
-    positions = int(getattr(policy.config, "max_position_embeddings", 0) or 1 << 30)
-    prompt_limit = min(cfg.max_prompt_tokens, positions - cfg.max_new_tokens)
-    if prompt_limit < 1:
-        raise ConfigError(
-            f"max_new_tokens: {cfg.max_new_tokens} leaves no room for a prompt in the policy's "
-            f"{positions} positions"
-        )
+    prompt_budget(model_positions(policy), cfg.max_new_tokens, cfg.max_prompt_tokens)  # fits?
 
     # ---- prompts
     train_prompts, eval_prompts, source = _prompts(cfg, tokenizer, engine)
@@ -365,9 +359,9 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
 
     @torch.no_grad()
     def collect(prompts: list[str]) -> Rollout:
-        s = _sample(cfg, engine, tokenizer, sampling_model(policy), prompts, prompt_limit)
+        gen = _sample(cfg, engine, tokenizer, sampling_model(policy), prompts)
+        s, responses = gen.samples, gen.texts
         with engine.autocast():
-            responses = decode_responses(tokenizer, s)
             logprobs = token_logprobs(response_logits(policy, s), s.response_ids, cfg.temperature)
             ref = ref_logprobs(s)
             values = response_values(value_model, s).float()
@@ -471,9 +465,7 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
         k: v for k, v in metrics.items() if k.startswith("eval_") or k in ("score", "kl", "beta")
     }
     if engine.is_main and reward_fn is None and cfg.prompts is None:
-        summary |= _gold_win_rate(
-            cfg, prompt_limit, tokenizer, policy, reference, eval_prompts, engine, tracker
-        )
+        summary |= _gold_win_rate(cfg, tokenizer, policy, reference, eval_prompts, engine, tracker)
     engine.close()
     return summary
 
@@ -485,20 +477,19 @@ def _sample(
     tokenizer: PreTrainedTokenizerBase,
     model: nn.Module,
     prompts: list[str],
-    prompt_limit: int,
-) -> Samples:
+    batch_size: int | None = None,
+) -> Generation:
     """Responses to ``prompts`` as PPO samples them: temperature ``cfg.temperature``, top_k 0,
-    top_p 1, each row stopping at EOS, prompts cut to their last ``prompt_limit`` tokens."""
-    ids, mask = encode_prompts(tokenizer, prompts, engine.device, max_length=prompt_limit)
+    top_p 1, each row stopping at EOS, prompts cut to their last ``max_prompt_tokens`` tokens."""
     with engine.autocast():
-        return sample(
+        return generate(
             model,
-            ids,
-            mask,
+            tokenizer,
+            prompts,
             max_new_tokens=cfg.max_new_tokens,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
             temperature=cfg.temperature,
+            max_prompt_tokens=cfg.max_prompt_tokens,
+            batch_size=batch_size,
         )
 
 
@@ -761,7 +752,6 @@ def _write_samples(path: Path, update: int, ro: Rollout, engine: Engine, n: int 
 @torch.no_grad()
 def _gold_win_rate(
     cfg: Config,
-    prompt_limit: int,
     tokenizer: PreTrainedTokenizerBase,
     policy: nn.Module,
     reference: nn.Module | None,
@@ -775,11 +765,7 @@ def _gold_win_rate(
     from rlfm.evaluate.winrate import win_rate
 
     def responses(model: nn.Module) -> list[str]:
-        out = []
-        for i in range(0, len(prompts), 32):
-            s = _sample(cfg, engine, tokenizer, model, prompts[i : i + 32], prompt_limit)
-            out += decode_responses(tokenizer, s)
-        return out
+        return _sample(cfg, engine, tokenizer, model, prompts, batch_size=32).texts
 
     ppo = responses(sampling_model(policy))
     if reference is None:

@@ -53,7 +53,7 @@ from rlfm.models.tokenizer import (
     train_bpe_tokenizer,
 )
 from rlfm.optim import adamw, warmup_cosine
-from rlfm.rollout import decode_responses, encode_prompts, sample
+from rlfm.rollout import generate
 from rlfm.tracking import Tracker
 
 DEFAULT_PROMPTS = ("Romeo.\n", "Juliet.\n", "First Citizen.\n")
@@ -335,22 +335,19 @@ def generate_samples(
         if cfg.prompts
         else [""] * cfg.samples
     )
-    ids, mask = encode_prompts(tokenizer, prompts, engine.device)
     g = torch.Generator(device=engine.device).manual_seed(cfg.seed)
     model.eval()
     with engine.autocast():
-        out = sample(
+        gen = generate(
             model,
-            ids,
-            mask,
+            tokenizer,
+            prompts,
             max_new_tokens=cfg.sample_tokens,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
             temperature=cfg.temperature,
             generator=g,
         )
     model.train()
-    return [{"prompt": p, "sample": s} for p, s in zip(prompts, decode_responses(tokenizer, out))]
+    return [{"prompt": p, "sample": s} for p, s in zip(prompts, gen.texts)]
 
 
 def train(cfg: Config) -> dict[str, float]:

@@ -12,6 +12,7 @@ loads the base model it names and applies the adapter. Sampling uses rlfm's own 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,7 +24,7 @@ from rlfm.config import check
 from rlfm.engine import Engine
 from rlfm.models.adapters import load_model, sampling_model
 from rlfm.models.tokenizer import load_tokenizer
-from rlfm.rollout import decode_responses, encode_prompts, sample
+from rlfm.rollout import generate
 
 
 @dataclass(frozen=True)
@@ -88,25 +89,26 @@ def run(cfg: Config) -> list[dict]:
         )
     n = cfg.best_of
     prompts = [p for p in cfg.prompt for _ in range(cfg.num_samples) for _ in range(n)]
-    ids, mask = encode_prompts(
-        tokenizer, prompts, engine.device, max_length=model.config.max_position_embeddings - 1
-    )
-    room = model.config.max_position_embeddings - ids.shape[1]
     g = torch.Generator(device=engine.device).manual_seed(cfg.seed)
     with engine.autocast():
-        out = sample(
+        gen = generate(
             model,
-            ids,
-            mask,
-            max_new_tokens=min(cfg.max_new_tokens, room),
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+            tokenizer,
+            prompts,
+            max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
             top_k=cfg.top_k,
             top_p=cfg.top_p,
             generator=g,
         )
-    texts = decode_responses(tokenizer, out)
+    if gen.prompts_cut:
+        warnings.warn(
+            f"{gen.prompts_cut} of {len(prompts)} prompts are longer than the "
+            f"{gen.prompt_budget} tokens left for them by --max-new-tokens {cfg.max_new_tokens}; "
+            "they were cut from the left",
+            stacklevel=1,
+        )
+    out, texts = gen.samples, gen.texts
     rows = [{"prompt": p, "sample": s} for p, s in zip(prompts, texts)]
     if reward_model is not None:
         with torch.no_grad(), engine.autocast():

@@ -62,7 +62,7 @@ from rlfm.losses.lm import next_token_loss
 from rlfm.models import adapters
 from rlfm.models.tokenizer import ensure_pad_token, load_tokenizer
 from rlfm.optim import adamw, warmup_cosine
-from rlfm.rollout import decode_responses, encode_prompts, sample
+from rlfm.rollout import generate
 from rlfm.tracking import Tracker, read_metrics
 
 DEFAULT_LR = {"full": 3e-4, "lora": 2e-3, "prefix": 1e-2}
@@ -357,27 +357,21 @@ def generate_samples(
     if not prompts:
         return []
     inner = Engine.unwrap(model)
-    decoder = adapters.sampling_model(inner)
-    room = decoder.config.max_position_embeddings - cfg.sample_tokens
-    texts = [ex.prompt for ex in prompts]
-    ids, mask = encode_prompts(tokenizer, texts, engine.device, max_length=max(1, room))
     g = torch.Generator(device=engine.device).manual_seed(cfg.seed)
     inner.eval()
     with engine.autocast():
-        out = sample(
-            decoder,
-            ids,
-            mask,
+        gen = generate(
+            adapters.sampling_model(inner),
+            tokenizer,
+            [ex.prompt for ex in prompts],
             max_new_tokens=cfg.sample_tokens,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
             temperature=cfg.temperature,
             generator=g,
         )
     inner.train()
     return [
         {"prompt": ex.prompt, "sample": s, "reference": ex.reference, "source": ex.source}
-        for ex, s in zip(prompts, decode_responses(tokenizer, out))
+        for ex, s in zip(prompts, gen.texts)
     ]
 
 
