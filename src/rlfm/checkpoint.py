@@ -1,4 +1,4 @@
-"""One checkpoint format for every stage: atomic, resumable, loadable by Hugging Face.
+"""One checkpoint format for every stage: atomic, verified, resumable, loadable by Hugging Face.
 
 Layout of ``<out>/checkpoints/step_N/``::
 
@@ -7,17 +7,26 @@ Layout of ``<out>/checkpoints/step_N/``::
     config.yaml                            the stage's resolved config
     trainer_state.pt                       step, optimizer, scheduler, data position, extras
     rng_rank{R}.pt                         RNG states of process R
+    manifest.json                          size and SHA-256 of every file above, written last
 
 A checkpoint is written into ``checkpoints/.tmp-step_N`` and renamed into place when complete,
-so a process killed at any moment leaves the previous checkpoints intact; a directory named
-``step_N`` is always complete. Only the newest ``keep`` checkpoints are kept.
+so a process killed at any moment leaves the previous checkpoints intact. A checkpoint whose
+files no longer match its manifest (a truncated or damaged file, a missing one) is skipped with
+a warning and the newest intact one is used instead; one that predates manifests is accepted
+when its trainer state loads. Only the newest ``keep`` checkpoints are kept. An OS fault while
+saving (disk full, permission denied) leaves no partial directory and raises a RunError that
+names the path and the newest intact checkpoint, on every process.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +34,16 @@ import torch
 
 from rlfm.config import save_yaml
 from rlfm.engine import Engine
-from rlfm.errors import ModelError
+from rlfm.errors import ModelError, RunError
 
 _STEP = re.compile(r"^step_(\d+)$")
 STATE_FILE = "trainer_state.pt"
+MANIFEST = "manifest.json"
 
 
 def checkpoints(out: str | Path) -> list[Path]:
-    """Complete checkpoints under ``out/checkpoints``, oldest first."""
+    """Checkpoint directories under ``out/checkpoints`` (renamed into place, so complete when
+    written), oldest first. See :func:`latest_checkpoint` for the newest *intact* one."""
     root = Path(out) / "checkpoints"
     if not root.is_dir():
         return []
@@ -40,10 +51,66 @@ def checkpoints(out: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(out: str | Path) -> Path | None:
-    """The newest complete checkpoint under ``out``, or None."""
-    found = checkpoints(out)
-    return found[-1] if found else None
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(ckpt: Path) -> list[Path]:
+    return sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_manifest(ckpt: Path) -> None:
+    """Record size and SHA-256 of every file of ``ckpt`` in ``manifest.json`` (written last)."""
+    entries = {
+        str(p.relative_to(ckpt)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in _files(ckpt)
+    }
+    (ckpt / MANIFEST).write_text(json.dumps({"files": entries}, indent=1) + "\n", encoding="utf-8")
+
+
+def verify(ckpt: str | Path, checksums: bool = True) -> str | None:
+    """What is wrong with checkpoint ``ckpt`` (None when intact): a file missing, of the wrong
+    size or (with ``checksums``) of the wrong content. A checkpoint without a manifest (written
+    before manifests existed) is intact when its trainer state loads."""
+    ckpt = Path(ckpt)
+    manifest = ckpt / MANIFEST
+    if not manifest.is_file():
+        try:
+            torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+        except Exception as e:  # torch raises several kinds for a damaged file
+            return f"{STATE_FILE} cannot be read ({type(e).__name__}: {e})"
+        return None
+    try:
+        entries = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{MANIFEST} cannot be read ({e})"
+    for name, entry in entries.items():
+        path = ckpt / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            return f"{name} has {size:,} bytes, the manifest says {entry['bytes']:,}"
+        if checksums and _sha256(path) != entry["sha256"]:
+            return f"{name} does not match its SHA-256 in the manifest"
+    return None
+
+
+def latest_checkpoint(out: str | Path, checksums: bool = False) -> Path | None:
+    """The newest intact checkpoint under ``out`` (a damaged newer one is skipped with a
+    warning), or None."""
+    for ckpt in reversed(checkpoints(out)):
+        problem = verify(ckpt, checksums=checksums)
+        if problem is None:
+            return ckpt
+        warnings.warn(
+            f"checkpoint {ckpt} is damaged ({problem}); using the one before it", stacklevel=2
+        )
+    return None
 
 
 def _fsync_tree(path: Path) -> None:
@@ -57,6 +124,20 @@ def _fsync_tree(path: Path) -> None:
                 os.close(fd)
 
 
+def os_error_message(e: OSError, path: Path | str) -> str:
+    """One line for an OS fault at ``path``: what happened, in words, and where."""
+    what = {
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.EROFS: "read-only file system",
+        errno.ENOTDIR: "a path component is not a directory",
+        errno.EISDIR: "is a directory",
+    }.get(e.errno or 0, e.strerror or str(e))
+    return f"{what} ({e.filename or path})"
+
+
 def save_checkpoint(
     out: str | Path,
     step: int,
@@ -68,7 +149,8 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     keep: int = 3,
 ) -> Path:
-    """Write ``out/checkpoints/step_{step}`` atomically; prune to the newest ``keep``.
+    """Write ``out/checkpoints/step_{step}`` atomically with its manifest; prune to the newest
+    ``keep``.
 
     Collective: every process must call it (each saves its RNG state). ``trainer_state`` holds
     whatever the stage needs to resume (optimizer and scheduler state dicts, data position, ...).
@@ -76,34 +158,78 @@ def save_checkpoint(
     root = Path(out) / "checkpoints"
     final = root / f"step_{step}"
     tmp = root / f".tmp-step_{step}"
+    problem: str | None = None
+    try:
+        if engine.is_main:
+            root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+    except OSError as e:
+        problem = os_error_message(e, tmp)
+    problem = engine.broadcast_object(problem)
+    if problem is None:
+        try:
+            torch.save(engine.rng_state(), tmp / f"rng_rank{engine.rank}.pt")
+        except OSError as e:
+            problem = os_error_message(e, tmp)
+    problem = _first_problem(engine, problem)
+    if problem is None and engine.is_main:
+        try:
+            Engine.unwrap(model).save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            save_yaml(config, tmp / "config.yaml")
+            torch.save({"step": step, **trainer_state}, tmp / STATE_FILE)
+            write_manifest(tmp)
+            _fsync_tree(tmp)
+            _publish(tmp, final)
+        except OSError as e:
+            problem = os_error_message(e, tmp)
+        except RuntimeError as e:  # torch.save reports a full disk as "unexpected pos ..."
+            problem = f"{e} ({tmp}; is the disk full?)"
+    problem = engine.broadcast_object(problem)
+    if problem is not None:
+        if engine.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        intact = latest_checkpoint(out)
+        raise RunError(
+            f"cannot write checkpoint {final}: {problem}. "
+            + (
+                f"The newest intact checkpoint is {intact}."
+                if intact
+                else "No checkpoint is saved."
+            )
+        )
     if engine.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-    engine.barrier()
-    torch.save(engine.rng_state(), tmp / f"rng_rank{engine.rank}.pt")
-    engine.barrier()
-    if engine.is_main:
-        Engine.unwrap(model).save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        save_yaml(config, tmp / "config.yaml")
-        torch.save({"step": step, **trainer_state}, tmp / STATE_FILE)
-        _fsync_tree(tmp)
-        if final.exists():  # the same step saved again: swap, then drop the old copy
-            old = root / f".old-step_{step}"
-            if old.exists():
-                shutil.rmtree(old)
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(final)
         for stale in checkpoints(out)[:-keep] if keep > 0 else []:
             shutil.rmtree(stale, ignore_errors=True)
     engine.barrier()
     return final
+
+
+def _first_problem(engine: Engine, problem: str | None) -> str | None:
+    """A problem any process had (each process writes its own RNG file)."""
+    if not engine.distributed:
+        return problem
+    import torch.distributed as dist
+
+    everyone: list[str | None] = [None] * engine.world_size
+    dist.all_gather_object(everyone, problem)
+    return next((p for p in everyone if p is not None), None)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``; a checkpoint of the same step is swapped out, then removed."""
+    if not final.exists():
+        tmp.rename(final)
+        return
+    old = final.with_name(f".old-{final.name}")
+    if old.exists():
+        shutil.rmtree(old)
+    final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old)
 
 
 def load_trainer_state(ckpt: str | Path, engine: Engine) -> dict[str, Any]:
@@ -116,56 +242,9 @@ def load_trainer_state(ckpt: str | Path, engine: Engine) -> dict[str, Any]:
     return state
 
 
-def save_training(
-    out: str | Path,
-    step: int,
-    *,
-    engine: Engine,
-    model: torch.nn.Module,
-    tokenizer: Any | None,
-    config: Any,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    data: Any,
-    keep: int = 3,
-) -> Path:
-    """:func:`save_checkpoint` with the trainer state of a supervised stage: the optimizer, the
-    learning-rate schedule and the data position (``data.state_dict()``)."""
-    return save_checkpoint(
-        out,
-        step,
-        engine=engine,
-        model=model,
-        tokenizer=tokenizer,
-        config=config,
-        trainer_state={
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "data": data.state_dict(),
-        },
-        keep=keep,
-    )
-
-
-def resume_training(
-    ckpt: str | Path,
-    engine: Engine,
-    *,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    data: Any,
-) -> int:
-    """Restore what :func:`save_training` wrote (and this process's RNG); returns the step."""
-    state = load_trainer_state(ckpt, engine)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    data.load_state_dict(state["data"])
-    return int(state["step"])
-
-
 def resolve_model_dir(path: str | Path) -> Path:
     """A loadable HF model directory for ``path``: the directory itself when it holds a model
-    (``config.json``), or the newest checkpoint of an rlfm run directory."""
+    (``config.json``), or the newest intact checkpoint of an rlfm run directory."""
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model: {path} does not exist")
@@ -176,6 +255,8 @@ def resolve_model_dir(path: str | Path) -> Path:
     ckpt = latest_checkpoint(path)
     if ckpt is not None:
         return ckpt
+    if checkpoints(path):
+        raise ModelError(f"model: every checkpoint under {path / 'checkpoints'} is damaged")
     raise ModelError(
         f"model: {path} holds neither a Hugging Face model (no config.json) nor rlfm "
         f"checkpoints (no {path / 'checkpoints'}/step_N)"

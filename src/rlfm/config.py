@@ -5,18 +5,31 @@ Precedence is defaults < YAML (``--config file.yaml``) < command-line flags. Eve
 ``__post_init__`` validates values with :func:`check`, so a bad value fails at once with a
 message naming the field, whichever source it came from.
 
+**Run settings** every stage shares — device, precision, seed, the evaluation / checkpoint /
+logging intervals, how many checkpoints to keep, gradient clipping — are defined once, in
+:class:`Runtime` and :class:`RunSettings`, and validated once. The :func:`settings` decorator
+makes a stage's ``Config`` with its own fields followed by these (flat: ``--device``,
+``cfg.device``); a stage only chooses their defaults.
+
+A renamed field keeps its old spelling for one release: a Config lists it in ``RENAMED`` and
+the old flag or YAML key still works, with a note naming the new one.
+
 The resolved config is written as YAML to ``<out>/config.yaml`` and into every checkpoint.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import sys
+import textwrap
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
@@ -31,9 +44,169 @@ def check(ok: bool, field: str, message: str) -> None:
         raise ConfigError(f"{field}: {message}")
 
 
+# ---------------------------------------------------------------------------- run settings
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a command computes: every command that runs a model has these."""
+
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Compute precision: bf16 autocast where the hardware runs it fast (auto), or fp32."""
+    seed: int = 0
+    """Seed of initialisation, data order and sampling."""
+
+
+@dataclass(frozen=True)
+class RunSettings(Runtime):
+    """Runtime plus the settings of a training run's loop: every training stage has these."""
+
+    eval_every: int = 100
+    """Evaluate every this many steps (and at the end)."""
+    save_every: int = 100
+    """Write a checkpoint every this many steps (and at the end)."""
+    log_every: int = 10
+    """Log training metrics every this many steps (and at the end)."""
+    keep_checkpoints: int = 3
+    """Keep only the newest this many checkpoints."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (0 = no clipping)."""
+
+
+RESUMABLE_SETTINGS = frozenset(
+    {"device", "eval_every", "save_every", "log_every", "keep_checkpoints"}
+)
+"""Run settings that may change when a run is resumed (the rest define the run)."""
+
+
+def check_settings(cfg: Any) -> None:
+    """Validate the run settings ``cfg`` has (one validation for every stage)."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    if "device" in names:
+        d = cfg.device
+        check(
+            d in ("auto", "cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit()),
+            "device",
+            f"{d!r} is not one of auto, cpu, cuda, cuda:N",
+        )
+    for name in ("eval_every", "save_every", "log_every", "keep_checkpoints"):
+        if name in names:
+            check(getattr(cfg, name) >= 1, name, f"must be ≥ 1, got {getattr(cfg, name)}")
+    if "max_grad_norm" in names:
+        check(cfg.max_grad_norm >= 0, "max_grad_norm", f"must be ≥ 0, got {cfg.max_grad_norm}")
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass, read from its source."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body  # type: ignore[attr-defined]
+        for a, b in zip(body, body[1:]):
+            documented = isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
+            if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and documented:
+                docs[a.target.id] = " ".join(str(b.value.value).split())  # type: ignore[attr-defined]
+    return docs
+
+
+def settings(group: type = RunSettings, **defaults: Any) -> Callable[[type], type]:
+    """Class decorator: a frozen config dataclass of the class's own fields followed by the
+    fields of ``group`` (:class:`RunSettings` for training stages, :class:`Runtime` for other
+    commands) with the stage's ``defaults``; run settings are validated before the class's own
+    ``__post_init__``."""
+    import tyro
+
+    shared = dataclasses.fields(group)
+    hints = typing.get_type_hints(group)
+    docs = _field_docs(group)
+    unknown = set(defaults) - {f.name for f in shared}
+    if unknown:
+        raise TypeError(f"settings: {sorted(unknown)} are not fields of {group.__name__}")
+
+    def decorate(cls: type) -> type:
+        annotations = dict(cls.__dict__.get("__annotations__", {}))
+        for f in shared:
+            if f.name in annotations:
+                raise TypeError(f"{cls.__qualname__}.{f.name} is a shared run setting")
+            annotations[f.name] = Annotated[hints[f.name], tyro.conf.arg(help=docs.get(f.name, ""))]
+            setattr(cls, f.name, defaults.get(f.name, f.default))
+        cls.__annotations__ = annotations
+        own_post_init = cls.__dict__.get("__post_init__")
+
+        def __post_init__(self: Any) -> None:
+            check_settings(self)
+            if own_post_init is not None:
+                own_post_init(self)
+
+        cls.__post_init__ = __post_init__
+        return dataclass(frozen=True)(cls)
+
+    return decorate
+
+
+def resumable_fields(cls: type) -> frozenset[str]:
+    """Fields of a stage's Config that may change when a run is resumed: the shared ones in
+    :data:`RESUMABLE_SETTINGS` and the stage's own ``RESUMABLE``."""
+    return RESUMABLE_SETTINGS | frozenset(getattr(cls, "RESUMABLE", ())) | {"config", "out"}
+
+
+# ---------------------------------------------------------------------------- renamed fields
+
+
+def _renames(cls: type) -> dict[str, Any]:
+    return dict(getattr(cls, "RENAMED", {}))
+
+
+def renamed_values(cls: type, old: str, value: Any) -> dict[str, Any]:
+    """The new field values an old field name and its value stand for."""
+    new = _renames(cls)[old]
+    return new(value) if callable(new) else {new: value}
+
+
+def _note_renamed(old: str, new: dict[str, Any], where: str) -> None:
+    names = " ".join(f"--{k.replace('_', '-')}" for k in new)
+    print(
+        f"note: {where}{old.replace('_', '-')} is deprecated and will be removed in the next "
+        f"release; use {names}",
+        file=sys.stderr,
+    )
+
+
+def _rename_flags(cls: type, args: list[str]) -> list[str]:
+    """Command-line flags with every deprecated name replaced by its new one(s)."""
+    renames = _renames(cls)
+    if not renames:
+        return args
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        name, eq, inline = a[2:].partition("=") if a.startswith("--") else ("", "", "")
+        field = name.replace("-", "_")
+        if field in renames:
+            if eq:
+                value = inline
+            else:
+                value = args[i + 1] if i + 1 < len(args) else ""
+                i += 1
+            new = renamed_values(cls, field, value)
+            _note_renamed(field, new, "--")
+            for k, v in new.items():
+                out += [f"--{k.replace('_', '-')}", str(v)]
+        else:
+            out.append(a)
+        i += 1
+    return out
+
+
 def _coerce(tp: Any, value: Any, field: str) -> Any:
     """Convert a YAML value to the annotated type of ``field`` (the few types configs use)."""
     origin = get_origin(tp)
+    if origin is Annotated:
+        return _coerce(get_args(tp)[0], value, field)
     if origin in (typing.Union, types.UnionType):
         options = get_args(tp)
         if value is None and type(None) in options:
@@ -106,12 +279,22 @@ def from_dict(cls: type[C], data: dict[str, Any], base: C | None = None, source:
     Keys may use ``-`` or ``_``. Unknown keys and badly typed values raise ConfigError naming
     the key and ``source``.
     """
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name for f in dataclasses.fields(cls)}
     where = f" (in {source})" if source else ""
     changes = {}
+    renames = _renames(cls)
+    items = []
     for key, value in data.items():
         name = str(key).replace("-", "_")
+        if name in renames and name not in fields:
+            new = renamed_values(cls, name, value)
+            _note_renamed(name, new, f"{source}: " if source else "")
+            items += list(new.items())
+        else:
+            items.append((name, value))
+    for name, value in items:
+        key = name
         if name not in fields:
             import difflib
 
@@ -166,7 +349,7 @@ def parse(cls: type[C], args: Sequence[str] | None = None, prog: str | None = No
     """Parse a stage config: defaults < ``--config`` YAML < flags. ``--help`` documents fields."""
     import tyro
 
-    args = list(sys.argv[1:] if args is None else args)
+    args = _rename_flags(cls, list(sys.argv[1:] if args is None else args))
     # `--kl-target none`: accept lower-case none/null for optional values
     args = [
         "None" if a.lower() in ("none", "null") and i > 0 and args[i - 1].startswith("--") else a

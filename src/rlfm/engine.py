@@ -8,9 +8,17 @@ GPUs, gloo on CPUs) and wraps the model in DistributedDataParallel. Stages give 
 batch size; each process takes its slice of every global batch, so the same seed and global
 batch give the same loss curve whatever the number of processes.
 
-Gradient accumulation: a process's share of a global batch is cut into micro-batches; every
-micro-batch but the last runs under ``no_sync`` (no all-reduce), the loss of each is divided by
-the number of micro-batches, and one optimizer step follows.
+Gradient accumulation: a process's share of a global batch is cut into micro-batches. A stage
+runs each one's forward pass inside :meth:`Engine.micro_step` (autocast, and ``no_sync`` — no
+all-reduce — on every micro-batch but the last) and hands its loss to :meth:`Engine.backward`
+with the share of the global objective it carries; :meth:`Engine.step` then clips, steps the
+optimizer and the schedule. So every stage scales, synchronises and clips the same way::
+
+    for i in range(n_micro):
+        with engine.micro_step(model, last=i == n_micro - 1):
+            loss = ...                                    # forward under autocast
+            engine.backward(loss, weight=rows_i / global_rows)
+    engine.step(model, optimizer, scheduler, max_grad_norm)
 """
 
 from __future__ import annotations
@@ -94,10 +102,12 @@ class Engine:
         if self.distributed:
             dist.barrier()
 
-    def close(self) -> None:
-        """Leave the process group (call once at the end of a stage)."""
+    def close(self, clean: bool = True) -> None:
+        """Leave the process group (once, at the end of a stage; ``clean=False`` after an
+        error skips the final barrier, which the other processes may never reach)."""
         if self.distributed and dist.is_initialized():
-            dist.barrier()
+            if clean:
+                dist.barrier()
             dist.destroy_process_group()
 
     def all_reduce_mean(self, value: float | torch.Tensor) -> float:
@@ -107,6 +117,14 @@ class Engine:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
             t /= self.world_size
         return float(t)
+
+    def any_process(self, flag: bool) -> bool:
+        """True on every process when ``flag`` is True on any of them."""
+        if not self.distributed:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Element-wise sum of a tensor over processes (a new tensor, on the input's device).
@@ -168,13 +186,26 @@ class Engine:
 
     @contextlib.contextmanager
     def micro_step(self, model: nn.Module, last: bool) -> Iterator[None]:
-        """Context for forward + backward of one micro-batch: gradients are all-reduced only
-        on the ``last`` micro-batch of an optimizer step."""
+        """Context for the forward pass (under autocast) and :meth:`backward` of one
+        micro-batch: gradients are all-reduced only on the ``last`` micro-batch of an optimizer
+        step (DDP decides that in the forward pass, so the forward must be inside)."""
         sync = contextlib.nullcontext()
         if self.distributed and not last and hasattr(model, "no_sync"):
             sync = model.no_sync()
-        with sync:
+        with sync, self.autocast():
             yield
+
+    def backward(self, loss: torch.Tensor, weight: float | torch.Tensor = 1.0) -> None:
+        """Back-propagate ``loss × weight``, where ``weight`` is this micro-batch's share of
+        the global objective (e.g. its rows / the global batch's rows, or 1 / the global
+        batch's loss tokens for a summed loss).
+
+        DDP averages gradients over processes; the loss is multiplied by the number of
+        processes so the result is the gradient of the global objective itself, the same for
+        any number of processes. Backward runs outside autocast (its ops follow the forward's
+        dtypes)."""
+        with torch.autocast(self.device.type, enabled=False):
+            (loss * (weight * self.world_size)).backward()
 
     def step(
         self,

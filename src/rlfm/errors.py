@@ -18,3 +18,19 @@ class DataError(RlfmError, ValueError):
 
 class ModelError(RlfmError, ValueError):
     """A model or tokenizer directory is missing or unusable: the message names the path."""
+
+
+class RunError(RlfmError, OSError):
+    """A run directory cannot be used or written: the message names the path and what is
+    intact (another process holds it, another stage's run, no space, no permission, ...)."""
+
+
+class Interrupted(Exception):
+    """A run stopped on SIGINT or SIGTERM after saving a checkpoint (or with nothing to save).
+
+    Not an error: the CLI prints the message and exits with 128 + the signal number (130 for
+    Ctrl-C, 143 for SIGTERM)."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum

@@ -1,7 +1,9 @@
-"""What a stage reports while it runs: ``metrics.jsonl``, TensorBoard events, a progress bar.
+"""What a stage reports while it runs: ``metrics.jsonl``, TensorBoard events, a progress bar,
+and the one JSONL writer every log uses.
 
 Only the main process writes. On resume, rows logged after the checkpoint being resumed from
-are dropped from ``metrics.jsonl`` so the file reads as one uninterrupted run.
+are dropped (:func:`keep_rows_until`, called by run.py) so each log reads as one uninterrupted
+run.
 """
 
 from __future__ import annotations
@@ -58,6 +60,28 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def append_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows to a JSON-lines file (UTF-8, one object per line, flushed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def keep_rows_until(path: str | Path, step: int) -> None:
+    """Drop the rows of a JSONL log whose "step" is after ``step`` (and a torn last line)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8"
+    )
+    tmp.replace(path)
+
+
 class Tracker:
     """Logs scalars to ``<out>/metrics.jsonl`` and ``<out>/tb``; shows a progress bar."""
 
@@ -82,11 +106,6 @@ class Tracker:
         if not enabled:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        # keep only rows up to the step we resume from
-        kept = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) <= start_step]
-        tmp = self.metrics_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        tmp.replace(self.metrics_path)
         self._file = self.metrics_path.open("a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -109,8 +128,12 @@ class Tracker:
             self._progress.start()
 
     def log(self, step: int, metrics: dict[str, float], *, show: bool = True) -> None:
-        """Append one row (``step`` plus ``metrics``) and update the bar's status line."""
+        """Append one row (``step`` plus ``metrics``) and update the bar's status line; with no
+        metrics, only move the bar."""
         if not self.enabled:
+            return
+        if not metrics:
+            self.advance(step)
             return
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(row) + "\n")

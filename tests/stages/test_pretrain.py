@@ -34,7 +34,7 @@ ARGS = dict(
     log_every=10,
     eval_batches=4,
     samples=2,
-    sample_tokens=12,
+    max_new_tokens=12,
     precision="fp32",
     device="cpu",
 )

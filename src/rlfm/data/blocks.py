@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from rlfm.data.order import Batches
 from rlfm.data.text import Document
 from rlfm.errors import DataError
 
@@ -41,11 +42,12 @@ def gather_windows(stream: torch.Tensor, starts: torch.Tensor, length: int) -> t
     return stream[starts[:, None] + torch.arange(length)]
 
 
-class BlockSampler:
-    """Global batches of window starts, shuffled per epoch, resumable from (epoch, cursor)."""
+class BlockSampler(Batches):
+    """Global batches of window starts: windows of ``block + 1`` tokens at a random offset of
+    the epoch plus multiples of ``block``, in a random order per epoch."""
 
     def __init__(self, n_tokens: int, block: int, batch_size: int, seed: int, name: str = "data"):
-        self.n_tokens, self.block, self.batch_size, self.seed = n_tokens, block, batch_size, seed
+        self.n_tokens, self.block, self.batch_size = n_tokens, block, batch_size
         # windows that fit whatever the epoch's offset (offset ≤ block - 1)
         self.n_windows = (n_tokens - block) // block
         if self.n_windows < batch_size:
@@ -54,29 +56,14 @@ class BlockSampler:
                 f"{block + 1} tokens, fewer than one batch of {batch_size}; give more text or "
                 f"lower context / batch_size"
             )
-        self.epoch, self.cursor = 0, 0
-        self._order = self._epoch_order(0)
+        super().__init__(seed)
 
-    def _epoch_order(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+    def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
+        g = self.generator(epoch)
         offset = int(torch.randint(0, self.block, (1,), generator=g))
-        return offset + torch.randperm(self.n_windows, generator=g) * self.block
-
-    def next_batch(self) -> torch.Tensor:
-        """The next ``batch_size`` window starts; a new epoch begins when one would run short."""
-        if self.cursor + self.batch_size > self.n_windows:
-            self.epoch, self.cursor = self.epoch + 1, 0
-            self._order = self._epoch_order(self.epoch)
-        starts = self._order[self.cursor : self.cursor + self.batch_size]
-        self.cursor += self.batch_size
-        return starts
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "cursor": self.cursor}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
-        self._order = self._epoch_order(self.epoch)
+        starts = offset + torch.randperm(self.n_windows, generator=g) * self.block
+        n = self.n_windows // self.batch_size * self.batch_size
+        return list(starts[:n].split(self.batch_size))
 
 
 def eval_starts(n_tokens: int, block: int, n_windows: int) -> torch.Tensor:

@@ -61,6 +61,7 @@ from transformers import PreTrainedTokenizerBase
 
 from rlfm.data.corpora import VAL_PLAYS, load_builtin_corpus
 from rlfm.data.dialogue import DialoguePair, dialogue_pairs
+from rlfm.data.order import Batches
 from rlfm.data.rows import (
     ROW_SUFFIXES,
     Row,
@@ -497,13 +498,12 @@ def fit_length(
 # ---------------------------------------------------------------------------- batches
 
 
-class BucketSampler:
+class BucketSampler(Batches):
     """Global batches of example indices, grouped by length, reshuffled every epoch.
 
-    Epoch e draws a permutation from ``(seed, e)`` alone, cuts it into chunks of
-    ``bucket_batches × batch_size`` examples, sorts each chunk by length (longest first), cuts
-    it into batches and shuffles the batches; examples left over by the last full batch wait
-    for the next epoch's draw. The whole state is ``(epoch, cursor)``.
+    Epoch e draws a permutation, cuts it into chunks of ``bucket_batches × batch_size``
+    examples, sorts each chunk by length (longest first), cuts it into batches and shuffles the
+    batches; examples left over by the last full batch wait for the next epoch's draw.
     """
 
     def __init__(
@@ -515,19 +515,18 @@ class BucketSampler:
         name: str = "training data",
     ) -> None:
         self.lengths = torch.as_tensor(list(lengths), dtype=torch.long)
-        self.batch_size, self.seed, self.bucket_batches = batch_size, seed, bucket_batches
-        self.n_batches = len(self.lengths) // batch_size
-        if self.n_batches == 0:
+        self.batch_size, self.bucket_batches = batch_size, bucket_batches
+        if len(self.lengths) < batch_size:
             raise DataError(
-                f"{name}: {len(self.lengths)} demonstrations, fewer than one batch of "
+                f"{name}: {len(self.lengths)} examples, fewer than one batch of "
                 f"{batch_size}; give more data or lower batch_size"
             )
-        self.epoch, self.cursor = 0, 0
-        self._batches = self._epoch_batches(0)
+        super().__init__(seed)
 
-    def _epoch_batches(self, epoch: int) -> list[torch.Tensor]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.lengths), generator=g)[: self.n_batches * self.batch_size]
+    def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
+        g = self.generator(epoch)
+        n = len(self.lengths) // self.batch_size * self.batch_size
+        order = torch.randperm(len(self.lengths), generator=g)[:n]
         chunk = self.batch_size * self.bucket_batches
         batches: list[torch.Tensor] = []
         for i in range(0, len(order), chunk):
@@ -535,22 +534,6 @@ class BucketSampler:
             part = part[torch.sort(self.lengths[part], descending=True, stable=True).indices]
             batches += list(part.split(self.batch_size))
         return [batches[j] for j in torch.randperm(len(batches), generator=g).tolist()]
-
-    def next_batch(self) -> torch.Tensor:
-        """The next global batch of example indices, (batch_size,)."""
-        if self.cursor == self.n_batches:
-            self.epoch, self.cursor = self.epoch + 1, 0
-            self._batches = self._epoch_batches(self.epoch)
-        batch = self._batches[self.cursor]
-        self.cursor += 1
-        return batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "cursor": self.cursor}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
-        self._batches = self._epoch_batches(self.epoch)
 
 
 @dataclass

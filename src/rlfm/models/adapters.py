@@ -226,6 +226,29 @@ def merge_adapter(model: nn.Module) -> PreTrainedModel:
     return inner.merge_and_unload()
 
 
+def fit_vocabulary(
+    model: nn.Module, tokenizer: Any, *, allow_resize: bool = False, what: str = "model"
+) -> str | None:
+    """Make sure every token id of ``tokenizer`` has an embedding row in ``model``.
+
+    A model whose vocabulary is at least the tokenizer's is left as it is. The PAD token rlfm
+    adds to a tokenizer without one (``ensure_pad_token``) gets a new row (the mean of the
+    others); any other shortfall is a ModelError unless ``allow_resize``. Returns a note saying
+    what was grown, or None."""
+    model = base_model_of(model)
+    size, n = model.get_input_embeddings().weight.shape[0], len(tokenizer)
+    if n <= size:
+        return None
+    if n - size > getattr(tokenizer, "rlfm_added_tokens", 0) and not allow_resize:
+        raise ModelError(
+            f"{what}: its tokenizer has {n:,} tokens but the model's vocabulary holds {size:,}; "
+            "use the tokenizer the model was trained with, or ask for the embeddings to be "
+            "grown (--resize-embeddings, where the command has it: the new rows start untrained)"
+        )
+    resize_embeddings(model, n)
+    return f"grew the {what}'s embeddings from {size:,} to {n:,} rows for the tokenizer"
+
+
 def resize_embeddings(model: PreTrainedModel, size: int) -> None:
     """Grow the token embedding (and an untied output head) to ``size`` rows; the new rows are
     the mean of the old ones, so the result does not depend on any random state."""

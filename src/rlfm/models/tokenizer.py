@@ -104,14 +104,15 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Give ``tokenizer`` a PAD token distinct from EOS, adding ``<|pad|>`` if needed.
 
-    Returns True when the vocabulary grew: the caller must then resize the model's embeddings
-    (``model.resize_token_embeddings(len(tokenizer))``).
+    Returns True when the vocabulary grew: the caller must then grow the model's embeddings
+    (``models.adapters.fit_vocabulary``, which knows the token was added here).
     """
     pad_id = tokenizer.pad_token_id
     if pad_id is not None and pad_id != tokenizer.eos_token_id:
         return False
     before = len(tokenizer)
     tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    tokenizer.rlfm_added_tokens = len(tokenizer) - before  # type: ignore[attr-defined]
     return len(tokenizer) > before
 
 

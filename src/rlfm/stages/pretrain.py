@@ -29,21 +29,22 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from rich.markup import escape
 from transformers import PreTrainedTokenizerBase
 
 from rlfm import checkpoint
-from rlfm.config import check, save_yaml
+from rlfm.config import RunSettings, check, settings
 from rlfm.data.blocks import BlockSampler, eval_starts, gather_windows, tokenize_stream
 from rlfm.data.corpora import load_builtin_corpus
 from rlfm.data.text import Document, load_documents, split_documents
 from rlfm.engine import Engine
+from rlfm.errors import ConfigError
+from rlfm.evaluate.plots import plot_metrics
 from rlfm.losses.lm import chunked_next_token_loss, next_token_loss, unigram_cross_entropy
+from rlfm.models.adapters import fit_vocabulary
 from rlfm.models.loading import load_causal_lm
 from rlfm.models.presets import PRESETS, build_model, model_config
 from rlfm.models.tokenizer import (
@@ -54,12 +55,12 @@ from rlfm.models.tokenizer import (
 )
 from rlfm.optim import adamw, warmup_cosine
 from rlfm.rollout import generate
-from rlfm.tracking import Tracker
+from rlfm.run import Run
 
 DEFAULT_PROMPTS = ("Romeo.\n", "Juliet.\n", "First Citizen.\n")
 
 
-@dataclass(frozen=True)
+@settings(RunSettings, eval_every=200, save_every=200)
 class Config:
     """Pre-train a causal language model (defaults: the `small` preset on Shakespeare)."""
 
@@ -80,6 +81,9 @@ class Config:
     a byte-level BPE of --vocab-size trained on the training text."""
     vocab_size: int | None = None
     """Vocabulary size of a newly trained BPE tokenizer. Default: the preset's."""
+    resize_embeddings: bool = False
+    """Continuing a model directory with a --tokenizer larger than its vocabulary: grow the
+    embeddings to fit (new rows are trained from scratch). Without it that is an error."""
     model: str = "small"
     """A preset name (see `rlfm models`) to train from scratch, or a local Hugging Face causal-LM
     directory (or rlfm run directory) to continue pre-training."""
@@ -102,32 +106,19 @@ class Config:
     """Steps of linear learning-rate warm-up."""
     weight_decay: float = 0.1
     """AdamW weight decay on weight matrices."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this (0 = no clipping)."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """Compute precision: bf16 autocast where the hardware runs it fast (auto), or fp32."""
-    device: str = "auto"
-    """auto, cpu or cuda."""
-    eval_every: int = 200
-    """Evaluate validation loss every this many steps (and at the end)."""
     eval_batches: int = 8
     """Validation windows evaluated = eval_batches × batch_size."""
-    save_every: int = 200
-    """Write a checkpoint every this many steps (and at the end)."""
-    keep_checkpoints: int = 3
-    """Keep only the newest this many checkpoints."""
-    log_every: int = 10
-    """Log training metrics every this many steps."""
     samples: int = 3
     """Samples generated at the end (0 = none)."""
-    sample_tokens: int = 100
-    """Tokens per sample."""
+    max_new_tokens: int = 100
+    """Tokens per sample at most (a sample ends at EOS)."""
     temperature: float = 0.8
     """Sampling temperature of the final samples."""
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     """Prompts of the final samples (cycled)."""
-    seed: int = 0
-    """Seed of initialisation, data order and sampling."""
+
+    RESUMABLE = ("steps", "eval_batches", "samples", "max_new_tokens", "temperature", "prompts")
+    RENAMED = {"sample_tokens": "max_new_tokens"}
 
     def __post_init__(self) -> None:
         check(
@@ -142,8 +133,8 @@ class Config:
             self.context is None or self.context >= 2, "context", f"must be ≥ 2, got {self.context}"
         )
         check(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
-        check(self.steps >= 1, "steps", f"must be ≥ 1, got {self.steps}")
-        check(self.batch_size >= 1, "batch_size", f"must be ≥ 1, got {self.batch_size}")
+        for name in ("steps", "batch_size", "eval_batches", "max_new_tokens"):
+            check(getattr(self, name) >= 1, name, f"must be ≥ 1, got {getattr(self, name)}")
         check(
             self.micro_batch_size is None or self.micro_batch_size >= 1,
             "micro_batch_size",
@@ -157,11 +148,7 @@ class Config:
         )
         check(self.warmup_steps >= 0, "warmup_steps", f"must be ≥ 0, got {self.warmup_steps}")
         check(self.weight_decay >= 0, "weight_decay", f"must be ≥ 0, got {self.weight_decay}")
-        check(self.max_grad_norm >= 0, "max_grad_norm", f"must be ≥ 0, got {self.max_grad_norm}")
-        for name in ("eval_every", "save_every", "log_every", "eval_batches"):
-            check(getattr(self, name) >= 1, name, f"must be ≥ 1, got {getattr(self, name)}")
-        check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be ≥ 1")
-        check(self.samples >= 0 and self.sample_tokens >= 1, "samples", "must be ≥ 0")
+        check(self.samples >= 0, "samples", f"must be ≥ 0, got {self.samples}")
         check(self.temperature >= 0, "temperature", f"must be ≥ 0, got {self.temperature}")
         if self.data is not None:
             check(Path(self.data).exists(), "data", f"{self.data} does not exist")
@@ -228,8 +215,7 @@ def setup_model(
         )
         return build_model(mc, seed=cfg.seed)
     model = load_causal_lm(checkpoint.resolve_model_dir(cfg.model))
-    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
+    fit_vocabulary(model, tokenizer, allow_resize=cfg.resize_embeddings, what="model")
     model.config.pad_token_id = tokenizer.pad_token_id
     return model
 
@@ -330,11 +316,7 @@ def generate_samples(
     """A few samples from the trained model, for a look at what it learned."""
     if cfg.samples == 0:
         return []
-    prompts = (
-        [cfg.prompts[i % len(cfg.prompts)] for i in range(cfg.samples)]
-        if cfg.prompts
-        else [""] * cfg.samples
-    )
+    prompts = [cfg.prompts[i % len(cfg.prompts)] if cfg.prompts else "" for i in range(cfg.samples)]
     g = torch.Generator(device=engine.device).manual_seed(cfg.seed)
     model.eval()
     with engine.autocast():
@@ -342,7 +324,7 @@ def generate_samples(
             model,
             tokenizer,
             prompts,
-            max_new_tokens=cfg.sample_tokens,
+            max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
             generator=g,
         )
@@ -352,141 +334,97 @@ def generate_samples(
 
 def train(cfg: Config) -> dict[str, float]:
     """Run pre-training; returns the final metrics (val_loss, val_ppl, ...)."""
-    engine = Engine.create(cfg.device, cfg.precision)
-    engine.seed(cfg.seed)
-    resume = checkpoint.latest_checkpoint(cfg.out)
-    train_docs, val_docs, source = load_corpus(cfg, engine)
-    tokenizer = setup_tokenizer(cfg, engine, train_docs, resume)
-    model = setup_model(cfg, tokenizer, resume)
-    block = cfg.context or min(model.config.max_position_embeddings, 1024)
-    if block > model.config.max_position_embeddings:
-        from rlfm.errors import ConfigError
+    with Run(cfg, "pretrain", total=cfg.steps, derived=("tokenizer",)) as run:
+        if run.finished:
+            return run.summary
+        engine, resume = run.engine, run.resume
+        train_docs, val_docs, source = load_corpus(cfg, engine)
+        tokenizer = setup_tokenizer(cfg, engine, train_docs, resume)
+        model = setup_model(cfg, tokenizer, resume)
+        block = cfg.context or min(model.config.max_position_embeddings, 1024)
+        if block > model.config.max_position_embeddings:
+            raise ConfigError(
+                f"context: {block} exceeds the model's {model.config.max_position_embeddings} "
+                "positions"
+            )
+        train_stream = tokenize_stream(tokenizer, train_docs)
+        val_stream = tokenize_stream(tokenizer, val_docs)
+        sampler = BlockSampler(len(train_stream), block, cfg.batch_size, cfg.seed, "training data")
+        val_windows = eval_starts(len(val_stream), block, cfg.eval_batches * cfg.batch_size)
+        rows = engine.shard(cfg.batch_size)
+        n_micro = engine.micro_batches(cfg.batch_size, cfg.micro_batch_size)
+        micro = (rows.stop - rows.start) // n_micro
 
-        raise ConfigError(
-            f"context: {block} exceeds the model's {model.config.max_position_embeddings} positions"
-        )
-    train_stream = tokenize_stream(tokenizer, train_docs)
-    val_stream = tokenize_stream(tokenizer, val_docs)
-    sampler = BlockSampler(len(train_stream), block, cfg.batch_size, cfg.seed, name="training data")
-    val_windows = eval_starts(len(val_stream), block, cfg.eval_batches * cfg.batch_size)
-    rows = engine.shard(cfg.batch_size)
-    n_micro = engine.micro_batches(cfg.batch_size, cfg.micro_batch_size)
-    micro = (rows.stop - rows.start) // n_micro
-
-    preset = PRESETS.get(cfg.model)
-    lr = cfg.lr or (preset.lr if preset else 3e-4)
-    model.train()
-    model = engine.prepare(model)
-    optimizer = adamw(model, lr, cfg.weight_decay, betas=(0.9, 0.95))
-    scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
-    head_weight = plain_head_weight(model)  # None: the model's own logits (see lm_loss)
-
-    step = 0
-    if resume is not None:
-        step = checkpoint.resume_training(
-            resume, engine, optimizer=optimizer, scheduler=scheduler, data=sampler
-        )
-    if engine.is_main:
-        save_yaml(cfg, cfg.out / "config.yaml")
-    tracker = Tracker(
-        cfg.out,
-        enabled=engine.is_main,
-        total_steps=cfg.steps,
-        start_step=step,
-        description="pretrain",
-    )
-    n_params = sum(p.numel() for p in model.parameters())
-    tracker.print(
-        f"[bold]rlfm pretrain[/]  {source}\n"
-        f"model {cfg.model} ({n_params / 1e6:.2f}M parameters), vocabulary {len(tokenizer):,}, "
-        f"context {block}, {len(train_stream):,} training / {len(val_stream):,} validation tokens\n"
-        f"device {engine.device} × {engine.world_size} process(es), {engine.precision}, "
-        f"batch {cfg.batch_size} = {engine.world_size} × {n_micro} × {micro} sequences, "
-        f"peak lr {lr:g}" + (f"\nresuming from {resume} (step {step})" if resume else "")
-    )
-
-    def save(step: int) -> None:
-        checkpoint.save_training(
-            cfg.out,
-            step,
-            engine=engine,
-            model=model,
-            tokenizer=tokenizer,
-            config=cfg,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            data=sampler,
-            keep=cfg.keep_checkpoints,
+        preset = PRESETS.get(cfg.model)
+        lr = cfg.lr or (preset.lr if preset else 3e-4)
+        model.train()
+        model = engine.prepare(model)
+        optimizer = adamw(model, lr, cfg.weight_decay, betas=(0.9, 0.95))
+        scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        head_weight = plain_head_weight(model)  # None: the model's own logits (see lm_loss)
+        step = run.track(model, tokenizer, optimizer=optimizer, scheduler=scheduler, data=sampler)
+        n_params = sum(p.numel() for p in model.parameters())
+        run.print(
+            f"[bold]rlfm pretrain[/]  {source}\n"
+            f"model {cfg.model} ({n_params / 1e6:.2f}M parameters), vocabulary "
+            f"{len(tokenizer):,}, context {block}, {len(train_stream):,} training / "
+            f"{len(val_stream):,} validation tokens\n"
+            + run.banner(
+                f"batch {cfg.batch_size} = {engine.world_size} × {n_micro} × {micro} "
+                f"sequences, peak lr {lr:g}",
+                step,
+            )
         )
 
-    metrics: dict[str, float] = {}
-    train_time, timed_steps = 0.0, 0
-    while step < cfg.steps:
-        t0 = time.perf_counter()
-        batch = gather_windows(train_stream, sampler.next_batch()[rows], block + 1)
-        loss_sum = 0.0
-        for i in range(n_micro):
-            mb = batch[i * micro : (i + 1) * micro].to(engine.device, non_blocking=True)
-            with engine.micro_step(model, last=i == n_micro - 1):
-                with engine.autocast():
+        metrics: dict[str, float] = {}
+        train_time, timed_steps = 0.0, 0
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            batch = gather_windows(train_stream, sampler.next_batch()[rows], block + 1)
+            loss_sum = 0.0
+            for i in range(n_micro):
+                mb = batch[i * micro : (i + 1) * micro].to(engine.device, non_blocking=True)
+                with engine.micro_step(model, last=i == n_micro - 1):
                     loss = lm_loss(model, mb, head_weight)
-                (loss / n_micro).backward()
-            loss_sum += loss.item() / n_micro
-        grad_norm = engine.step(model, optimizer, scheduler, cfg.max_grad_norm)
-        step += 1
-        train_time, timed_steps = train_time + time.perf_counter() - t0, timed_steps + 1
-        row: dict[str, float] = {}
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            row = {
-                "loss": engine.all_reduce_mean(loss_sum),
-                "lr": scheduler.get_last_lr()[0],
-                "grad_norm": grad_norm,
-                "tokens_per_s": cfg.batch_size * block * timed_steps / train_time,
-                "epoch": sampler.epoch + sampler.cursor / sampler.n_windows,
-            }
-            train_time, timed_steps = 0.0, 0
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            val_loss = evaluate(model, engine, val_stream, val_windows, block, micro)
-            row |= {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
-        if row:
-            tracker.log(step, row)
+                    engine.backward(loss, weight=micro / cfg.batch_size)
+                loss_sum += loss.item() / n_micro
+            grad_norm = engine.step(model, optimizer, scheduler, cfg.max_grad_norm)
+            step += 1
+            train_time, timed_steps = train_time + time.perf_counter() - t0, timed_steps + 1
+            row: dict[str, float] = {}
+            if run.due(step, cfg.log_every):
+                row = {
+                    "loss": engine.all_reduce_mean(loss_sum),
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": cfg.batch_size * block * timed_steps / train_time,
+                    "epoch": sampler.epochs,
+                }
+                train_time, timed_steps = 0.0, 0
+            if run.due(step, cfg.eval_every):
+                val_loss = evaluate(model, engine, val_stream, val_windows, block, micro)
+                row |= {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+            run.tracker.log(step, row)
             metrics |= row
-        else:
-            tracker.advance(step)
-        if step % cfg.save_every == 0 or step == cfg.steps:
-            save(step)
-    if "val_loss" not in metrics:  # nothing left to train: a finished run started again
-        val_loss = evaluate(model, engine, val_stream, val_windows, block, micro)
-        metrics |= {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
-    tracker.close()
+            run.checkpoint(step)
+        if "val_loss" not in metrics:  # a finished run whose summary was lost
+            val_loss = evaluate(model, engine, val_stream, val_windows, block, micro)
+            metrics |= {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
 
-    summary = {k: metrics[k] for k in ("loss", "val_loss", "val_ppl") if k in metrics}
-    if engine.is_main:
-        from rlfm.evaluate.plots import plot_metrics
-
-        plot_metrics(
-            cfg.out / "metrics.jsonl", cfg.out / "plots" / "loss.png", ["loss", "val_loss"]
-        )
-        unigram = unigram_cross_entropy(train_stream, val_stream, len(tokenizer))
-        summary["unigram_val_loss"] = unigram
-        samples = generate_samples(cfg, Engine.unwrap(model), tokenizer, engine)
-        _write_jsonl(cfg.out / "samples.jsonl", [{"step": step, **s} for s in samples])
-        for s in samples:
-            tracker.print(f"[bold cyan]{escape(s['prompt'].strip())}[/] {escape(s['sample'])}\n")
-        if "val_loss" in summary:
-            tracker.print(
+        summary = {k: metrics[k] for k in ("loss", "val_loss", "val_ppl") if k in metrics}
+        if engine.is_main:
+            plot_metrics(
+                cfg.out / "metrics.jsonl", cfg.out / "plots" / "loss.png", ["loss", "val_loss"]
+            )
+            unigram = unigram_cross_entropy(train_stream, val_stream, len(tokenizer))
+            summary["unigram_val_loss"] = unigram
+            samples = generate_samples(cfg, Engine.unwrap(model), tokenizer, engine)
+            run.append("samples.jsonl", [{"step": step, **s} for s in samples])
+            for s in samples:
+                run.print(f"[bold cyan]{escape(s['prompt'].strip())}[/] {escape(s['sample'])}\n")
+            run.print(
                 f"[bold]validation[/] loss {summary['val_loss']:.3f}, perplexity "
                 f"{summary['val_ppl']:.1f} (unigram baseline: loss {unigram:.3f}, perplexity "
                 f"{math.exp(unigram):.1f})\nmodel: {checkpoint.latest_checkpoint(cfg.out)}"
             )
-    engine.close()
-    return summary
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    import json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        return run.finish(summary)
