@@ -76,6 +76,26 @@ class RunSettings(Runtime):
 
 
 @dataclass(frozen=True)
+class Optimisation:
+    """The optimisation loop of a supervised stage: steps, batches, AdamW and its schedule."""
+
+    steps: int = 400
+    """Optimizer steps."""
+    batch_size: int = 16
+    """Examples per optimizer step (sequences, demonstrations, rankings, comparisons), summed
+    over all processes."""
+    micro_batch_size: int | None = None
+    """Examples per forward/backward pass per process; below the per-process batch this is
+    gradient accumulation. Default: the whole per-process batch at once."""
+    lr: float | None = None
+    """Peak learning rate. Default: the stage's (see its description above)."""
+    warmup_steps: int = 20
+    """Steps of linear learning-rate warm-up (then cosine decay)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on weight matrices."""
+
+
+@dataclass(frozen=True)
 class AdapterSettings:
     """How a stage adapts a pre-trained model: every weight, or a LoRA or prefix adapter."""
 
@@ -116,6 +136,17 @@ def check_settings(cfg: Any) -> None:
             check(getattr(cfg, name) >= 1, name, f"must be ≥ 1, got {getattr(cfg, name)}")
     if "max_grad_norm" in names:
         check(cfg.max_grad_norm >= 0, "max_grad_norm", f"must be ≥ 0, got {cfg.max_grad_norm}")
+    for name in ("steps", "batch_size"):
+        if name in names:
+            check(getattr(cfg, name) >= 1, name, f"must be ≥ 1, got {getattr(cfg, name)}")
+    if "micro_batch_size" in names:
+        m = cfg.micro_batch_size
+        check(m is None or m >= 1, "micro_batch_size", f"must be ≥ 1, got {m}")
+    if "lr" in names:
+        check(cfg.lr is None or cfg.lr > 0, "lr", f"must be > 0, got {cfg.lr}")
+    for name in ("warmup_steps", "weight_decay"):
+        if name in names:
+            check(getattr(cfg, name) >= 0, name, f"must be ≥ 0, got {getattr(cfg, name)}")
     if "lora_r" in names:
         check(cfg.lora_r >= 1, "lora_r", f"must be ≥ 1, got {cfg.lora_r}")
         a = cfg.lora_alpha
@@ -144,17 +175,20 @@ def _field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def settings(*groups: type, **defaults: Any) -> Callable[[type], type]:
+def settings(
+    *groups: type, docs: dict[str, str] | None = None, **defaults: Any
+) -> Callable[[type], type]:
     """Class decorator: a frozen config dataclass of the class's own fields followed by the
-    fields of each settings group (:class:`RunSettings` for training stages, :class:`Runtime`
-    for other commands, :class:`AdapterSettings` where a model is adapted) with the stage's
-    ``defaults``. The shared settings are validated (:func:`check_settings`) before the class's
+    fields of each settings group (:class:`Optimisation` and :class:`RunSettings` for training
+    stages, :class:`Runtime` for other commands, :class:`AdapterSettings` where a model is
+    adapted) with the stage's ``defaults`` (and, where a stage words one differently, its own
+    ``docs``). The shared settings are validated (:func:`check_settings`) before the class's
     own ``__post_init__``."""
     import tyro
 
     shared = [f for g in groups for f in dataclasses.fields(g)]
     hints = {k: v for g in groups for k, v in typing.get_type_hints(g).items()}
-    docs = {k: v for g in groups for k, v in _field_docs(g).items()}
+    docs = {k: v for g in groups for k, v in _field_docs(g).items()} | (docs or {})
     unknown = set(defaults) - {f.name for f in shared}
     if unknown:
         raise TypeError(f"settings: {sorted(unknown)} are not fields of {groups}")

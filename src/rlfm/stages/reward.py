@@ -53,7 +53,7 @@ from rich.markup import escape
 from torch import nn
 
 from rlfm import checkpoint
-from rlfm.config import AdapterSettings, RunSettings, check, lora_alpha, settings
+from rlfm.config import AdapterSettings, Optimisation, RunSettings, check, lora_alpha, settings
 from rlfm.data.preferences import (
     EncodedRanking,
     Ranking,
@@ -82,7 +82,14 @@ def _from_lora_rank(rank: str) -> dict[str, object]:
 
 
 @settings(
-    RunSettings, AdapterSettings, eval_every=100, save_every=100, lora_targets=("all-linear",)
+    Optimisation,
+    RunSettings,
+    AdapterSettings,
+    steps=300,
+    eval_every=100,
+    save_every=100,
+    lora_targets=("all-linear",),
+    docs={"lr": "Peak learning rate. Default: per adapter, 5e-5 (full), 5e-4 (lora)."},
 )
 class Config:
     """Train a reward model on comparisons (defaults: the built-in task on runs/demo/sft)."""
@@ -123,17 +130,6 @@ class Config:
     at the start)."""
     margin: float = 0.0
     """Margin m added to every comparison's margin (rows may carry their own `margin`)."""
-    steps: int = 300
-    """Optimizer steps."""
-    batch_size: int = 16
-    """Rankings (or pairs) per optimizer step, summed over all processes."""
-    micro_batch_size: int | None = None
-    """Rankings per forward/backward pass per process (gradient accumulation below the
-    per-process batch). Default: the whole per-process batch at once."""
-    lr: float | None = None
-    """Peak learning rate. Default: per adapter, 5e-5 (full), 5e-4 (lora)."""
-    warmup_steps: int = 20
-    """Steps of linear learning-rate warm-up."""
     norm_samples: int = 256
     """Reference-policy samples for the reward normalisation (mean 0, std 1)."""
 
@@ -144,20 +140,13 @@ class Config:
         check(
             0 < self.val_fraction < 1, "val_fraction", f"must be in (0, 1), got {self.val_fraction}"
         )
-        for name in ("num_prompts", "num_val_prompts", "max_new_tokens", "steps", "batch_size"):
+        for name in ("num_prompts", "num_val_prompts", "max_new_tokens"):
             check(getattr(self, name) >= 1, name, f"must be ≥ 1, got {getattr(self, name)}")
         check(self.k >= 2, "k", f"a ranking needs at least 2 replies, got {self.k}")
         check(self.labeler_noise >= 0, "labeler_noise", f"must be ≥ 0, got {self.labeler_noise}")
         check(self.adapter != "prefix", "adapter", "a reward model is trained full or with lora")
         check(self.max_length >= 4, "max_length", f"must be ≥ 4, got {self.max_length}")
         check(self.margin >= 0, "margin", f"must be ≥ 0, got {self.margin}")
-        check(
-            self.micro_batch_size is None or self.micro_batch_size >= 1,
-            "micro_batch_size",
-            f"must be ≥ 1, got {self.micro_batch_size}",
-        )
-        check(self.lr is None or self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        check(self.warmup_steps >= 0, "warmup_steps", f"must be ≥ 0, got {self.warmup_steps}")
         check(self.norm_samples >= 2, "norm_samples", f"must be ≥ 2, got {self.norm_samples}")
         for name in ("data", "val_data", "prompts"):
             value = getattr(self, name)
@@ -362,7 +351,7 @@ def train(cfg: Config) -> dict[str, float]:
         lr = cfg.lr or DEFAULT_LR[cfg.adapter]
         model.train()
         model = engine.prepare(model)
-        optimizer = adamw(model, lr, 0.0, betas=(0.9, 0.95))
+        optimizer = adamw(model, lr, cfg.weight_decay, betas=(0.9, 0.95))
         scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps, 0.1)
         step = run.track(model, tokenizer, optimizer=optimizer, scheduler=scheduler, data=sampler)
         inner = Engine.unwrap(model)

@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 
 from rlfm import checkpoint
-from rlfm.config import RunSettings, check, settings
+from rlfm.config import Optimisation, RunSettings, check, settings
 from rlfm.data.order import EpochOrder
 from rlfm.engine import Engine
 from rlfm.evaluate.plots import plot_metrics
@@ -43,7 +43,12 @@ from rlfm.run import Run
 
 
 @settings(
+    Optimisation,
     RunSettings,
+    steps=400,
+    batch_size=64,
+    warmup_steps=40,
+    docs={"lr": "Peak learning rate (AdamW, warm-up then cosine decay to 10%). Default: 3e-3."},
     eval_every=100,
     save_every=200,
     log_every=50,
@@ -78,19 +83,12 @@ class Config:
     """Width of the MLP's hidden layers."""
     layers: int = 2
     """Hidden layers of the MLP."""
-    steps: int = 400
-    """Optimizer steps."""
-    batch_size: int = 64
-    """Comparisons per optimizer step, summed over all processes."""
-    lr: float = 3e-3
-    """Peak learning rate (AdamW, warm-up then cosine decay to 10%)."""
 
     RESUMABLE = ("steps",)
 
     def __post_init__(self) -> None:
-        for name in ("episodes", "val_episodes", "pairs", "hidden", "layers", "steps"):
+        for name in ("episodes", "val_episodes", "pairs", "hidden", "layers"):
             check(getattr(self, name) >= 1, name, f"must be ≥ 1, got {getattr(self, name)}")
-        check(self.batch_size >= 1, "batch_size", f"must be ≥ 1, got {self.batch_size}")
         check(self.segment_length >= 1, "segment_length", f"must be ≥ 1, got {self.segment_length}")
         check(
             self.max_episode_steps is None or self.max_episode_steps >= 1,
@@ -100,7 +98,6 @@ class Config:
         check(
             0 <= self.error_rate < 0.5, "error_rate", f"must be in [0, 0.5), got {self.error_rate}"
         )
-        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
 
 
 @torch.no_grad()
@@ -145,15 +142,15 @@ def train(cfg: Config) -> dict[str, float]:
             model.input_std.copy_(flat.std(0).clamp(min=1e-6))
         model.train()
         model = engine.prepare(model)
-        optimizer = adamw(model, cfg.lr, 0.0)
-        scheduler = warmup_cosine(optimizer, min(50, cfg.steps // 10), cfg.steps, 0.1)
+        optimizer = adamw(model, cfg.lr or 3e-3, cfg.weight_decay)
+        scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps, 0.1)
         step = run.track(model, optimizer=optimizer, scheduler=scheduler, data=sampler)
         run.print(
             f"[bold]rlfm reward train-segments[/]  {cfg.env}: {cfg.episodes} + {cfg.val_episodes} "
             f"{cfg.policy} episodes, {len(train_seg.returns)} + {len(val_seg.returns)} segments "
             f"of {cfg.segment_length} steps, {len(pairs)} oracle comparisons (error rate "
             f"{cfg.error_rate:g})\n"
-            + run.banner(f"batch {cfg.batch_size} comparisons, peak lr {cfg.lr:g}", step)
+            + run.banner(f"batch {cfg.batch_size} comparisons, peak lr {cfg.lr or 3e-3:g}", step)
         )
         features = train_seg.features.to(engine.device)
         val_features = val_seg.features.to(engine.device)
@@ -161,13 +158,17 @@ def train(cfg: Config) -> dict[str, float]:
 
         metrics: dict[str, float] = {}
         t0 = time.perf_counter()
+        n_micro = engine.micro_batches(cfg.batch_size, cfg.micro_batch_size)
+        micro = (rows.stop - rows.start) // n_micro
         while step < cfg.steps:
             batch = pairs[sampler.next_batch()[rows].to(engine.device)]  # (b, 2) winner, loser
-            seg = features[batch.reshape(-1)]  # (2b, L, F)
-            with engine.micro_step(model, last=True):
-                r = model(seg).float().sum(-1).reshape(-1, 2)  # (b, 2) Σ_t r̂ of winner, loser
-                loss = bradley_terry_loss(r[:, 0], r[:, 1])
-                engine.backward(loss, weight=1.0 / engine.world_size)  # each process: 1/N rows
+            for i in range(n_micro):
+                part = batch[i * micro : (i + 1) * micro]
+                seg = features[part.reshape(-1)]  # (2m, L, F)
+                with engine.micro_step(model, last=i == n_micro - 1):
+                    r = model(seg).float().sum(-1).reshape(-1, 2)  # (m, 2) Σ_t r̂ winner, loser
+                    loss = bradley_terry_loss(r[:, 0], r[:, 1])
+                    engine.backward(loss, weight=micro / cfg.batch_size)
             grad_norm = engine.step(model, optimizer, scheduler, cfg.max_grad_norm)
             step += 1
             row: dict[str, float] = {}

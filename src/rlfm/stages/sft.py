@@ -52,7 +52,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from rlfm import checkpoint
-from rlfm.config import AdapterSettings, RunSettings, check, lora_alpha, settings
+from rlfm.config import AdapterSettings, Optimisation, RunSettings, check, lora_alpha, settings
 from rlfm.data import sft as data
 from rlfm.data.corpora import load_builtin_corpus
 from rlfm.engine import Engine
@@ -70,7 +70,17 @@ DEFAULT_LR = {"full": 3e-4, "lora": 2e-3, "prefix": 1e-2}
 """Peak learning rate per adapter when --lr is not given."""
 
 
-@settings(RunSettings, AdapterSettings, eval_every=100, save_every=100, lora_dropout=0.05)
+@settings(
+    Optimisation,
+    RunSettings,
+    AdapterSettings,
+    eval_every=100,
+    save_every=100,
+    lora_dropout=0.05,
+    docs={
+        "lr": "Peak learning rate. Default: per adapter, 3e-4 (full), 2e-3 (lora), 1e-2 (prefix)."
+    },
+)
 class Config:
     """Supervised fine-tuning (defaults: full fine-tuning on the built-in dialogue)."""
 
@@ -96,19 +106,6 @@ class Config:
     too_long: Literal["drop", "truncate", "error"] = "drop"
     """What to do with a longer sequence: drop it, keep its first max_length tokens, or stop
     with an error naming the row. The run reports how many and which."""
-    steps: int = 400
-    """Optimizer steps."""
-    batch_size: int = 16
-    """Demonstrations per optimizer step, summed over all processes."""
-    micro_batch_size: int | None = None
-    """Demonstrations per forward/backward pass per process (gradient accumulation when smaller
-    than the per-process batch). Default: the whole per-process batch at once."""
-    lr: float | None = None
-    """Peak learning rate. Default: per adapter, 3e-4 (full), 2e-3 (lora), 1e-2 (prefix)."""
-    warmup_steps: int = 20
-    """Steps of linear learning-rate warm-up."""
-    weight_decay: float = 0.0
-    """AdamW weight decay on weight matrices."""
     eval_examples: int = 256
     """Held-out demonstrations in the validation loss (a fixed, evenly spread subset)."""
     samples: int = 4
@@ -130,16 +127,8 @@ class Config:
             "max_length",
             f"must be ≥ 2, got {self.max_length}",
         )
-        for name in ("steps", "batch_size", "eval_examples", "max_new_tokens"):
+        for name in ("eval_examples", "max_new_tokens"):
             check(getattr(self, name) >= 1, name, f"must be ≥ 1, got {getattr(self, name)}")
-        check(
-            self.micro_batch_size is None or self.micro_batch_size >= 1,
-            "micro_batch_size",
-            f"must be ≥ 1, got {self.micro_batch_size}",
-        )
-        check(self.lr is None or self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        check(self.warmup_steps >= 0, "warmup_steps", f"must be ≥ 0, got {self.warmup_steps}")
-        check(self.weight_decay >= 0, "weight_decay", f"must be ≥ 0, got {self.weight_decay}")
         check(self.samples >= 0, "samples", f"must be ≥ 0, got {self.samples}")
         check(self.temperature >= 0, "temperature", f"must be ≥ 0, got {self.temperature}")
         if self.data is not None:
