@@ -263,7 +263,10 @@ def _parse_row(row: Any, source: str, tokenizer: PreTrainedTokenizerBase | None)
 
 
 def _require(row: dict, names: tuple[str, ...], what: str) -> None:
-    missing = [n for n in names if n not in row or row[n] is None]
+    null = [n for n in names if n in row and row[n] is None]
+    if null:
+        raise _RowError(f"field {', '.join(map(repr, null))} is null; {what} needs a value")
+    missing = [n for n in names if n not in row]
     if missing:
         have = ", ".join(repr(k) for k in row)
         raise _RowError(f"missing field {', '.join(map(repr, missing))} for {what} (has {have})")

@@ -271,11 +271,6 @@ def load_models(
     cfg: Config, policy_dir: Path, resume: Path | None, reward_fn: RewardFn | None
 ) -> Models:
     """The policy (from the checkpoint when resuming), the reference, reward and value models."""
-    if (policy_dir / "head.json").is_file():
-        raise ModelError(
-            f"policy: {policy_dir} is a reward or value model (it has head.json), not a policy; "
-            "give the SFT policy as --policy and the reward model as --reward"
-        )
     policy = (
         load_model(resume, trainable=True)
         if resume is not None
@@ -426,6 +421,11 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
             return run.summary
         engine, resume = run.engine, run.resume
         policy_dir = checkpoint.resolve_model_dir(cfg.policy)
+        if (policy_dir / "head.json").is_file():
+            raise ModelError(
+                f"policy: {policy_dir} is a reward or value model (it has head.json), not a "
+                "policy; give the SFT policy as --policy and the reward model as --reward"
+            )
         tokenizer = load_model_tokenizer(policy_dir)
         models = load_models(cfg, policy_dir, resume, reward_fn)
         for m in (models.policy, models.reference, models.reward, models.value):

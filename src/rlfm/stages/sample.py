@@ -70,10 +70,10 @@ class Config:
 def run(cfg: Config) -> list[dict]:
     """Generate and print the samples; returns them as {prompt, sample[, score]} dicts."""
     path = resolve_model_dir(cfg.model)
-    engine = Engine.create(cfg.device, cfg.precision)
-    tokenizer = load_tokenizer(path)
     if (path / "head.json").is_file():
         raise ModelError(f"model: {path} is a reward or value model, not a policy to sample from")
+    engine = Engine.create(cfg.device, cfg.precision)
+    tokenizer = load_tokenizer(path)
     model = load_model(path)
     fit_vocabulary(model, tokenizer)
     model = sampling_model(model).to(engine.device).eval()  # base + any adapter
