@@ -163,19 +163,6 @@ class Ranking:
         k = self.k
         return [(i, j) for i in range(k) for j in range(k) if self.levels[i] < self.levels[j]]
 
-    def to_row(self) -> dict[str, Any]:
-        """The ranking as a JSON-able rankings row."""
-        row: dict[str, Any] = {
-            "prompt": self.prompt,
-            "completions": list(self.completions),
-            "ranking": self.ranking,
-        }
-        if self.margin:
-            row["margin"] = self.margin
-        if self.gold is not None:
-            row["gold"] = list(self.gold)
-        return row
-
 
 # ---------------------------------------------------------------------------- reading
 
