@@ -67,10 +67,12 @@ def wait_until(proc: subprocess.Popen, ready: Any, timeout: float = 240) -> None
         time.sleep(0.02)
 
 
-def kill_at_random_moment(args: list[str], out: Path, seed: int, max_delay: float) -> None:
+def kill_at_random_moment(
+    args: list[str], out: Path, seed: int, max_delay: float, env: dict | None = None
+) -> None:
     """Start the command, wait for its first checkpoint, SIGKILL it a random 0..max_delay s
     later; fail if it had already finished (the test would then prove nothing)."""
-    proc = start(*args)
+    proc = start(*args, env=env)
     wait_until(proc, lambda: bool(checkpoints(out)))
     time.sleep(random.Random(seed).uniform(0.0, max_delay))
     assert proc.poll() is None, "the run finished before it could be killed: make it longer"
@@ -94,3 +96,13 @@ def assert_same_run(ref: Path, got: Path, keys: tuple[str, ...], rel: float = 1e
     for key in keys:
         if key in sa:
             assert math.isclose(sa[key], sb[key], rel_tol=rel, abs_tol=1e-7), key
+
+
+def torchrun(
+    *args: str, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2 -m rlfm ARGS`` (gloo on the CPU)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    return subprocess.run(
+        [*cmd, "-m", "rlfm", *args], capture_output=True, text=True, timeout=timeout, env=env or ENV
+    )

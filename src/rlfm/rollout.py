@@ -116,10 +116,17 @@ def generate(
     max_prompt_tokens: int | None = None,
     batch_size: int | None = None,
     generator: torch.Generator | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Generation:
     """Sample one response per prompt (repeat a prompt for several), ``batch_size`` rows at a
     time (all at once by default), on the model's device; the caller chooses autocast and
-    eval mode. Each prompt keeps its last :func:`prompt_budget` tokens."""
+    eval mode. Each prompt keeps its last :func:`prompt_budget` tokens.
+
+    ``shard = (offset, total)``: these prompts are rows offset.. of a global batch of ``total``
+    rows spread over processes; with a ``generator`` seeded alike on every process, each row
+    then gets the random numbers it would get if one process sampled the whole batch."""
+    if shard is not None and batch_size is not None:
+        raise ValueError("generate: a shard is sampled in one batch")
     prompts = list(prompts)
     if not prompts:
         raise ValueError("generate: no prompts")
@@ -142,6 +149,7 @@ def generate(
                 top_k=top_k,
                 top_p=top_p,
                 generator=generator,
+                shard=shard,
             )
         )
     samples = Samples.cat(parts, tokenizer.pad_token_id)
@@ -213,9 +221,11 @@ def draw(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One token per row from softmax(filter(logits / T)) and its log-probability; the argmax
-    when temperature = 0. (B, V) float32 -> (B,), (B,)."""
+    when temperature = 0. (B, V) float32 -> (B,), (B,). With ``shard = (offset, total)`` the
+    rows take uniforms offset..offset+B of ``total`` drawn (see :func:`generate`)."""
     if temperature <= 0:
         tok = logits.argmax(-1)
         return tok, logits.gather(-1, tok[:, None]).squeeze(-1) - logits.logsumexp(-1)
@@ -225,7 +235,9 @@ def draw(
     # and kept below it, so a token of probability 0 is never drawn
     cdf = probs.cumsum(-1)
     total = cdf[:, -1:]
-    u = torch.rand(logits.shape[0], 1, generator=generator, device=logits.device) * total
+    B = logits.shape[0]  # rows
+    offset, n = shard if shard is not None else (0, B)
+    u = torch.rand(n, 1, generator=generator, device=logits.device)[offset : offset + B] * total
     u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
     tok = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
     return tok, probs.gather(-1, tok[:, None]).squeeze(-1).log()
@@ -243,8 +255,10 @@ def sample(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Samples:
-    """Sample up to ``max_new_tokens`` per row; rows stop at EOS. Greedy when temperature=0."""
+    """Sample up to ``max_new_tokens`` per row; rows stop at EOS. Greedy when temperature=0.
+    ``shard``: see :func:`generate`."""
     B, P = prompt_ids.shape  # batch, prompt length
     device = prompt_ids.device
     mask = prompt_mask.clone()
@@ -259,7 +273,7 @@ def sample(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     ended = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(max_new_tokens):
-        tok, tok_logp = draw(logits.float(), temperature, top_k, top_p, generator)
+        tok, tok_logp = draw(logits.float(), temperature, top_k, top_p, generator, shard)
         tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
         tokens.append(tok)
         logps.append(torch.where(done, torch.zeros_like(tok_logp), tok_logp))

@@ -67,7 +67,7 @@ from rlfm import __version__, checkpoint
 from rlfm.config import renamed_values, resumable_fields, save_yaml, to_dict
 from rlfm.engine import Engine
 from rlfm.errors import ConfigError, Interrupted, RlfmError, RunError
-from rlfm.tracking import Tracker, keep_rows_until
+from rlfm.tracking import Tracker, keep_rows_until, read_metrics
 
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
@@ -367,6 +367,15 @@ class Run:
         if self.stopping:
             raise Interrupted(self._stop or signal.SIGTERM, "stopped before the first step")
         return step
+
+    def logged(self) -> dict[str, Any]:
+        """Every metric logged so far (the latest value of each), the same on every process:
+        a resumed run's summary then holds what was logged before it was stopped."""
+        merged: dict[str, Any] = {}
+        if self.engine.is_main and self.resume is not None:
+            for row in read_metrics(self.out / "metrics.jsonl"):
+                merged |= {k: v for k, v in row.items() if k != "step"}
+        return self.engine.broadcast_object(merged)
 
     def due(self, step: int, every: int) -> bool:
         """True every ``every`` steps and at the last step."""

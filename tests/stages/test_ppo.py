@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import pytest
@@ -12,6 +13,7 @@ from rlfm.checkpoint import checkpoints
 from rlfm.stages import ppo, pretrain
 from rlfm.tracking import read_metrics
 from tests.conftest import synthetic_text
+from tests.helpers import assert_same_run, flags, kill_at_random_moment, rlfm, torchrun
 
 NAMES = ["romeo", "juliet", "hamlet", "lear", "viola", "orsino", "cordelia", "ophelia"]
 
@@ -333,3 +335,74 @@ def test_a_weak_reward_model_is_flagged(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ppo._check_reward_model(ppo.Config(reward=tmp_path / "rm"), _Printed())
+
+
+@pytest.fixture(scope="module")
+def reward_dir(policy_dir, tmp_path_factory):
+    """A reward model on the policy's backbone (a fixed random head: a fixed reward)."""
+    from rlfm.checkpoint import resolve_model_dir
+    from rlfm.models.heads import RewardModel
+
+    out = tmp_path_factory.mktemp("rm") / "rm"
+    RewardModel.from_backbone(resolve_model_dir(policy_dir[0]), seed=0).save_pretrained(out)
+    return out
+
+
+def cli_args(policy_dir, reward_dir, out, **kw) -> list[str]:
+    run, prompts = policy_dir
+    cfg = config(policy_dir, out, reward=reward_dir, **kw)
+    keys = (
+        "updates",
+        "rollout_batch",
+        "minibatch",
+        "max_new_tokens",
+        "lr",
+        "value_lr",
+        "kl_coef",
+        "kl_target",
+        "kl_horizon",
+        "temperature",
+        "eval_every",
+        "save_every",
+        "ppo_epochs",
+        "device",
+        "precision",
+    )
+    args = ["ppo", "--policy", str(run), "--reward", str(reward_dir), "--prompts", str(prompts)]
+    return args + ["--out", str(out)] + flags(**{k: getattr(cfg, k) for k in keys})
+
+
+def test_sigkill_at_a_random_moment_then_resume_ends_as_uninterrupted(
+    policy_dir, reward_dir, tmp_path
+):
+    """PPO SIGKILLed at a random moment after its first checkpoint, then the same command:
+    the same score, KL, β and value loss at every update, the same final evaluation (policy,
+    value model, optimizers, schedules, β, RNG and data position all come back)."""
+    kw = dict(updates=12, save_every=2, eval_every=6)
+    ref = tmp_path / "ref"
+    ppo.train(config(policy_dir, ref, reward=reward_dir, **kw))
+    out = tmp_path / "run"
+    cmd = cli_args(policy_dir, reward_dir, out, **kw)
+    kill_at_random_moment(cmd, out, seed=4, max_delay=1.5)
+    r = rlfm(*cmd)
+    assert r.returncode == 0 and "resuming from" in r.stderr, r.stderr[-2000:]
+    assert_same_run(ref, out, ("score", "kl", "beta", "value_loss", "eval_score", "eval_kl"))
+
+
+def test_two_process_ddp_matches_one_process(policy_dir, reward_dir, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo) gives the updates of one process with the same global
+    rollout batch: each process samples its rows with the random numbers one process would
+    draw for them, rewards and advantages are whitened over both, gradients are averaged.
+    (One epoch of one minibatch, so the row order inside a minibatch does not matter.)"""
+    kw = dict(updates=3, rollout_batch=16, minibatch=16, ppo_epochs=1, eval_every=3, save_every=3)
+    one = tmp_path / "one"
+    ppo.train(config(policy_dir, one, reward=reward_dir, micro_batch_size=8, **kw))
+    two = tmp_path / "two"
+    r = torchrun(*cli_args(policy_dir, reward_dir, two, **kw))
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = [x for x in read_metrics(one / "metrics.jsonl") if x["step"] > 0]
+    b = [x for x in read_metrics(two / "metrics.jsonl") if x["step"] > 0]
+    assert [x["step"] for x in a] == [x["step"] for x in b] == [1, 2, 3]
+    for x, y in zip(a, b):
+        for key in ("score", "kl", "value_loss", "policy_loss", "response_length", "beta"):
+            assert math.isclose(x[key], y[key], rel_tol=1e-2, abs_tol=1e-4), (x["step"], key)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from rlfm.checkpoint import checkpoints
 from rlfm.models.presets import build_model, model_config
 from rlfm.stages import pretrain
 from rlfm.tracking import read_metrics
+from tests.helpers import assert_same_run, flags, kill_at_random_moment, rlfm
 
 ARGS = dict(
     model="tiny",
@@ -38,13 +37,6 @@ ARGS = dict(
     precision="fp32",
     device="cpu",
 )
-
-
-def flags(**kw) -> list[str]:
-    out = []
-    for k, v in kw.items():
-        out += [f"--{k.replace('_', '-')}", str(v)]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -84,31 +76,16 @@ def test_validation_loss_falls_well_below_unigram(tiny_run):
 
 
 def test_kill_and_resume_ends_where_uninterrupted_run_ends(tiny_run, tmp_path, corpus_file):
-    """SIGKILL mid-training, rerun the same command: the resumed run logs the same losses as the
-    uninterrupted run at every step and ends with the same validation loss."""
+    """SIGKILL at a random moment after the first checkpoint, rerun the same command: the
+    resumed run logs the same losses as the uninterrupted run at every step and ends with the
+    same validation loss."""
     ref_out, _ = tiny_run
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "rlfm", "pretrain", "--out", str(out), "--data", str(corpus_file)]
-    cmd += flags(**ARGS)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (out / "checkpoints" / "step_40").exists():
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert checkpoints(out)[-1].name != "step_120", "the run finished before it was killed"
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "resuming from" in r.stderr
-    ref = {r["step"]: r for r in read_metrics(ref_out / "metrics.jsonl")}
-    got = {r["step"]: r for r in read_metrics(out / "metrics.jsonl")}
-    assert sorted(got) == sorted(ref)  # no step logged twice, none missing
-    for step, row in ref.items():
-        for key in ("loss", "val_loss"):
-            if key in row:
-                assert math.isclose(got[step][key], row[key], rel_tol=1e-5), (step, key)
+    cmd = ["pretrain", "--out", str(out), "--data", str(corpus_file), *flags(**ARGS)]
+    kill_at_random_moment(cmd, out, seed=0, max_delay=0.5)
+    r = rlfm(*cmd)
+    assert r.returncode == 0 and "resuming from" in r.stderr, r.stderr
+    assert_same_run(ref_out, out, ("loss", "val_loss"))
 
 
 def test_two_process_ddp_matches_one_process(tmp_path, corpus_file):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import subprocess
 import sys
 
@@ -21,6 +20,7 @@ from rlfm.models.presets import build_model
 from rlfm.models.tokenizer import save_tokenizer, train_bpe_tokenizer
 from rlfm.stages import reward
 from rlfm.tracking import read_metrics
+from tests.helpers import assert_same_run, flags, kill_at_random_moment, rlfm
 
 WORDS = ["romeo", "juliet", "greets", "thanks", "follows", "answers", "."]
 X = "gold"
@@ -159,25 +159,20 @@ def test_writes_reports_and_scores_from_the_command_line(trained):
     assert len(got) == 2 and got[0]["reward"] > got[1]["reward"]
 
 
-def test_resume_ends_where_the_uninterrupted_run_ends(task, tmp_path):
-    """A run whose last checkpoint is lost (killed after step 4 of 8) and is started again
-    resumes from step 4 and logs the same losses as an uninterrupted run."""
+def test_sigkill_at_a_random_moment_then_resume_ends_as_uninterrupted(task, tmp_path):
+    """A reward run SIGKILLed at a random moment after its first checkpoint resumes with the
+    same command: same losses at every step, same held-out accuracy and normalisation."""
     model_dir, data = task
-    args = dict(ARGS, steps=8, save_every=4, eval_every=8, log_every=2, norm_samples=4)
+    args = dict(ARGS, steps=48, save_every=6, eval_every=24, log_every=6, norm_samples=8)
     ref = tmp_path / "ref"
     reward.train(reward.Config(model=model_dir, data=data, out=ref, **args))
-    out = tmp_path / "resumed"
-    shutil.copytree(ref, out)
-    shutil.rmtree(checkpoints(out)[-1])  # as if killed before step 8 was saved
-    assert checkpoints(out)[-1].name == "step_4"
-    reward.train(reward.Config(model=model_dir, data=data, out=out, **args))
-    a = {r["step"]: r for r in read_metrics(ref / "metrics.jsonl")}
-    b = {r["step"]: r for r in read_metrics(out / "metrics.jsonl")}
-    assert checkpoints(out)[-1].name == "step_8"
-    assert sorted(a) == sorted(b) == [2, 4, 6, 8]
-    for step in a:
-        assert math.isclose(a[step]["loss"], b[step]["loss"], rel_tol=1e-5), step
-    assert math.isclose(a[8]["val_loss"], b[8]["val_loss"], rel_tol=1e-5)
+    out = tmp_path / "run"
+    cmd = ["reward", "train", "--model", str(model_dir), "--data", str(data), "--out", str(out)]
+    cmd += flags(**args)
+    kill_at_random_moment(cmd, out, seed=2, max_delay=1.0)
+    r = rlfm(*cmd)
+    assert r.returncode == 0 and "resuming from" in r.stderr, r.stderr[-2000:]
+    assert_same_run(ref, out, ("loss", "val_loss", "val_accuracy", "gain", "bias"))
 
 
 def test_built_in_task_with_simulated_labelers(task, tmp_path):

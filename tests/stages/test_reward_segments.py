@@ -4,6 +4,7 @@ reward that ranks held-out segments like the true return."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from rlfm.errors import ConfigError, DataError
 from rlfm.models.heads import StepRewardMLP
 from rlfm.offline.segments import collect_episodes, cut_segments, oracle_pairs, spearman
 from rlfm.stages import reward_segments
+from rlfm.tracking import read_metrics
+from tests.helpers import assert_same_run, flags, kill_at_random_moment, rlfm, torchrun
 
 
 def test_spearman_by_hand():
@@ -74,3 +77,46 @@ def test_learned_reward_ranks_held_out_segments(tmp_path):
     assert (out / "plots" / "segments.png").stat().st_size > 1000
     model = StepRewardMLP.from_pretrained(out / "checkpoints" / "step_150")
     assert model(torch.zeros(7, 4)).shape == (7,)
+
+
+SEGMENT_ARGS = dict(
+    env="Pendulum-v1",
+    episodes=8,
+    val_episodes=4,
+    pairs=600,
+    steps=1200,
+    batch_size=32,
+    eval_every=600,
+    save_every=100,
+    log_every=100,
+    keep_checkpoints=20,
+)
+
+
+def test_sigkill_at_a_random_moment_then_resume_ends_as_uninterrupted(tmp_path):
+    """SIGKILL at a random moment after the first checkpoint, the same command again: the
+    same losses at every logged step and the same held-out Spearman as an uninterrupted run."""
+    ref = tmp_path / "ref"
+    reward_segments.train(reward_segments.Config(out=ref, **SEGMENT_ARGS))
+    out = tmp_path / "run"
+    cmd = ["reward", "train-segments", "--out", str(out), *flags(**SEGMENT_ARGS)]
+    kill_at_random_moment(cmd, out, seed=3, max_delay=0.5)
+    r = rlfm(*cmd)
+    assert r.returncode == 0 and "resuming from" in r.stderr, r.stderr[-2000:]
+    assert_same_run(ref, out, ("loss", "accuracy", "val_spearman", "val_accuracy"))
+
+
+def test_two_process_ddp_matches_one_process(tmp_path):
+    """torchrun --nproc_per_node 2 (gloo) logs the losses of one process that accumulates the
+    same global batch in two micro-batches."""
+    args = dict(SEGMENT_ARGS, steps=200, eval_every=200, save_every=200, log_every=50)
+    one = tmp_path / "one"
+    reward_segments.train(reward_segments.Config(out=one, micro_batch_size=16, **args))
+    two = tmp_path / "two"
+    r = torchrun("reward", "train-segments", "--out", str(two), *flags(**args))
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
+    assert [x["step"] for x in a] == [x["step"] for x in b] == [50, 100, 150, 200]
+    for x, y in zip(a, b):
+        assert math.isclose(x["loss"], y["loss"], rel_tol=1e-4), (x, y)
+    assert math.isclose(a[-1]["val_spearman"], b[-1]["val_spearman"], rel_tol=1e-4)

@@ -7,10 +7,8 @@ import json
 import math
 import os
 import random
-import shutil
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,6 +25,7 @@ from rlfm.rollout import generate
 from rlfm.stages import merge, sft
 from rlfm.stages import sample as sample_stage
 from rlfm.tracking import read_metrics
+from tests.helpers import ENV, assert_same_run, flags, kill_at_random_moment, rlfm
 
 NAMES = ["Romeo", "Juliet", "Hamlet", "Ophelia", "Viola", "Orsino"]
 WORDS = ["good", "morrow", "sweet", "night", "my", "lord", "lady", "farewell", "gentle", "sir"]
@@ -150,24 +149,20 @@ def test_lora_base_weights_unchanged(lora_run, env):
     assert len(state["optimizer"]["state"]) == n_lora == 8
 
 
-def test_resume_after_kill_gives_the_same_run(lora_run, env, tmp_path, monkeypatch):
-    """A LoRA run killed after its step-6 checkpoint (here: a copy of the finished run without
-    its last checkpoint, so its logs run past the checkpoint as a killed run's do) resumes and
-    logs the same losses and samples as the uninterrupted run."""
-    cfg, _ = lora_run
+def test_sigkill_at_a_random_moment_then_resume_ends_as_uninterrupted(env, tmp_path):
+    """A LoRA run SIGKILLed at a random moment after its first checkpoint resumes with the same
+    command and logs the same losses as the uninterrupted run, ending at the same val loss."""
+    root, cache, base = env
+    args = dict(ARGS, steps=40, save_every=5, eval_every=20, log_every=5, samples=0)
+    ref = tmp_path / "ref"
+    _run(sft.Config(model=base, out=ref, adapter="lora", **args), cache)
     out = tmp_path / "run"
-    shutil.copytree(cfg.out, out)
-    shutil.rmtree(out / "checkpoints" / "step_12")
-    monkeypatch.setenv("RLFM_CACHE", str(env[1]))
-    sft.train(replace(cfg, out=out))
-    ref = read_metrics(cfg.out / "metrics.jsonl")
-    got = read_metrics(out / "metrics.jsonl")
-    assert [r["step"] for r in got] == [r["step"] for r in ref]  # none twice, none missing
-    for a, b in zip(ref, got):
-        for key in ("loss", "val_loss"):
-            if key in a:
-                assert math.isclose(a[key], b[key], rel_tol=1e-5), (a, b)
-    assert (out / "samples.jsonl").read_text() == (cfg.out / "samples.jsonl").read_text()
+    cmd = ["sft", "--model", str(base), "--out", str(out), "--adapter", "lora", *flags(**args)]
+    env_vars = dict(ENV, RLFM_CACHE=str(cache))
+    kill_at_random_moment(cmd, out, seed=1, max_delay=1.0, env=env_vars)
+    r = rlfm(*cmd, env=env_vars)
+    assert r.returncode == 0 and "resuming from" in r.stderr, r.stderr[-2000:]
+    assert_same_run(ref, out, ("loss", "val_loss"))
 
 
 def test_merge_command_and_sample(lora_run, tmp_path):

@@ -487,16 +487,20 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
         if reward_fn is None:
             _check_reward_model(cfg, run)
 
-        def rollout(prompts: list[str]) -> Rollout:
-            return collect(cfg, engine, tokenizer, models, prompts, reward_fn)
+        def rollout(prompts: list[str], draw: Any = None) -> Rollout:
+            return collect(cfg, engine, tokenizer, models, prompts, reward_fn, draw)
 
         gold = reward_fn is None and cfg.prompts is None  # the built-in task has a gold labeler
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float] = run.logged()
         if update == 0:  # the SFT policy's own held-out numbers: the start of every curve
             run.tracker.log(0, evaluate(eval_prompts, rollout, engine, gold, rows))
         while update < cfg.updates:
             t0 = time.perf_counter()
-            ro = rollout([train_prompts[i] for i in order.next_batch()[rows].tolist()])
+            # the update's random numbers, drawn for the global batch: the same responses
+            # whatever the number of processes
+            g = torch.Generator(engine.device).manual_seed(cfg.seed * 1_000_003 + update)
+            shard = (rows.start, cfg.rollout_batch)
+            ro = rollout([train_prompts[i] for i in order.next_batch()[rows].tolist()], (g, shard))
             gen_time = time.perf_counter() - t0
             n_gen_tokens = engine.all_reduce_sum(ro.samples.response_mask.sum().float())
             stats = optimise(
@@ -528,7 +532,7 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
                 run.tracker.log(update, row)
             else:
                 run.tracker.advance(update)
-            metrics = row
+            metrics |= row
             run.checkpoint(update)
         if engine.is_main:
             plots = cfg.out / "plots"
@@ -554,9 +558,12 @@ def _sample(
     model: nn.Module,
     prompts: list[str],
     batch_size: int | None = None,
+    draw: tuple[torch.Generator, tuple[int, int]] | None = None,
 ) -> Generation:
     """Responses to ``prompts`` as PPO samples them: temperature ``cfg.temperature``, top_k 0,
-    top_p 1, each row stopping at EOS, prompts cut to their last ``max_prompt_tokens`` tokens."""
+    top_p 1, each row stopping at EOS, prompts cut to their last ``max_prompt_tokens`` tokens.
+    ``draw``: a generator and this process's (offset, total) rows of the global batch."""
+    generator, shard = draw if draw is not None else (None, None)
     with engine.autocast():
         return generate(
             model,
@@ -566,6 +573,8 @@ def _sample(
             temperature=cfg.temperature,
             max_prompt_tokens=cfg.max_prompt_tokens,
             batch_size=batch_size,
+            generator=generator,
+            shard=shard,
         )
 
 
@@ -577,11 +586,12 @@ def collect(
     models: Models,
     prompts: list[str],
     reward_fn: RewardFn | None,
+    draw: tuple[torch.Generator, tuple[int, int]] | None = None,
 ) -> Rollout:
     """Sample responses from the policy and score them: log π, log π_SFT, values, the reward
     model's score (the missing-EOS penalty where a response never ended), per-token KL."""
     policy = models.policy
-    gen = _sample(cfg, engine, tokenizer, sampling_model(policy), prompts)
+    gen = _sample(cfg, engine, tokenizer, sampling_model(policy), prompts, draw=draw)
     s = gen.samples
     with engine.autocast():
         logprobs = token_logprobs(response_logits(policy, s), s.response_ids, cfg.temperature)
@@ -628,7 +638,7 @@ def update_metrics(
         "beta": beta,
         "response_length": engine.all_reduce_mean(m.sum(1).float().mean()),
         "eos_fraction": engine.all_reduce_mean(ro.samples.ended.float().mean()),
-        **{k: engine.all_reduce_mean(v) for k, v in stats.items()},
+        **stats,  # already over all processes
     }
     row["objective"] = row["score"] - row["beta"] * row["kl"]
     return row
@@ -693,13 +703,23 @@ def optimise(
     mb_size: int,
     n_micro: int,
 ) -> dict[str, float]:
-    """``ppo_epochs`` passes of minibatch steps over one rollout; returns mean statistics."""
+    """``ppo_epochs`` passes of minibatch steps over one rollout; returns the statistics' token
+    means over all passes and processes (explained variance: over the first pass)."""
     B = ro.samples.response_ids.shape[0]  # this process's rollout rows
     micro = mb_size // n_micro
     rewards_all = shaped_rewards(ro.scores, ro.kl, ro.samples.response_mask, kl_coef)
     g = torch.Generator().manual_seed(cfg.seed * 7919 + update)  # the same on every process
-    sums: dict[str, float] = {}
-    count = 0
+    names = (
+        "policy_loss",
+        "value_loss",
+        "entropy",
+        "clip_frac",
+        "approx_kl",
+        "ratio",
+        "value_clip_frac",
+        "explained_variance",
+    )
+    sums = torch.zeros(len(names) + 2, dtype=torch.float64)  # token-weighted sums, tokens ×2
     for epoch in range(cfg.ppo_epochs):
         perm = torch.randperm(B, generator=g).to(ro.scores.device)
         for start in range(0, B, mb_size):
@@ -733,23 +753,27 @@ def optimise(
                     )
                     engine.backward(v_loss, weight)
                 with torch.no_grad():
-                    step_stats = {
+                    stats = {
                         "policy_loss": float(p_loss),
                         "value_loss": float(v_loss),
                         "entropy": float(masked_mean(token_entropy(logits, cfg.temperature), m)),
                         **{k: float(v) for k, v in (p_stats | v_stats).items()},
                     }
+                    n = float(m.sum())
+                    for j, name in enumerate(names[:-1]):
+                        sums[j] += stats[name] * n
+                    sums[-2] += n
                     if epoch == 0:
-                        step_stats["explained_variance"] = explained_variance(
-                            ro.values[idx][sl], returns[sl], m
-                        )
-                for k, v in step_stats.items():
-                    if math.isfinite(v):
-                        sums[k] = sums.get(k, 0.0) + v
-                count += 1
+                        ev = explained_variance(ro.values[idx][sl], returns[sl], m)
+                        if math.isfinite(ev):
+                            sums[len(names) - 1] += ev * n
+                            sums[-1] += n
             learner.step(engine, cfg.max_grad_norm)
-    first_epoch = max(1, count // cfg.ppo_epochs)
-    return {k: v / (first_epoch if k == "explained_variance" else count) for k, v in sums.items()}
+    total = engine.all_reduce_sum(sums)
+    out = {name: float(total[j] / total[-2].clamp(min=1)) for j, name in enumerate(names[:-1])}
+    if total[-1] > 0:
+        out["explained_variance"] = float(total[len(names) - 1] / total[-1])
+    return out
 
 
 def _guards(row: dict[str, float], first_eos: float, run: Run) -> None:
@@ -810,28 +834,23 @@ def evaluate(
     rows: slice,
 ) -> dict[str, float]:
     """Score, KL and (on the built-in task) the gold labeler's score on held-out prompts, a
-    per-process rollout batch at a time."""
+    per-process rollout batch at a time (a process may hold none of them)."""
+    from rlfm.data.labelers import clean_reply, gold_score
+
     mine = prompts[engine.rank :: engine.world_size]
     batch = rows.stop - rows.start
-    scores, kls, golds = [], [], []
+    sums = torch.zeros(4, dtype=torch.float64)  # score, KL, gold, responses
     for i in range(0, len(mine), batch):
         ro = rollout(mine[i : i + batch])
-        scores.append(ro.scores)
-        kls.append(ro.kl.sum(1))
+        sums[0] += float(ro.scores.double().sum())
+        sums[1] += float(ro.kl.double().sum())
         if gold:
-            from rlfm.data.labelers import clean_reply, gold_score
-
-            golds.append(
-                torch.tensor(
-                    [gold_score(p, clean_reply(r)) for p, r in zip(ro.prompts, ro.responses)]
-                )
-            )
-    out = {
-        "eval_score": engine.all_reduce_mean(torch.cat(scores).mean()),
-        "eval_kl": engine.all_reduce_mean(torch.cat(kls).mean()),
-    }
-    if golds:
-        out["eval_gold"] = engine.all_reduce_mean(torch.cat(golds).mean())
+            sums[2] += sum(gold_score(p, clean_reply(r)) for p, r in zip(ro.prompts, ro.responses))
+        sums[3] += len(ro.prompts)
+    total = engine.all_reduce_sum(sums)
+    out = {"eval_score": float(total[0] / total[3]), "eval_kl": float(total[1] / total[3])}
+    if gold:
+        out["eval_gold"] = float(total[2] / total[3])
     return out
 
 

@@ -364,7 +364,7 @@ def train(cfg: Config) -> dict[str, float]:
             )
         )
 
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float] = run.logged()
         train_time, timed_steps = 0.0, 0
         while step < cfg.steps:
             t0 = time.perf_counter()
@@ -395,7 +395,7 @@ def train(cfg: Config) -> dict[str, float]:
             run.tracker.log(step, row)
             metrics |= row
             run.checkpoint(step)
-        if "val_loss" not in metrics:  # a finished run whose summary was lost
+        if "val_loss" not in metrics:  # its metrics.jsonl was lost
             val_loss = evaluate(model, engine, val_stream, val_windows, block, micro)
             metrics |= {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
 

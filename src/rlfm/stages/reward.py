@@ -371,7 +371,7 @@ def train(cfg: Config) -> dict[str, float]:
             )
         )
 
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float] = run.logged()
         acc_time, acc_pairs, acc_tokens = 0.0, 0, 0
         while step < cfg.steps:
             t0 = time.perf_counter()
@@ -414,7 +414,7 @@ def train(cfg: Config) -> dict[str, float]:
             run.tracker.log(step, row)
             metrics |= row
             run.checkpoint(step)
-        if "val_accuracy" not in metrics:  # a finished run whose summary was lost
+        if "val_accuracy" not in metrics:  # its metrics.jsonl was lost
             metrics |= evaluate(model, engine, val_enc, micro, pad_id)
         run.check_stop()
 

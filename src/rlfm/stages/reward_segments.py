@@ -156,12 +156,13 @@ def train(cfg: Config) -> dict[str, float]:
         val_features = val_seg.features.to(engine.device)
         pairs = pairs.to(engine.device)
 
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float] = run.logged()
         t0 = time.perf_counter()
         n_micro = engine.micro_batches(cfg.batch_size, cfg.micro_batch_size)
         micro = (rows.stop - rows.start) // n_micro
         while step < cfg.steps:
             batch = pairs[sampler.next_batch()[rows].to(engine.device)]  # (b, 2) winner, loser
+            loss_sum, correct = 0.0, 0.0
             for i in range(n_micro):
                 part = batch[i * micro : (i + 1) * micro]
                 seg = features[part.reshape(-1)]  # (2m, L, F)
@@ -169,13 +170,15 @@ def train(cfg: Config) -> dict[str, float]:
                     r = model(seg).float().sum(-1).reshape(-1, 2)  # (m, 2) Σ_t r̂ winner, loser
                     loss = bradley_terry_loss(r[:, 0], r[:, 1])
                     engine.backward(loss, weight=micro / cfg.batch_size)
+                loss_sum += loss.item() / n_micro
+                correct += float((r[:, 0] > r[:, 1]).float().mean()) / n_micro
             grad_norm = engine.step(model, optimizer, scheduler, cfg.max_grad_norm)
             step += 1
             row: dict[str, float] = {}
             if run.due(step, cfg.log_every):
                 row = {
-                    "loss": engine.all_reduce_mean(loss.item()),
-                    "accuracy": engine.all_reduce_mean(float((r[:, 0] > r[:, 1]).float().mean())),
+                    "loss": engine.all_reduce_mean(loss_sum),
+                    "accuracy": engine.all_reduce_mean(correct),
                     "lr": scheduler.get_last_lr()[0],
                     "grad_norm": grad_norm,
                     "comparisons_per_s": cfg.log_every
@@ -188,7 +191,7 @@ def train(cfg: Config) -> dict[str, float]:
             run.tracker.log(step, row)
             metrics |= row
             run.checkpoint(step)
-        if "val_spearman" not in metrics:  # a finished run whose summary was lost
+        if "val_spearman" not in metrics:  # its metrics.jsonl was lost
             metrics |= evaluate(Engine.unwrap(model), val_features, val_seg.returns)
         summary = {k: metrics[k] for k in ("loss", "val_spearman", "val_accuracy") if k in metrics}
         if engine.is_main:

@@ -396,9 +396,9 @@ def train(cfg: Config) -> dict[str, float]:
                 run.append("samples.jsonl", [{"step": step, **s} for s in samples])
             return {"val_loss": val_loss}
 
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float] = run.logged()
         if step == 0:
-            metrics = evaluation(0)
+            metrics |= evaluation(0)
             run.tracker.log(0, metrics)
         train_time, timed_steps, timed_tokens, timed_positions = 0.0, 0, 0, 0
         while step < cfg.steps:
@@ -436,7 +436,7 @@ def train(cfg: Config) -> dict[str, float]:
             run.tracker.log(step, row)
             metrics |= row
             run.checkpoint(step)
-        if "val_loss" not in metrics:  # a finished run whose summary was lost
+        if "val_loss" not in metrics:  # its metrics.jsonl was lost
             metrics["val_loss"] = evaluate(
                 model, engine, eval_set, micro, tokenizer.pad_token_id, trim, multiple_of
             )
