@@ -101,8 +101,37 @@ def assert_same_run(ref: Path, got: Path, keys: tuple[str, ...], rel: float = 1e
 def torchrun(
     *args: str, env: dict | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node 2 -m rlfm ARGS`` (gloo on the CPU)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    """``torchrun --nproc_per_node 2 -m rlfm ARGS`` (gloo on the CPU) on a free port of its own:
+    two tests starting ``torchrun --standalone`` at once can meet on one port and hang."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
+    cmd += ["--master-addr", "127.0.0.1", "--master-port", str(port)]
     return subprocess.run(
         [*cmd, "-m", "rlfm", *args], capture_output=True, text=True, timeout=timeout, env=env or ENV
     )
+
+
+def write_plays(folder: Path, n_plays: int = 4, scenes: int = 6, seed: int = 0) -> Path:
+    """Fake `*_gut.txt` plays in the built-in corpus's layout (the last one a validation play),
+    so the built-in task runs offline."""
+    from rlfm.data.corpora import VAL_PLAYS
+
+    names_ = ["Romeo", "Juliet", "Hamlet", "Ophelia", "Viola", "Orsino"]
+    words = ["good", "morrow", "sweet", "night", "my", "lord", "lady", "farewell", "gentle", "sir"]
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    plays = [f"play{i}" for i in range(n_plays - 1)] + [VAL_PLAYS[0]]
+    for name in plays:
+        lines = [name.upper(), ""]
+        for act in range(1, scenes + 1):
+            lines += [f"ACT {act}.", "", "SCENE 1. A hall.", ""]
+            for _ in range(8):
+                speaker = rng.choice(names_)
+                speech = " ".join(rng.choice(words) for _ in range(rng.randint(2, 7)))
+                lines += [f"{speaker}.", speech.capitalize() + ".", ""]
+        (folder / f"{name}_gut.txt").write_text("\n".join(lines), encoding="utf-8")
+    return folder

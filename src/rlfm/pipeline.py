@@ -1,6 +1,7 @@
 """The main job: the ChatGPT recipe end to end on the built-in default task.
 
     rlfm pipeline --out runs/demo
+    rlfm pipeline --config pipeline.yaml
 
 1. pretrain  a BPE tokenizer and a small GPT on Shakespeare's plays      <out>/pretrain
 2. sft       behavioural cloning of dialogue: context → the next reply    <out>/sft
@@ -10,30 +11,55 @@
              the gold labeler judges PPO against SFT on held-out prompts
 
 Each stage writes into its own directory and resumes there when the pipeline is run again, so an
-interrupted pipeline continues where it stopped. ``--quick`` runs every stage on a tiny model for
-a few steps: a smoke test of the whole chain in a few minutes.
+interrupted pipeline continues where it stopped, and a finished stage is skipped (it says so).
+``--quick`` runs every stage on a tiny model for a few steps: a smoke test of the whole chain in
+a few minutes.
+
+A YAML file (``--config``) may hold, besides this command's own fields, one mapping per stage —
+``pretrain:``, ``sft:``, ``reward:``, ``ppo:`` — of that stage's fields (as its own ``--help``
+lists them), applied over the pipeline's defaults::
+
+    out: runs/mine
+    pretrain: {model: tiny, steps: 300}
+    ppo: {updates: 20, adapter: lora}
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import field, replace
 from pathlib import Path
+from typing import Annotated, Any
 
-from rlfm.config import Runtime, check, settings
+import tyro
+
+from rlfm.config import Runtime, check, from_dict, settings
 from rlfm.stages import ppo, pretrain, reward, sample, sft
 from rlfm.tracking import console
+
+StageSettings = Annotated[dict[str, Any], tyro.conf.Suppress]
+"""A mapping of a stage's fields, given in the --config YAML only."""
 
 
 @settings(Runtime)
 class Config:
     """Run every stage on the built-in default task."""
 
+    config: Path | None = None
+    """YAML file of field values (and one mapping per stage: pretrain, sft, reward, ppo)."""
     out: Path = Path("runs/demo")
     """Run directory; each stage writes into <out>/<stage>/."""
     quick: bool = False
     """A smoke run: the tiny preset and a few steps per stage (a few minutes on a CPU)."""
     pretrain_steps: int | None = None
     """Pre-training steps (default: the stage's own default)."""
+    pretrain: StageSettings = field(default_factory=dict)
+    """Pre-training's settings (YAML only)."""
+    sft: StageSettings = field(default_factory=dict)
+    """Supervised fine-tuning's settings (YAML only)."""
+    reward: StageSettings = field(default_factory=dict)
+    """The reward model's settings (YAML only)."""
+    ppo: StageSettings = field(default_factory=dict)
+    """PPO's settings (YAML only)."""
 
     def __post_init__(self) -> None:
         check(
@@ -41,52 +67,52 @@ class Config:
             "pretrain_steps",
             f"must be ≥ 1, got {self.pretrain_steps}",
         )
+        for name in ("pretrain", "sft", "reward", "ppo"):
+            value = getattr(self, name)
+            check(isinstance(value, dict), name, f"must be a mapping of fields, got {value!r}")
+
+
+QUICK: dict[str, dict[str, Any]] = {
+    "pretrain": dict(
+        model="tiny", vocab_size=2048, context=128, steps=200, eval_every=100, save_every=100
+    ),
+    "sft": dict(steps=60, eval_every=30, save_every=30, max_length=128),
+    "reward": dict(
+        max_length=128,
+        num_prompts=96,
+        num_val_prompts=32,
+        steps=40,
+        eval_every=20,
+        save_every=20,
+        norm_samples=64,
+    ),
+    "ppo": dict(
+        updates=6, rollout_batch=16, minibatch=8, eval_every=3, save_every=3, max_new_tokens=24
+    ),
+}
+"""--quick: every stage on the tiny preset for a few steps."""
 
 
 def stage_configs(cfg: Config) -> tuple[pretrain.Config, sft.Config, reward.Config, ppo.Config]:
-    """The four stages' configs, chained through their output directories."""
+    """The four stages' configs, chained through their output directories: the pipeline's
+    defaults, then --quick, then the YAML's mapping for each stage."""
     common = dict(device=cfg.device, precision=cfg.precision, seed=cfg.seed)
     pre = pretrain.Config(out=cfg.out / "pretrain", **common)
     tune = sft.Config(model=cfg.out / "pretrain", out=cfg.out / "sft", **common)
     rm = reward.Config(model=cfg.out / "sft", out=cfg.out / "rm", **common)
     rl = ppo.Config(policy=cfg.out / "sft", reward=cfg.out / "rm", out=cfg.out / "ppo", **common)
-    if cfg.quick:
-        pre = replace(
-            pre,
-            model="tiny",
-            vocab_size=2048,
-            context=128,
-            steps=200,
-            eval_every=100,
-            save_every=100,
-        )
-        tune = replace(tune, steps=60, eval_every=30, save_every=30, max_length=128)
-        rm = replace(
-            rm,
-            max_length=128,
-            num_prompts=96,
-            num_val_prompts=32,
-            steps=40,
-            eval_every=20,
-            save_every=20,
-            norm_samples=64,
-        )
-        rl = replace(
-            rl,
-            updates=6,
-            rollout_batch=16,
-            minibatch=8,
-            eval_every=3,
-            save_every=3,
-            max_new_tokens=24,
-        )
     if cfg.pretrain_steps is not None:
         pre = replace(pre, steps=cfg.pretrain_steps)
-    return pre, tune, rm, rl
+    configs = []
+    for name, stage_cfg in (("pretrain", pre), ("sft", tune), ("reward", rm), ("ppo", rl)):
+        changes = (QUICK[name] if cfg.quick else {}) | getattr(cfg, name)
+        source = f"{cfg.config or 'pipeline'}: {name}"
+        configs.append(from_dict(type(stage_cfg), changes, stage_cfg, source=source))
+    return tuple(configs)  # type: ignore[return-value]
 
 
 def run(cfg: Config) -> dict[str, float]:
-    """Run the stages in order; returns one summary of all of them."""
+    """Run the stages in order (a finished one is skipped); returns one summary of them all."""
     pre, tune, rm, rl = stage_configs(cfg)
     summary: dict[str, float] = {}
     for name, stage, stage_cfg in (

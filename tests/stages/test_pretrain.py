@@ -17,7 +17,7 @@ from rlfm.checkpoint import checkpoints
 from rlfm.models.presets import build_model, model_config
 from rlfm.stages import pretrain
 from rlfm.tracking import read_metrics
-from tests.helpers import assert_same_run, flags, kill_at_random_moment, rlfm
+from tests.helpers import assert_same_run, flags, kill_at_random_moment, rlfm, torchrun
 
 ARGS = dict(
     model="tiny",
@@ -95,10 +95,7 @@ def test_two_process_ddp_matches_one_process(tmp_path, corpus_file):
     one = tmp_path / "one"
     pretrain.train(pretrain.Config(out=one, data=corpus_file, micro_batch_size=4, **args))
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "rlfm", "pretrain", "--out", str(two), "--data", str(corpus_file)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run(cmd + flags(**args), capture_output=True, text=True, timeout=300, env=env)
+    r = torchrun("pretrain", "--out", str(two), "--data", str(corpus_file), *flags(**args))
     assert r.returncode == 0, r.stderr[-3000:]
     a = read_metrics(one / "metrics.jsonl")
     b = read_metrics(two / "metrics.jsonl")

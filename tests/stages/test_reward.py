@@ -20,7 +20,7 @@ from rlfm.models.presets import build_model
 from rlfm.models.tokenizer import save_tokenizer, train_bpe_tokenizer
 from rlfm.stages import reward
 from rlfm.tracking import read_metrics
-from tests.helpers import assert_same_run, flags, kill_at_random_moment, rlfm
+from tests.helpers import assert_same_run, flags, kill_at_random_moment, rlfm, torchrun
 
 WORDS = ["romeo", "juliet", "greets", "thanks", "follows", "answers", "."]
 X = "gold"
@@ -230,20 +230,14 @@ def test_bad_data_is_a_clear_error_before_training(task, tmp_path, capsys, row, 
 def test_two_process_ddp_matches_one_process(task, tmp_path):
     """torchrun --nproc_per_node 2 (gloo, CPU) logs the losses of one process that accumulates
     the same global batch in two micro-batches, and writes one normalised model."""
-    import os
 
     model_dir, data = task
     args = dict(ARGS, steps=4, eval_every=4, save_every=4, log_every=2, norm_samples=4)
     one = tmp_path / "one"
     reward.train(reward.Config(model=model_dir, data=data, out=one, micro_batch_size=4, **args))
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "rlfm", "reward", "train", "--model", str(model_dir), "--data", str(data)]
-    cmd += ["--out", str(two)]
-    for k, v in args.items():
-        cmd += [f"--{k.replace('_', '-')}", str(v)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    cmd = ["reward", "train", "--model", str(model_dir), "--data", str(data), "--out", str(two)]
+    r = torchrun(*cmd, *flags(**args))
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
     assert [x["step"] for x in a] == [x["step"] for x in b] == [2, 4]

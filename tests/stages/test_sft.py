@@ -25,10 +25,15 @@ from rlfm.rollout import generate
 from rlfm.stages import merge, sft
 from rlfm.stages import sample as sample_stage
 from rlfm.tracking import read_metrics
-from tests.helpers import ENV, assert_same_run, flags, kill_at_random_moment, rlfm
-
-NAMES = ["Romeo", "Juliet", "Hamlet", "Ophelia", "Viola", "Orsino"]
-WORDS = ["good", "morrow", "sweet", "night", "my", "lord", "lady", "farewell", "gentle", "sir"]
+from tests.helpers import (
+    ENV,
+    assert_same_run,
+    flags,
+    kill_at_random_moment,
+    rlfm,
+    torchrun,
+    write_plays,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,23 +43,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def write_plays(folder: Path, n_plays: int = 4, scenes: int = 6, seed: int = 0) -> Path:
-    """Fake `*_gut.txt` plays in the corpus layout (one of them a validation play)."""
-    rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    names = [f"play{i}" for i in range(n_plays - 1)] + [VAL_PLAYS[0]]
-    for name in names:
-        lines = [name.upper(), ""]
-        for act in range(1, scenes + 1):
-            lines += [f"ACT {act}.", "", "SCENE 1. A hall.", ""]
-            for _ in range(8):
-                speaker = rng.choice(NAMES)
-                speech = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 7)))
-                lines += [f"{speaker}.", speech.capitalize() + ".", ""]
-        (folder / f"{name}_gut.txt").write_text("\n".join(lines), encoding="utf-8")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -319,12 +307,8 @@ def test_two_process_ddp_matches_one_process(env, tmp_path):
     one = tmp_path / "one"
     _run(sft.Config(model=base, out=one, micro_batch_size=4, **args), cache)
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "rlfm", "sft", "--model", str(base), "--out", str(two)]
-    for k, v in args.items():
-        cmd += [f"--{k.replace('_', '-')}", str(v)]
-    env_vars = dict(os.environ, OMP_NUM_THREADS="1", RLFM_CACHE=str(cache))
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env_vars)
+    cmd = ["sft", "--model", str(base), "--out", str(two), *flags(**args)]
+    r = torchrun(*cmd, env=dict(ENV, RLFM_CACHE=str(cache)))
     assert r.returncode == 0, r.stderr[-3000:]
     a = read_metrics(one / "metrics.jsonl")
     b = read_metrics(two / "metrics.jsonl")
