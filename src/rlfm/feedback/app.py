@@ -31,7 +31,7 @@ address unless told it sits behind a TLS proxy); every POST needs the session's 
 field ``csrf_token`` or header ``X-CSRF-Token``; before login a double-submit cookie) and a
 same-origin ``Origin`` header when the browser sends one; responses carry a CSP without inline
 script (``script-src 'self'``), ``X-Frame-Options: DENY``, ``nosniff``, ``Referrer-Policy:
-no-referrer`` (invite tokens never leak in a Referer) and ``Cache-Control: no-store``. Model
+same-origin`` (an invite token never leaks to another site in a Referer) and ``Cache-Control: no-store``. Model
 outputs are rendered through Jinja2's autoescaping and set with ``textContent`` in scripts.
 """
 
@@ -123,7 +123,7 @@ def create_app(db: Database) -> FastAPI:
         h["Content-Security-Policy"] = CSP
         h["X-Content-Type-Options"] = "nosniff"
         h["X-Frame-Options"] = "DENY"
-        h["Referrer-Policy"] = "no-referrer"
+        h["Referrer-Policy"] = "same-origin"
         h["Cross-Origin-Opener-Policy"] = "same-origin"
         h["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
         if not request.url.path.startswith("/static/"):
