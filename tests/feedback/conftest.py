@@ -61,17 +61,17 @@ class PostgresServer:
         return self.url.rsplit("/", 1)[0] + "/" + name
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL server on 127.0.0.1 in a temporary folder, for the session's tests.
-
-    PostgreSQL refuses to run as root: as root, the cluster belongs to the unprivileged user
-    ``nobody`` and its commands run as that user (runuser)."""
+@contextlib.contextmanager
+def postgres_cluster(durable: bool = False) -> Iterator[PostgresServer]:
+    """A PostgreSQL server on 127.0.0.1 in a temporary folder (initdb + pg_ctl), stopped and
+    removed after; ``durable=False`` (tests) turns fsync and synchronous commits off. PostgreSQL refuses to run as root: as root, the cluster belongs to the
+    unprivileged user ``nobody`` and its commands run as that user (runuser). RuntimeError
+    when no server binary exists."""
     bindir = postgres_bin()
     if bindir is None:
-        msg = "no PostgreSQL server binary (initdb, pg_ctl) found: apt-get install postgresql"
-        print(f"SKIP PostgreSQL tests: {msg}", file=sys.stderr)
-        pytest.skip(msg)
+        raise RuntimeError(
+            "no PostgreSQL server binary (initdb, pg_ctl) found: apt-get install postgresql"
+        )
     root = Path(tempfile.mkdtemp(prefix="rlfm-pg-"))
     root.chmod(0o755)
     data, log, pwfile = root / "data", root / "server.log", root / "pw"
@@ -93,10 +93,9 @@ def postgres() -> Iterator[PostgresServer]:
         check=True, capture_output=True, env=env, cwd=root,
     )  # fmt: skip
     port = free_port()
-    opts = (
-        f"-p {port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off "
-        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-    )
+    opts = f"-p {port} -c listen_addresses=127.0.0.1 -k {root} -c max_connections=200"
+    if not durable:
+        opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     started = subprocess.run(
         [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(log), "-w",
          "-t", "60", "start"],
@@ -114,6 +113,18 @@ def postgres() -> Iterator[PostgresServer]:
             capture_output=True, env=env, cwd=root,
         )  # fmt: skip
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """The session's PostgreSQL server; the tests that need it are skipped, saying why, only
+    where no server binary exists."""
+    if postgres_bin() is None:
+        msg = "no PostgreSQL server binary (initdb, pg_ctl) found: apt-get install postgresql"
+        print(f"SKIP PostgreSQL tests: {msg}", file=sys.stderr)
+        pytest.skip(msg)
+    with postgres_cluster() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -284,17 +295,22 @@ def rank_payload(k: int = 4, ranking: list | None = None, **over) -> dict:
 class LiveServer:
     url: str
     db_path: Path
+    """The SQLite file served (for a database URL: the log file's folder)."""
     process: subprocess.Popen
 
 
 @contextlib.contextmanager
-def live_server(db_path: Path, extra: tuple[str, ...] = ()) -> Iterator[LiveServer]:
-    """``rlfm label serve`` on 127.0.0.1 at a free port, as a user starts it; stopped after."""
+def live_server(db: Path | str, log_dir: Path | None = None) -> Iterator[LiveServer]:
+    """``rlfm label serve --db DB`` on 127.0.0.1 at a free port, as a user starts it, until the
+    block ends (the server's output goes to ``serve.log`` beside a SQLite file, or in
+    ``log_dir``)."""
     port = free_port()
-    log = open(db_path.with_suffix(".serve.log"), "w")  # noqa: SIM115
+    where = Path(db).parent if isinstance(db, Path) else Path(log_dir or tempfile.gettempdir())
+    log_path = where / f"serve-{port}.log"
+    log = open(log_path, "w")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rlfm", "label", "serve", "--db", str(db_path), "--port",
-         str(port), "--log-level", "warning", *extra],
+        [sys.executable, "-m", "rlfm", "label", "serve", "--db", str(db), "--port", str(port),
+         "--log-level", "warning"],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -310,18 +326,17 @@ def live_server(db_path: Path, extra: tuple[str, ...] = ()) -> Iterator[LiveServ
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 log.flush()
-                raise RuntimeError(
-                    "the server did not start: " + db_path.with_suffix(".serve.log").read_text()
-                )
+                raise RuntimeError(f"the server did not start: {log_path.read_text()}")
             time.sleep(0.2)
-        yield LiveServer(url, db_path, proc)
+        yield LiveServer(url, db if isinstance(db, Path) else where, proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         log.close()
 
 
