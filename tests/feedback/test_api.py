@@ -135,6 +135,11 @@ def test_invite_sets_a_password_once(db, app_client):
     )
     assert ok.status_code == 303 and "rlfm_session=" in ok.headers["set-cookie"]
     assert c.get("/admin").status_code == 200
+    with db.read() as s:
+        stored = s.scalar(select(lb.User.password_hash).where(lb.User.email == "new@example.org"))
+        tokens = s.scalars(select(Invite.token_hash)).all()
+    assert stored.startswith("$argon2id$") and PASSWORD not in stored
+    assert link.token not in tokens and auth.token_hash(link.token) in tokens  # stored hashed
     again = app_client().get(link.path)
     assert again.status_code == 404 and "not valid" in again.text
     assert app_client().get("/invite/not-a-token").status_code == 404

@@ -338,11 +338,7 @@ def create_app(db: Database) -> FastAPI:
         with db.write() as s:
             user, login_row = who(s, request)
             project = lb.project_for(s, pid, user, "labeler", "researcher")
-            member = s.scalar(
-                select(Membership).where(
-                    Membership.project_id == pid, Membership.user_id == user.id
-                )
-            )
+            member = lb.membership(s, pid, user.id)
             assert member is not None
             if member.role == "labeler" and not member.self_assessment:
                 return RedirectResponse(f"/projects/{pid}/self-assessment", status_code=303)
@@ -455,11 +451,7 @@ def create_app(db: Database) -> FastAPI:
         with db.read() as s:
             user, login_row = who(s, request)
             project = lb.project_for(s, pid, user, "labeler", "researcher")
-            member = s.scalar(
-                select(Membership).where(
-                    Membership.project_id == pid, Membership.user_id == user.id
-                )
-            )
+            member = lb.membership(s, pid, user.id)
             answer = member.self_assessment if member else ""
         return page(
             request,

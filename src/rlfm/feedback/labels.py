@@ -124,6 +124,13 @@ def create_project(
     return project
 
 
+def membership(session: Session, project_id: int, user_id: int) -> Membership | None:
+    """The user's membership of the project, if any."""
+    return session.scalar(
+        select(Membership).where(Membership.project_id == project_id, Membership.user_id == user_id)
+    )
+
+
 def member_role(session: Session, project_id: int, user: User) -> str | None:
     """``user``'s role in the project ("researcher", "labeler"), "admin" for an admin who is not
     a member, None for anyone else."""
@@ -323,41 +330,15 @@ def next_assignment(
     if open_one is not None:
         return open_one
     rng = rng or random.SystemRandom()
-    mine = select(Assignment.item_id).where(
-        Assignment.project_id == project.id, Assignment.user_id == user.id
-    )
-    gold_item = session.scalar(
-        select(Item)
-        .where(Item.project_id == project.id, Item.gold.is_(True), Item.id.not_in(mine))
-        .order_by(Item.id)
-        .limit(1)
-    )
+    gold_item = session.scalar(_unseen_gold(project, user).order_by(Item.id).limit(1))
     if gold_item is not None:
         return _assign(session, project, gold_item, user, None, rng)
     if role != "labeler":
         return None
     for _ in range(20):  # a concurrent request took the slot: try the next free one
-        taken = (
-            select(Assignment.item_id, func.count().label("n"))
-            .where(Assignment.project_id == project.id, Assignment.slot.is_not(None))
-            .group_by(Assignment.item_id)
-            .subquery()
-        )
-        candidate = session.execute(
-            select(Item, func.coalesce(taken.c.n, 0))
-            .outerjoin(taken, taken.c.item_id == Item.id)
-            .where(
-                Item.project_id == project.id,
-                Item.gold.is_(False),
-                Item.id.not_in(mine),
-                func.coalesce(taken.c.n, 0) < project.overlap,
-            )
-            .order_by(Item.id)
-            .limit(1)
-        ).first()
-        if candidate is None:
+        item = session.scalar(_open_items(project, user).order_by(Item.id).limit(1))
+        if item is None:
             return None
-        item = candidate[0]
         used = set(
             session.scalars(
                 select(Assignment.slot).where(
@@ -372,6 +353,41 @@ def next_assignment(
         except IntegrityError:
             continue
     raise LabelError("too many people are asking for work at once; try again", 503)
+
+
+def _given(project: Project, user: User) -> Any:
+    """SELECT of the ids of the items ``user`` has been given in ``project``."""
+    return select(Assignment.item_id).where(
+        Assignment.project_id == project.id, Assignment.user_id == user.id
+    )
+
+
+def _unseen_gold(project: Project, user: User) -> Any:
+    """SELECT of the project's gold items ``user`` has not been given yet."""
+    return select(Item).where(
+        Item.project_id == project.id, Item.gold.is_(True), Item.id.not_in(_given(project, user))
+    )
+
+
+def _open_items(project: Project, user: User) -> Any:
+    """SELECT of the project's non-gold items with a free overlap slot that ``user`` has not
+    been given yet."""
+    taken = (
+        select(Assignment.item_id, func.count().label("n"))
+        .where(Assignment.project_id == project.id, Assignment.slot.is_not(None))
+        .group_by(Assignment.item_id)
+        .subquery()
+    )
+    return (
+        select(Item)
+        .outerjoin(taken, taken.c.item_id == Item.id)
+        .where(
+            Item.project_id == project.id,
+            Item.gold.is_(False),
+            Item.id.not_in(_given(project, user)),
+            func.coalesce(taken.c.n, 0) < project.overlap,
+        )
+    )
 
 
 def _assign(
@@ -438,36 +454,11 @@ def progress(session: Session, project: Project, user: User) -> Progress:
         ).all()
     )
     done = counts.get("submitted", 0) + counts.get("skipped", 0)
-    mine = select(Assignment.item_id).where(
-        Assignment.project_id == project.id, Assignment.user_id == user.id
-    )
-    gold_left = session.scalar(
-        select(func.count())
-        .select_from(Item)
-        .where(Item.project_id == project.id, Item.gold.is_(True), Item.id.not_in(mine))
-    )
-    left = gold_left or 0
+    left = session.scalar(select(func.count()).select_from(_unseen_gold(project, user).subquery()))
+    left = left or 0
     if member_role(session, project.id, user) == "labeler":
-        taken = (
-            select(Assignment.item_id, func.count().label("n"))
-            .where(Assignment.project_id == project.id, Assignment.slot.is_not(None))
-            .group_by(Assignment.item_id)
-            .subquery()
-        )
-        left += (
-            session.scalar(
-                select(func.count())
-                .select_from(Item)
-                .outerjoin(taken, taken.c.item_id == Item.id)
-                .where(
-                    Item.project_id == project.id,
-                    Item.gold.is_(False),
-                    Item.id.not_in(mine),
-                    func.coalesce(taken.c.n, 0) < project.overlap,
-                )
-            )
-            or 0
-        )
+        open_items = _open_items(project, user).subquery()
+        left += session.scalar(select(func.count()).select_from(open_items)) or 0
     return Progress(done, done + counts.get("open", 0) + left)
 
 
@@ -669,9 +660,7 @@ def submit(session: Session, assignment: Assignment, payload: Any) -> Submitted:
 def set_self_assessment(session: Session, project: Project, user: User, text: str) -> None:
     """Store the labeler's answer to "For which topics or groups are you comfortable judging
     sensitive speech?"."""
-    member = session.scalar(
-        select(Membership).where(Membership.project_id == project.id, Membership.user_id == user.id)
-    )
+    member = membership(session, project.id, user.id)
     if member is None:
         raise LabelError(f"project {project.id} not found", 404)
     try:

@@ -126,11 +126,7 @@ def _member(db: Database, project_id: int, email: str, role: str) -> int:
             user = User(email=email)
             s.add(user)
             s.flush()
-        m = s.scalar(
-            select(Membership).where(
-                Membership.project_id == project_id, Membership.user_id == user.id
-            )
-        )
+        m = lb.membership(s, project_id, user.id)
         if m is None:
             m = Membership(project_id=project_id, user_id=user.id, role=role)
             s.add(m)
