@@ -111,7 +111,13 @@ class Load:
         self.latencies: list[float] = []
         self.duplicates_acked = 0
         self.errors = 0
+        self.error_samples: list[str] = []  # the first few failures, as answered
         self.stop = asyncio.Event()
+
+    def failed(self, what: str) -> None:
+        self.errors += 1
+        if len(self.error_samples) < 5:
+            self.error_samples.append(what[:300])
 
 
 async def labeler(
@@ -130,7 +136,7 @@ async def labeler(
                 a = r.json()["assignment"] if r.status_code == 200 else None
                 if a is None:
                     if r.status_code != 200:
-                        load.errors += 1
+                        load.failed(f"next: {r.status_code} {r.text}")
                     return
                 body = payload(len(a["outputs"]), rng)
                 t0 = time.perf_counter()
@@ -147,12 +153,12 @@ async def labeler(
                     load.acked.add(a["id"])
                     load.duplicates_acked += sum(x.json()["duplicate"] for x in oks)
                 else:
-                    load.errors += 1
+                    load.failed(f"submit: {rs[0].status_code} {rs[0].text}")
                 done += 1
-            except (httpx.TransportError, ValueError):
+            except (httpx.TransportError, ValueError) as e:
                 if load.stop.is_set():
                     return
-                load.errors += 1
+                load.failed(f"{type(e).__name__}: {e}")
                 return
 
 
@@ -230,6 +236,7 @@ def bench(backend: str, url_or_path: str, args: argparse.Namespace, workdir: Pat
         p50_ms=round(1000 * statistics.median(lat), 1),
         p95_ms=round(1000 * lat[int(0.95 * (len(lat) - 1))], 1),
         errors=load.errors,
+        error_samples=load.error_samples,
         double_clicks_answered_duplicate=load.duplicates_acked,
         check=check(db, pid, load.acked, args.overlap),
     )

@@ -716,3 +716,46 @@ def test_state_changing_api_calls_need_the_csrf_token(db, two_projects, url):
     assert count(db, Annotation) == 0
     with db.read() as s:
         assert s.get(Assignment, t["a"]).status == "open"
+
+
+def test_concurrent_labelers_never_exceed_the_overlap(db):
+    """Eight labelers in threads take and submit work at once (each submission sent twice, as
+    a double click): every item ends with exactly `overlap` labels, one per labeler, none lost
+    and none stored twice."""
+    import threading
+
+    pid = add_project(db, items=10, overlap=3)
+    uids = [add_person(db, f"l{n}@example.org", project=pid) for n in range(8)]
+    errors: list[BaseException] = []
+    stored: list[int] = []
+
+    def work(uid: int) -> None:
+        try:
+            while True:
+                with db.write() as s:
+                    a = lb.next_assignment(s, s.get(Project, pid), s.get(lb.User, uid))
+                    if a is None:
+                        return
+                    aid = a.id
+                for _ in range(2):
+                    with db.write() as s:
+                        done = lb.submit(s, s.get(Assignment, aid), rank_payload())
+                        if not done.duplicate:
+                            stored.append(aid)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(u,)) for u in uids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(stored) == len(set(stored)) == 30  # 10 items × overlap 3
+    with db.read() as s:
+        per_item = s.execute(
+            select(Annotation.item_id, func.count()).group_by(Annotation.item_id)
+        ).all()
+        pairs = s.execute(select(Annotation.item_id, Annotation.user_id)).all()
+    assert sorted(n for _, n in per_item) == [3] * 10
+    assert len(set(pairs)) == 30

@@ -503,3 +503,25 @@ def test_a_database_from_a_newer_rlfm_is_refused(tmp_path):
     database.close()
     with pytest.raises(LabelError, match="schema revision '9999' is newer than this version"):
         open_db(tmp_path / "m.db")
+
+
+def test_in_process_import_simulate_export_as_the_pipeline_calls_them(tmp_path):
+    """The pipeline's path, no server: rows in memory → import_rows → simulate → export_labels
+    → the reward stage's loader. A bad row names its source and row and stores nothing."""
+    from rlfm.data.preferences import load_preferences
+
+    db = open_db(tmp_path / "labels.db")
+    with db.write() as s:
+        lb.create_project(s, "rm", overlap=3)
+    rows = [
+        {"prompt": f"Romeo.\nHow now, {i}?\n\nNurse.\n", "completions": TEXTS} for i in range(5)
+    ]
+    with pytest.raises(Exception, match=r"built-in: row 6: 'completions' has 1 item"):
+        lb.import_rows(db, "rm", [*rows, {"prompt": "x", "completions": ["y"]}], source="built-in")
+    with db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Item)) == 0
+    assert lb.import_rows(db, "rm", rows, source="built-in") == 5
+    assert simulate(db, "rm", labelers=3).total == 15
+    r = export_labels(db, "rm", tmp_path / "prefs.jsonl")
+    assert r.rows == 15 and len(load_preferences(r.path)) == 15
+    db.close()

@@ -53,12 +53,14 @@ from rlfm.errors import DataError
 from rlfm.feedback.db import (
     Annotation,
     Assignment,
+    Database,
     DemoRating,
     Item,
     LabelError,
     Membership,
     Project,
     User,
+    project_by_name,
     utcnow,
 )
 
@@ -259,6 +261,25 @@ def import_file(session: Session, project: Project, path: str | Path, *, gold: b
     return add_items(session, project, items, gold=gold, name=str(path))
 
 
+def import_rows(
+    db: Database,
+    project: str,
+    rows: Sequence[Any],
+    *,
+    source: str = "rows",
+    gold: bool = False,
+) -> int:
+    """Check and add in-memory import rows (``{"prompt", "completions", "id"?, "meta"?}``) to
+    the project called ``project``, in one transaction; the number added. For callers in the
+    same process (the pipeline): DataError names ``source`` and the 1-based row."""
+    with db.write() as session:
+        proj = project_by_name(session, project)
+        items = [
+            check_import_row(r, f"{source}: row {n}", proj.task) for n, r in enumerate(rows, 1)
+        ]
+        return add_items(session, proj, items, gold=gold, name=source)
+
+
 def add_items(
     session: Session, project: Project, items: Sequence[ImportedItem], *, gold: bool, name: str
 ) -> int:
@@ -330,12 +351,15 @@ def next_assignment(
     if open_one is not None:
         return open_one
     rng = rng or random.SystemRandom()
+    # one new assignment at a time per project: on PostgreSQL a row lock held to the commit
+    # (SQLite's write transactions are serial already); the unique constraints stay the guard
+    session.execute(select(Project.id).where(Project.id == project.id).with_for_update())
     gold_item = session.scalar(_unseen_gold(project, user).order_by(Item.id).limit(1))
     if gold_item is not None:
         return _assign(session, project, gold_item, user, None, rng)
     if role != "labeler":
         return None
-    for _ in range(20):  # a concurrent request took the slot: try the next free one
+    for _ in range(20):  # a slot taken meanwhile (a concurrent writer): try the next free one
         item = session.scalar(_open_items(project, user).order_by(Item.id).limit(1))
         if item is None:
             return None
@@ -346,7 +370,10 @@ def next_assignment(
                 )
             ).all()
         )
-        slot = min(s for s in range(project.overlap) if s not in used)
+        free = [n for n in range(project.overlap) if n not in used]
+        if not free:  # filled by requests that committed since the item was chosen
+            continue
+        slot = free[0]
         try:
             with session.begin_nested():
                 return _assign(session, project, item, user, slot, rng)
