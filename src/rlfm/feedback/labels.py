@@ -398,22 +398,20 @@ def _unseen_gold(project: Project, user: User) -> Any:
 
 def _open_items(project: Project, user: User) -> Any:
     """SELECT of the project's non-gold items with a free overlap slot that ``user`` has not
-    been given yet."""
-    taken = (
-        select(Assignment.item_id, func.count().label("n"))
-        .where(Assignment.project_id == project.id, Assignment.slot.is_not(None))
-        .group_by(Assignment.item_id)
-        .subquery()
+    been given yet (the slot count is a correlated subquery on the (item, slot) index, so the
+    first match is found without counting every assignment of the project)."""
+    holders = (
+        select(func.count())
+        .select_from(Assignment)
+        .where(Assignment.item_id == Item.id, Assignment.slot.is_not(None))
+        .correlate(Item)
+        .scalar_subquery()
     )
-    return (
-        select(Item)
-        .outerjoin(taken, taken.c.item_id == Item.id)
-        .where(
-            Item.project_id == project.id,
-            Item.gold.is_(False),
-            Item.id.not_in(_given(project, user)),
-            func.coalesce(taken.c.n, 0) < project.overlap,
-        )
+    return select(Item).where(
+        Item.project_id == project.id,
+        Item.gold.is_(False),
+        Item.id.not_in(_given(project, user)),
+        holders < project.overlap,
     )
 
 
