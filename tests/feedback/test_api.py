@@ -291,6 +291,15 @@ def test_invalid_json_body(db, app_client):
     assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
 
 
+def test_an_oversized_request_is_refused(db, app_client):
+    pid = add_project(db, items=1)
+    c = app_client(add_person(db, "ada@example.org", project=pid))
+    a = next_assignment(c, pid)
+    r = c.post(f"/api/assignments/{a['id']}/submit", rank_payload(notes="x" * 1_100_000))
+    assert r.status_code == 413 and "too large" in r.json()["detail"]
+    assert count(db, Annotation) == 0
+
+
 def test_a_failed_transaction_stores_nothing(db):
     """Whole or nothing: an error after the label is added (before the commit) leaves no
     annotation and the assignment open."""

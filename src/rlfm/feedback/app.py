@@ -50,6 +50,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rlfm.feedback import auth
@@ -85,6 +86,43 @@ class Redirect(Exception):
         self.url = url
 
 
+class SecurityHeaders:
+    """ASGI middleware: the security headers on every response (module docstring); a request
+    whose Content-Length exceeds MAX_BODY is answered 413 before it is read."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > MAX_BODY:
+            response = JSONResponse({"detail": "request too large"}, status_code=413)
+            await response(scope, receive, send)
+            return
+        https = scope.get("scheme") == "https"
+        static = scope["path"].startswith("/static/")
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                h = MutableHeaders(scope=message)
+                h["Content-Security-Policy"] = CSP
+                h["X-Content-Type-Options"] = "nosniff"
+                h["X-Frame-Options"] = "DENY"
+                h["Referrer-Policy"] = "same-origin"
+                h["Cross-Origin-Opener-Policy"] = "same-origin"
+                h["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
+                if not static:
+                    h["Cache-Control"] = "no-store"
+                if https:
+                    h["Strict-Transport-Security"] = "max-age=31536000"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def _templates() -> Environment:
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"),
@@ -98,6 +136,7 @@ def _templates() -> Environment:
 def create_app(db: Database) -> FastAPI:
     """The app, serving ``db``. Run it with uvicorn (``rlfm label serve``) or a test client."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(SecurityHeaders)
     app.state.db = db
     env = _templates()
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
@@ -112,25 +151,6 @@ def create_app(db: Database) -> FastAPI:
 
     def is_api(request: Request) -> bool:
         return request.url.path.startswith("/api/")
-
-    @app.middleware("http")
-    async def headers(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY:
-            return JSONResponse({"detail": "request too large"}, status_code=413)
-        response = await call_next(request)
-        h = response.headers
-        h["Content-Security-Policy"] = CSP
-        h["X-Content-Type-Options"] = "nosniff"
-        h["X-Frame-Options"] = "DENY"
-        h["Referrer-Policy"] = "same-origin"
-        h["Cross-Origin-Opener-Policy"] = "same-origin"
-        h["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
-        if not request.url.path.startswith("/static/"):
-            h["Cache-Control"] = "no-store"
-        if request.url.scheme == "https":
-            h["Strict-Transport-Security"] = "max-age=31536000"
-        return response
 
     @app.exception_handler(LabelError)
     async def label_error(request: Request, exc: LabelError) -> Response:
@@ -198,7 +218,11 @@ def create_app(db: Database) -> FastAPI:
         return {k: v for k, v in form.items() if isinstance(v, str)}
 
     async def json_of(request: Request) -> Any:
-        body = await request.body()
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise LabelError(f"request too large (more than {MAX_BODY} bytes)", 413)
         if not body:
             return {}
         try:
