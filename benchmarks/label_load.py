@@ -6,7 +6,8 @@ temporary folder with fsync on), it
 1. **load**: ``--labelers`` (50) concurrent labelers each take and submit ``--submissions``
    (100) assignments over HTTP (``POST /api/projects/{id}/next``, then ``POST
    /api/assignments/{id}/submit``); every 10th submission is sent twice at once (a double
-   click). Reported: submissions/s (acknowledged submissions over the load's wall time), p50
+   click), and a request whose connection drops is sent again (up to 3 times, as a person
+   clicks again). Reported: submissions/s (acknowledged submissions over the load's wall time), p50
    and p95 latency of a submit request;
 2. **count check**: the stored labels against the acknowledged ones: lost (acknowledged but not
    stored), duplicated (more than one label for an assignment, or for an item and labeler),
@@ -111,6 +112,7 @@ class Load:
         self.latencies: list[float] = []
         self.duplicates_acked = 0
         self.errors = 0
+        self.retries = 0  # requests sent again after a dropped connection (as a person would)
         self.error_samples: list[str] = []  # the first few failures, as answered
         self.stop = asyncio.Event()
 
@@ -118,6 +120,21 @@ class Load:
         self.errors += 1
         if len(self.error_samples) < 5:
             self.error_samples.append(what[:300])
+
+
+async def post(
+    c: httpx.AsyncClient, url: str, load: Load, body: dict | None = None
+) -> httpx.Response:
+    """POST, sent again (up to 3 times) when the connection drops before the answer: both
+    endpoints are idempotent (the open assignment again; a repeated label stored once)."""
+    for attempt in range(4):
+        try:
+            return await c.post(url, json=body)
+        except httpx.TransportError:
+            if load.stop.is_set() or attempt == 3:
+                raise
+            load.retries += 1
+    raise AssertionError("unreachable")
 
 
 async def labeler(
@@ -132,7 +149,7 @@ async def labeler(
         done = 0
         while done < n and not load.stop.is_set():
             try:
-                r = await c.post(f"/api/projects/{pid}/next")
+                r = await post(c, f"/api/projects/{pid}/next", load)
                 a = r.json()["assignment"] if r.status_code == 200 else None
                 if a is None:
                     if r.status_code != 200:
@@ -142,11 +159,11 @@ async def labeler(
                 t0 = time.perf_counter()
                 if done % 10 == 9:  # a double click: the same submission twice at once
                     rs = await asyncio.gather(
-                        c.post(f"/api/assignments/{a['id']}/submit", json=body),
-                        c.post(f"/api/assignments/{a['id']}/submit", json=body),
+                        post(c, f"/api/assignments/{a['id']}/submit", load, body),
+                        post(c, f"/api/assignments/{a['id']}/submit", load, body),
                     )
                 else:
-                    rs = [await c.post(f"/api/assignments/{a['id']}/submit", json=body)]
+                    rs = [await post(c, f"/api/assignments/{a['id']}/submit", load, body)]
                 load.latencies.append(time.perf_counter() - t0)
                 oks = [x for x in rs if x.status_code == 200]
                 if oks:
@@ -237,6 +254,7 @@ def bench(backend: str, url_or_path: str, args: argparse.Namespace, workdir: Pat
         p95_ms=round(1000 * lat[int(0.95 * (len(lat) - 1))], 1),
         errors=load.errors,
         error_samples=load.error_samples,
+        retries=load.retries,
         double_clicks_answered_duplicate=load.duplicates_acked,
         check=check(db, pid, load.acked, args.overlap),
     )
