@@ -11,7 +11,16 @@ from sqlalchemy import func, select
 
 from rlfm.feedback import auth
 from rlfm.feedback import labels as lb
-from rlfm.feedback.db import Annotation, Assignment, Invite, Item, LoginAttempt, Project, utcnow
+from rlfm.feedback.db import (
+    Annotation,
+    Assignment,
+    Invite,
+    Item,
+    LoginAttempt,
+    LoginSession,
+    Project,
+    utcnow,
+)
 
 from .conftest import add_person, add_project, rank_payload
 
@@ -53,6 +62,10 @@ def test_login_sets_a_safe_session_cookie_and_wrong_passwords_fail_alike(db, app
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie
         assert ("Secure" in cookie) is secure
         assert c.get("/projects").status_code == 200
+        token = cookie.split(";")[0].split("=", 1)[1]
+        with db.read() as s:
+            hashes = s.scalars(select(LoginSession.token_hash)).all()
+        assert auth.token_hash(token) in hashes and token not in hashes  # stored hashed
     c = app_client()
     token = csrf_of(c.get("/login").text)
     wrong = c.http.post(
@@ -218,6 +231,24 @@ def test_assignment_shows_a_shuffled_order_and_stores_the_original_one(db, app_c
     assert ann.label["flags"][perm[2]]["violent"] is True
     assert sum(f["violent"] for f in ann.label["flags"]) == 1
     assert ann.client_ms == 1234 and ann.server_ms >= 0
+
+
+def test_each_labeler_sees_an_order_of_their_own(db, app_client):
+    """The shown order is drawn per assignment: over 10 items two labelers see orders that
+    differ somewhere, and not every order is the imported one (each of 24 orders is equally
+    likely: all 20 the same by chance has probability 24^-19)."""
+    pid = add_project(db, items=10, overlap=2)
+    perms = {}
+    for who in ("ada", "bob"):
+        c = app_client(add_person(db, f"{who}@example.org", project=pid))
+        for _ in range(10):
+            a = next_assignment(c, pid)
+            with db.read() as s:
+                row = s.get(Assignment, a["id"])
+                perms[(who, row.item_id)] = tuple(row.permutation)
+            assert c.post(f"/api/assignments/{a['id']}/submit", rank_payload()).status_code == 200
+    assert any(perms[("ada", i)] != perms[("bob", i)] for _, i in perms)
+    assert len(set(perms.values())) > 1 and any(p != (0, 1, 2, 3) for p in perms.values())
 
 
 def test_submitting_twice_stores_once(db, app_client):

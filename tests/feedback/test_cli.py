@@ -87,6 +87,23 @@ def test_the_commands_end_to_end(tmp_path, capsys):
         str(items_file(tmp_path)),
     )
     assert code == 0 and "imported 6 items" in out
+    gold = write_jsonl(
+        tmp_path / "gold.jsonl",
+        [{"id": "g1", "prompt": "Juliet.\nGood night!\n\nRomeo.\n", "completions": TEXTS}],
+    )
+    code, out, _ = run(
+        capsys,
+        "label",
+        "import",
+        "--db",
+        db,
+        "--project",
+        "demo",
+        "--completions",
+        str(gold),
+        "--gold",
+    )
+    assert code == 0 and "imported 1 items" in out
     code, out, _ = run(
         capsys,
         "label",
@@ -100,7 +117,8 @@ def test_the_commands_end_to_end(tmp_path, capsys):
         "--seed",
         "1",
     )
-    assert code == 0 and "18 labels submitted in project 'demo'" in out
+    assert code == 0 and "21 labels submitted in project 'demo'" in out  # 6 × 3 + gold × 3
+    assert "simulated-researcher@rlfm.invalid: 1 gold items labelled" in out
     code, out, _ = run(capsys, "label", "stats", "--db", db, "--project", "demo", "--per-item")
     assert code == 0
     assert (
@@ -113,12 +131,15 @@ def test_the_commands_end_to_end(tmp_path, capsys):
     code, out, _ = run(
         capsys, "label", "export", "--db", db, "--project", "demo", "--out", str(prefs)
     )
-    assert code == 0 and "wrote 18 rankings rows" in out
+    assert code == 0 and "wrote 21 rankings rows" in out
     rows = [json.loads(line) for line in prefs.read_text(encoding="utf-8").splitlines()]
     loaded = load_preferences(prefs)
-    assert len(loaded) == 18
+    assert len(loaded) == 21
     for row, r in zip(rows, loaded):
         assert r.completions == tuple(row["completions"])
+        if row["id"] == "g1":
+            assert row["completions"] == TEXTS
+            continue
         src = json.loads(
             (tmp_path / "items.jsonl").read_text(encoding="utf-8").splitlines()[int(row["id"][1:])]
         )
@@ -138,8 +159,8 @@ def test_the_commands_end_to_end(tmp_path, capsys):
         "--out",
         str(pairs),
     )
-    assert code == 0 and "wrote 108 pairs rows" in out  # 18 rankings × C(4, 2)
-    assert len(load_preferences(pairs)) == 108
+    assert code == 0 and "wrote 126 pairs rows" in out  # 21 rankings × C(4, 2)
+    assert len(load_preferences(pairs)) == 126
 
 
 def test_export_holds_exactly_the_stored_rankings(sqlite_db, tmp_path):
