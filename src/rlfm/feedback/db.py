@@ -28,6 +28,7 @@ Tables (one row each):
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -237,11 +238,16 @@ class Database:
             engine.execution_options(rlfm_write=True), expire_on_commit=False
         )
         self._read = sessionmaker(engine, expire_on_commit=False)
+        self._writer: contextlib.AbstractContextManager = (
+            threading.RLock() if self.is_sqlite else contextlib.nullcontext()
+        )
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
         """A write transaction: committed at the end of the block, rolled back on any error."""
-        with self._write() as session, session.begin():
+        # SQLite has one writer at a time: threads of this process queue on a lock (first come,
+        # first served) instead of SQLite's busy handler, which polls with growing sleeps
+        with self._writer, self._write() as session, session.begin():
             yield session
 
     @contextlib.contextmanager
