@@ -4,6 +4,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
+# the labelling app's browser tests drive Debian's chromium, its API tests a PostgreSQL server
+# they start themselves; install either where it is missing and apt-get can (as root)
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
+if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "test.sh: installing ${missing[*]} (Debian packages) for the labelling app's tests"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; } \
+    || echo "test.sh: could not install ${missing[*]}; those tests will be skipped" >&2
+fi
 .venv/bin/ruff check
 .venv/bin/ruff format --check
 status=0

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from rlfm import __version__
 from rlfm.errors import Interrupted, RlfmError
 
-# name -> (module, function, one-line help); a name may be two words ("reward train")
+# name -> (module, function, one-line help); a name may be two or three words ("reward train",
+# "label admin create")
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "pipeline": ("rlfm.pipeline", "run", "Run the whole recipe on the built-in default task."),
     "pretrain": ("rlfm.stages.pretrain", "train", "Pre-train a GPT on text (self-supervised)."),
@@ -31,6 +32,42 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Learn a reward from preferences over Gymnasium trajectory segments.",
     ),
     "models": ("rlfm.models.presets", "list_presets", "List model presets and parameter counts."),
+    "label serve": ("rlfm.feedback.commands.serve", "run", "Serve the labelling web app."),
+    "label admin create": (
+        "rlfm.feedback.commands.admin_create",
+        "run",
+        "Create an admin; print a one-time invite link.",
+    ),
+    "label invite": (
+        "rlfm.feedback.commands.invite",
+        "run",
+        "Invite a labeler or researcher to a project.",
+    ),
+    "label project create": (
+        "rlfm.feedback.commands.project_create",
+        "run",
+        "Create a labelling project.",
+    ),
+    "label import": (
+        "rlfm.feedback.commands.import_items",
+        "run",
+        "Import items: completions from a file, or sampled by a policy.",
+    ),
+    "label simulate": (
+        "rlfm.feedback.commands.simulate",
+        "run",
+        "Simulated labelers answer a project's open assignments.",
+    ),
+    "label export": (
+        "rlfm.feedback.commands.export",
+        "run",
+        "Export labels: rankings or pairs for the reward model, demonstrations.",
+    ),
+    "label stats": (
+        "rlfm.feedback.commands.stats",
+        "run",
+        "Agreement between labelers and screening, per project, labeler and item.",
+    ),
 }
 
 
@@ -58,8 +95,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(__version__)
         return
     name, rest = argv[0], argv[1:]
-    if len(argv) > 1 and f"{argv[0]} {argv[1]}" in COMMANDS:
-        name, rest = f"{argv[0]} {argv[1]}", argv[2:]
+    for n in (3, 2):  # the longest command name that the first words spell
+        if len(argv) >= n and " ".join(argv[:n]) in COMMANDS:
+            name, rest = " ".join(argv[:n]), argv[n:]
+            break
+    else:  # or a two-word group they spell ("rlfm label admin")
+        two = " ".join(argv[:2])
+        if len(argv) >= 2 and any(c.startswith(f"{two} ") for c in COMMANDS):
+            name, rest = two, argv[2:]
     group = [c for c in COMMANDS if c.startswith(f"{name} ")]
     if name not in COMMANDS and group:  # "rlfm reward": list its subcommands
         width = max(len(c) for c in group)
