@@ -101,18 +101,27 @@ def assert_same_run(ref: Path, got: Path, keys: tuple[str, ...], rel: float = 1e
 def torchrun(
     *args: str, env: dict | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node 2 -m rlfm ARGS`` (gloo on the CPU) on a free port of its own:
-    two tests starting ``torchrun --standalone`` at once can meet on one port and hang."""
+    """``torchrun --nproc_per_node 2 -m rlfm ARGS`` (gloo on the CPU) on a free port of its own,
+    one at a time across the test workers: two 2-process jobs at once on a 2-core machine
+    starve each other's collectives (runs of 15 s took 300 s)."""
+    import fcntl
     import socket
+    import tempfile
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
     cmd += ["--master-addr", "127.0.0.1", "--master-port", str(port)]
-    return subprocess.run(
-        [*cmd, "-m", "rlfm", *args], capture_output=True, text=True, timeout=timeout, env=env or ENV
-    )
+    with open(Path(tempfile.gettempdir()) / "rlfm-tests-torchrun.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return subprocess.run(
+            [*cmd, "-m", "rlfm", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env or ENV,
+        )
 
 
 def write_plays(folder: Path, n_plays: int = 4, scenes: int = 6, seed: int = 0) -> Path:
