@@ -15,7 +15,9 @@ rollout.py for language models, shared by ``rlfm control ppo`` and ``rlfm contro
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,18 @@ from rlfm.engine import Engine
 from rlfm.losses.ppo import explained_variance, policy_loss, value_loss, whiten_advantages
 from rlfm.models.control import ActorCritic, RunningMeanStd
 from rlfm.offline.envs import env_state, make_env, set_env_state, step_costs
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one CPU thread: a control MLP's ops are microseconds long, and a second
+    thread costs more in hand-offs than it saves (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -326,7 +340,9 @@ def ppo_update(
                         value_clip,
                     )
                     loss = loss + s.vf_coef * cl
-                    totals["cost_value_loss"] = totals.get("cost_value_loss", 0.0) + float(cl.detach())
+                    totals["cost_value_loss"] = totals.get("cost_value_loss", 0.0) + float(
+                        cl.detach()
+                    )
                 engine.backward(loss)
             grad_norm = engine.step(model, optimizer, None, s.max_grad_norm)
             approx_kl = float(pstats["approx_kl"])

@@ -81,16 +81,17 @@ class RunningMeanStd(nn.Module):
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        """Fold a batch (n, *shape) into the statistics."""
-        x = x.to(torch.float64).reshape(-1, *self.mean.shape)
-        n = x.shape[0]
-        batch_mean, batch_var = x.mean(0), x.var(0, unbiased=False)
-        delta = batch_mean - self.mean
-        total = self.count + n
-        m2 = self.var * self.count + batch_var * n + delta.pow(2) * self.count * n / total
-        self.mean += delta * n / total
-        self.var.copy_(m2 / total)
-        self.count.copy_(total)
+        """Fold a batch (n, *shape) into the statistics (NumPy on the buffers' memory: this runs
+        at every environment step, where torch's per-op overhead would dominate)."""
+        batch = x.detach().cpu().numpy().astype(np.float64).reshape(-1, *self.mean.shape)
+        mean, var, count = self.mean.numpy(), self.var.numpy(), self.count.numpy()
+        n = batch.shape[0]
+        delta = batch.mean(0) - mean
+        total = count + n
+        m2 = var * count + batch.var(0) * n + delta**2 * count * n / total
+        mean += delta * n / total
+        var[...] = m2 / total
+        count[...] = total
 
     def normalize(self, x: torch.Tensor, clip: float, eps: float = 1e-8) -> torch.Tensor:
         """clip((x − μ) / √(σ² + ε), −clip, clip) in x's dtype."""

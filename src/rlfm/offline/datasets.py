@@ -177,16 +177,16 @@ def datasets_root() -> Path:
 
 def check_dataset_id(dataset_id: str) -> None:
     """A ConfigError unless ``dataset_id`` is a valid, not yet existing Minari dataset id."""
-    from minari.namespace import parse_dataset_id
+    from minari.dataset.minari_dataset import parse_dataset_id
 
-    try:
-        parse_dataset_id(dataset_id)
-    except Exception as e:  # minari raises ValueError / AssertionError for a malformed id
-        raise ConfigError(f"dataset_id: {dataset_id!r} is not a Minari id ({e})") from None
     if not dataset_id.split("/")[-1].rsplit("-v", 1)[-1].isdigit():
         raise ConfigError(
             f"dataset_id: {dataset_id!r} needs a version, e.g. rlfm/{dataset_id.split('/')[-1]}-v0"
         )
+    try:
+        parse_dataset_id(dataset_id)
+    except Exception as e:  # minari raises ValueError / AssertionError for a malformed id
+        raise ConfigError(f"dataset_id: {dataset_id!r} is not a Minari id ({e})") from None
     if (datasets_root() / dataset_id).exists():
         raise ConfigError(
             f"dataset_id: {dataset_id} already exists in {datasets_root()}; choose another id or "
@@ -269,14 +269,15 @@ def make_dataset(
             for p in files:
                 buffers += load_episodes(p)
     else:
-        sources: list[Callable[[np.ndarray], np.ndarray]] = []
+        # a policy per source, made for each chunk from the chunk's seed
+        sources: list[Callable[[int], Callable[[np.ndarray], np.ndarray]]] = []
         if kind == "random":
-            sources = [random_policy(env_id, seed)]
+            sources = [lambda s: random_policy(env_id, s)]
         for r in runs if kind != "random" else []:
             model_dir = (
                 r.final if kind == "expert" else r.snapshots[medium_step(r, ref_min, ref_max)]
             )
-            sources.append(policy_fn(model_dir))
+            sources.append(lambda s, policy=policy_fn(model_dir): policy)
         buffers = _play_chunks(
             env_id, sources, steps, seed, partial / "chunks", progress, run_episodes
         )
@@ -347,7 +348,7 @@ def _ref_scores(env_id: str, runs: list[PolicyRun], episodes: int, seed: int) ->
 
 def _play_chunks(
     env_id: str,
-    sources: list[Callable[[np.ndarray], np.ndarray]],
+    sources: list[Callable[[int], Callable[[np.ndarray], np.ndarray]]],
     steps: int,
     seed: int,
     folder: Path,
@@ -355,7 +356,10 @@ def _play_chunks(
     run_episodes: Callable,
 ) -> list[dict[str, np.ndarray]]:
     """Chunks of CHUNK_EPISODES episodes (sources in turn) until ``steps`` transitions; each
-    chunk saved as it completes and reused when the generation is run again."""
+    chunk saved as it completes and reused when the generation is run again. A chunk's reset
+    seeds, its random actions and its torch sampling depend only on its index, so a resumed
+    generation plays the chunks it lacks exactly as an uninterrupted one."""
+    import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from rlfm.tracking import console
@@ -379,9 +383,11 @@ def _play_chunks(
             if path.is_file():
                 part = load_episodes(path)
             else:
-                policy = sources[chunk % len(sources)]
                 seeds = [seed + chunk * CHUNK_EPISODES + i for i in range(CHUNK_EPISODES)]
-                played = run_episodes(env_id, policy, seeds, record=True)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seeds[0])
+                    policy = sources[chunk % len(sources)](seeds[0])
+                    played = run_episodes(env_id, policy, seeds, record=True)
                 part = [_as_dict(e) for e in played]
                 save_episodes(path, part)
             for e in part:

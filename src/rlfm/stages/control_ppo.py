@@ -61,6 +61,7 @@ from rlfm.control import (
     UpdateSettings,
     evaluate,
     make_model,
+    one_thread,
     ppo_update,
     summarize,
 )
@@ -263,7 +264,10 @@ def train(cfg: Config) -> dict[str, float]:
     lagrangian = cfg.cost_limit is not None
     batch = cfg.n_envs * cfg.n_steps
     updates = cfg.steps // batch
-    with Run(cfg, "control ppo", total=cfg.steps, derived=("policies", "episodes")) as run:
+    with (
+        one_thread(),
+        Run(cfg, "control ppo", total=cfg.steps, derived=("policies", "episodes")) as run,
+    ):
         if run.finished:
             return run.summary
         engine = run.engine
