@@ -106,5 +106,7 @@ def test_run_episodes_records_what_the_environment_got():
     """Observations T + 1, actions/rewards T, terminations at the end; the total is the sum."""
     (ep,) = run_episodes("CartPole-v1", lambda obs: np.zeros(len(obs), dtype=int), [0], record=True)
     assert ep.observations.shape == (ep.length + 1, 4)
-    assert ep.actions.shape == (ep.length,) and ep.terminations[-1] and not ep.terminations[:-1].any()
+    assert (
+        ep.actions.shape == (ep.length,) and ep.terminations[-1] and not ep.terminations[:-1].any()
+    )
     assert ep.total_return == pytest.approx(ep.rewards.sum())
