@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,7 +278,8 @@ def make_dataset(
             model_dir = (
                 r.final if kind == "expert" else r.snapshots[medium_step(r, ref_min, ref_max)]
             )
-            sources.append(lambda s, policy=policy_fn(model_dir): policy)
+            policy = policy_fn(model_dir)
+            sources.append(lambda s, policy=policy: policy)
         buffers = _play_chunks(
             env_id, sources, steps, seed, partial / "chunks", progress, run_episodes
         )
@@ -302,20 +304,22 @@ def make_dataset(
             )
         )
     spec = make_env(env_id).spec
-    dataset = minari.create_dataset_from_buffers(
-        dataset_id,
-        episode_buffers,
-        env=spec,
-        algorithm_name="random" if kind == "random" else f"rlfm PPO ({kind})",
-        author="rlfm",
-        author_email="none",
-        code_permalink="https://pypi.org/project/rlfm/",
-        ref_min_score=ref_min,
-        ref_max_score=ref_max,
-        description=description
-        or f"{kind} data of {env_id} made with rlfm's D4RL recipe"
-        + (f" from {len(runs)} PPO run(s)" if runs else ""),
-    )
+    with warnings.catch_warnings():  # Minari warns about metadata rlfm has no value for
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = minari.create_dataset_from_buffers(
+            dataset_id,
+            episode_buffers,
+            env=spec,
+            algorithm_name="random" if kind == "random" else f"rlfm PPO ({kind})",
+            author="rlfm",
+            author_email="none",
+            code_permalink="https://pypi.org/project/rlfm/",
+            ref_min_score=ref_min,
+            ref_max_score=ref_max,
+            description=description
+            or f"{kind} data of {env_id} made with rlfm's D4RL recipe"
+            + (f" from {len(runs)} PPO run(s)" if runs else ""),
+        )
     shutil.rmtree(partial, ignore_errors=True)
     return dataset
 
