@@ -111,6 +111,7 @@ class Collector:
         self._recorded: list[dict[str, np.ndarray]] = []
         self.seed = seed
         self.notes: list[str] = []
+        self.finished: list[dict[str, float]] = []  # episodes ended since the stage last took them
 
     @torch.no_grad()
     def collect(self, model: ActorCritic, T: int, update_stats: bool = True) -> Rollout:
@@ -183,6 +184,7 @@ class Collector:
                 self.ep_return[i] = self.ep_cost[i] = 0.0
                 self.ep_length[i] = 0
             self.obs = obs
+        self.finished += episodes
         done_all = terminated | truncated
         values = torch.stack(buf["v"])  # (T, N)
         x_last = model.normalize(torch.as_tensor(self.obs, dtype=torch.float32).reshape(N, O))
@@ -244,6 +246,7 @@ class Collector:
             "ep_cost": self.ep_cost.copy(),
             "ep_length": self.ep_length.copy(),
             "steps": [list(s) for s in self._steps],
+            "finished": list(self.finished),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -256,6 +259,7 @@ class Collector:
         self.ep_cost = state["ep_cost"].copy()
         self.ep_length = state["ep_length"].copy()
         self._steps = [list(s) for s in state["steps"]]
+        self.finished = list(state["finished"])
         if lost:  # environments whose state cannot be saved restart their episodes
             obs, _ = self.envs.reset(seed=self.seed + 7919 * (1 + int(self.ep_length.sum())))
             for i in lost:

@@ -185,7 +185,6 @@ class Config:
         )
         check(self.lagrange_lr > 0, "lagrange_lr", f"must be > 0, got {self.lagrange_lr}")
         check(self.lagrange_init >= 0, "lagrange_init", f"must be ≥ 0, got {self.lagrange_init}")
-        check_env_id(self.env)
 
 
 def fit_to_rollout(cfg: Config) -> tuple[Config, list[str]]:
@@ -253,6 +252,7 @@ def drop_after(out: Path, step: int) -> None:
 
 def train(cfg: Config) -> dict[str, float]:
     """Train a policy with PPO; returns the final metrics (eval_return, ...)."""
+    check_env_id(cfg.env)
     cfg, notes = fit_to_rollout(cfg)
     probe = make_env(cfg.env)  # a bad id or space fails here, before the run directory
     constrained = has_cost(probe, cfg.seed)
@@ -312,11 +312,9 @@ def train(cfg: Config) -> dict[str, float]:
         )
         hp = update_settings(cfg)
         metrics: dict[str, float] = {}
-        recent: list[dict[str, float]] = []  # training episodes since the last log row
         t0, timed = time.perf_counter(), 0
         while step < cfg.steps:
             ro = collector.collect(model, cfg.n_steps)
-            recent += ro.episodes
             rewards = normalizer(ro.rewards, ro.done) if cfg.normalize_reward else ro.rewards
             adv, ret = gae_time_major(
                 rewards,
@@ -371,9 +369,9 @@ def train(cfg: Config) -> dict[str, float]:
                     cfg.out / "episodes" / f"step_{step:010d}.npz", collector.take_recorded()
                 )
             if run.due(step, cfg.log_every):
-                row |= stats | summarize(recent, "episode_") | {"lr": lr}
+                row |= stats | summarize(collector.finished, "episode_") | {"lr": lr}
                 row["steps_per_s"] = timed / (time.perf_counter() - t0)
-                recent, t0, timed = [], time.perf_counter(), 0
+                collector.finished, t0, timed = [], time.perf_counter(), 0
             if run.due(step, cfg.eval_every):
                 episodes = evaluate(model, cfg.env, cfg.eval_episodes, cfg.seed + EVAL_SEED)
                 row |= summarize(episodes, "eval_")

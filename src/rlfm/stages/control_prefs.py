@@ -135,7 +135,6 @@ class Config:
         check(self.reward_lr > 0, "reward_lr", f"must be > 0, got {self.reward_lr}")
         if self.ppo_config is not None:
             check(Path(self.ppo_config).is_file(), "ppo_config", f"{self.ppo_config} is not a file")
-        check_env_id(self.env)
 
 
 def ppo_settings(cfg: Config) -> control_ppo.Config:
@@ -299,6 +298,7 @@ def train_rewards(
 
 def train(cfg: Config) -> dict[str, float]:
     """Train the policy and the reward ensemble together; returns the final metrics."""
+    check_env_id(cfg.env)
     ppo, notes = control_ppo.fit_to_rollout(ppo_settings(cfg))
     probe = make_env(cfg.env)
     from gymnasium import spaces
@@ -348,11 +348,9 @@ def train(cfg: Config) -> dict[str, float]:
         )
         hp = control_ppo.update_settings(ppo)
         metrics: dict[str, float] = {}
-        recent: list[dict[str, float]] = []
         t0, timed = time.perf_counter(), 0
         while step < total:
             ro = collector.collect(model, ppo.n_steps)
-            recent += ro.episodes
             features = step_features(model, ro.raw_obs, ro.actions)
             labels.add_segments(cut_rollout(features, ro.rewards, ro.done, cfg.segment_length))
             progress = (step + batch) / (total * cfg.label_fraction)
@@ -417,7 +415,7 @@ def train(cfg: Config) -> dict[str, float]:
                 )
                 row |= (
                     stats
-                    | summarize(recent, "episode_")
+                    | summarize(collector.finished, "episode_")
                     | {
                         "lr": lr,
                         "labels": float(len(labels.winners)),
@@ -425,7 +423,7 @@ def train(cfg: Config) -> dict[str, float]:
                     }
                 )
                 row["steps_per_s"] = timed / (time.perf_counter() - t0)
-                recent, t0, timed = [], time.perf_counter(), 0
+                collector.finished, t0, timed = [], time.perf_counter(), 0
             if run.due(step, cfg.eval_every):
                 row |= summarize(
                     evaluate(model, cfg.env, cfg.eval_episodes, cfg.seed + control_ppo.EVAL_SEED),

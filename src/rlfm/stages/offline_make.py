@@ -70,7 +70,6 @@ class Config:
         )
         for p in self.policy:
             check(Path(p).is_dir(), "policy", f"{p} is not a directory")
-        check_env_id(self.env)
 
 
 def preset_for(env_id: str) -> Path | None:
@@ -105,6 +104,7 @@ def train_policies(cfg: Config) -> list[Path]:
 
 def run(cfg: Config) -> dict[str, float]:
     """Make the dataset; print where it is and its size."""
+    check_env_id(cfg.env)
     check_dataset_id(cfg.dataset_id)  # before any training
     policies = list(cfg.policy)
     if not policies and (cfg.kind != "random" or cfg.cost_limits):
