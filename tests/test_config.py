@@ -72,17 +72,6 @@ def test_cli_reports_error_without_traceback():
     assert "Traceback" not in r.stderr
 
 
-def test_cli_help_lists_commands_and_documents_flags():
-    """`rlfm --help` lists the commands; `rlfm pretrain --help` documents a field."""
-    r = subprocess.run([sys.executable, "-m", "rlfm", "--help"], capture_output=True, text=True)
-    assert r.returncode == 0 and "pretrain" in r.stdout and "sample" in r.stdout
-    r = subprocess.run(
-        [sys.executable, "-m", "rlfm", "pretrain", "--help"], capture_output=True, text=True
-    )
-    assert r.returncode == 0
-    assert "--vocab-size" in r.stdout and "Sequences per optimizer step" in r.stdout
-
-
 def test_shipped_yaml_presets_are_valid():
     """Every configs/pretrain/*.yaml parses; tiny.yaml writes at least three checkpoints."""
     from pathlib import Path

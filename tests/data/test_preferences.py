@@ -278,3 +278,11 @@ def test_bad_rankings_say_why(ranking, k, message):
     saying what is wrong."""
     with pytest.raises(ValueError, match=message):
         ranking_levels(ranking, k)
+
+
+def test_a_null_field_is_called_null(tmp_path):
+    """`"chosen": null` says the field is null (it was reported as missing)."""
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"prompt": "p", "chosen": None, "rejected": " b"}) + "\n")
+    with pytest.raises(DataError, match=r"p\.jsonl: line 1: field 'chosen' is null"):
+        load_preferences(f)

@@ -119,3 +119,15 @@ def test_a_saved_dataset_inside_a_row_folder_is_named(tmp_path: Path) -> None:
     datasets.Dataset.from_list([{"a": 2}]).save_to_disk(str(tmp_path / "saved"))
     with pytest.raises(DataError, match=r"holds a saved `datasets` directory, .*saved"):
         row_files(tmp_path)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32"])
+def test_utf16_and_utf32_text_is_named(tmp_path, encoding):
+    """UTF-16/32 text (with or without a byte-order mark) is named as such, not reported as a
+    binary file with NUL bytes."""
+    from rlfm.data.rows import read_text
+
+    f = tmp_path / "rows.jsonl"
+    f.write_bytes('{"prompt": "hello there"}\n'.encode(encoding))
+    with pytest.raises(DataError, match=r"rows\.jsonl: the text is UTF-(16|32).*expected UTF-8"):
+        read_text(f)

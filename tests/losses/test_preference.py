@@ -13,7 +13,6 @@ from rlfm.losses.preference import (
     bradley_terry_loss,
     pair_differences,
     pair_mask,
-    preference_probability,
     ranking_loss,
 )
 
@@ -41,12 +40,8 @@ def test_bradley_terry_margin():
     torch.testing.assert_close(got, t(0.693147, 0.474077), atol=1e-6, rtol=0)
 
 
-def test_preference_probability_and_stability():
-    """P(y_w ≻ y_l) = σ(r_w − r_l): 0.5 at a tie, σ(1) = 0.731059; a gap of ±100 gives a finite
-    loss (≈ 0 and ≈ 100), not inf/nan."""
-    torch.testing.assert_close(
-        preference_probability(t(0.0, 1.0), t(0.0, 0.0)), t(0.5, 0.731059), atol=1e-6, rtol=0
-    )
+def test_loss_is_stable_for_large_gaps():
+    """A gap of ±100 gives a finite loss (≈ 0 and ≈ 100), not inf/nan."""
     big = bradley_terry_loss(t(100.0, -100.0), t(0.0, 0.0), reduction="none")
     torch.testing.assert_close(big, t(0.0, 100.0), atol=1e-4, rtol=0)
 

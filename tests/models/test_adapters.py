@@ -220,7 +220,8 @@ def test_missing_base_is_a_clear_error(tmp_path):
 def test_sampling_model_decodes_like_the_full_forward(kind):
     """Greedy KV-cache sampling through sampling_model gives, for every generated token, the
     argmax of the adapted model's full (uncached) forward on the same tokens."""
-    model = adapters.add_adapter(_model(), kind, **({"num_tokens": 4} if kind == "prefix" else {}))
+    add = {"lora": adapters.add_lora, "prefix": adapters.add_prefix}[kind]
+    model = add(_model(), **({"num_tokens": 4} if kind == "prefix" else {}))
     _train(model, steps=3)
     ids = torch.randint(2, VOCAB, (2, 6), generator=torch.Generator().manual_seed(5))
     mask = torch.ones_like(ids)

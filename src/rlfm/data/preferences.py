@@ -163,19 +163,6 @@ class Ranking:
         k = self.k
         return [(i, j) for i in range(k) for j in range(k) if self.levels[i] < self.levels[j]]
 
-    def to_row(self) -> dict[str, Any]:
-        """The ranking as a JSON-able rankings row."""
-        row: dict[str, Any] = {
-            "prompt": self.prompt,
-            "completions": list(self.completions),
-            "ranking": self.ranking,
-        }
-        if self.margin:
-            row["margin"] = self.margin
-        if self.gold is not None:
-            row["gold"] = list(self.gold)
-        return row
-
 
 # ---------------------------------------------------------------------------- reading
 
@@ -263,7 +250,10 @@ def _parse_row(row: Any, source: str, tokenizer: PreTrainedTokenizerBase | None)
 
 
 def _require(row: dict, names: tuple[str, ...], what: str) -> None:
-    missing = [n for n in names if n not in row or row[n] is None]
+    null = [n for n in names if n in row and row[n] is None]
+    if null:
+        raise _RowError(f"field {', '.join(map(repr, null))} is null; {what} needs a value")
+    missing = [n for n in names if n not in row]
     if missing:
         have = ", ".join(repr(k) for k in row)
         raise _RowError(f"missing field {', '.join(map(repr, missing))} for {what} (has {have})")

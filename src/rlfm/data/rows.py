@@ -47,9 +47,40 @@ class Row(NamedTuple):
 # ---------------------------------------------------------------------------- text
 
 
+_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32 (little-endian)"),
+    (b"\x00\x00\xfe\xff", "UTF-32 (big-endian)"),
+    (b"\xff\xfe", "UTF-16 (little-endian)"),
+    (b"\xfe\xff", "UTF-16 (big-endian)"),
+)
+
+
+def _wide_encoding(data: bytes) -> str | None:
+    """The name of a UTF-16/32 encoding ``data`` is in (by its byte-order mark, or by the NUL
+    bytes every other or every fourth byte of ASCII text carries), or None."""
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            return name
+    head = data[:4096]
+    if len(head) >= 8 and len(head) % 2 == 0:
+        even, odd = head[0::2], head[1::2]
+        if odd.count(0) > 0.9 * len(odd) and even.count(0) < 0.1 * len(even):
+            return "UTF-16 (little-endian)"
+        if even.count(0) > 0.9 * len(even) and odd.count(0) < 0.1 * len(odd):
+            return "UTF-16 (big-endian)"
+    return None
+
+
 def read_text(file: Path) -> str:
-    """The file's text as UTF-8 with ``\\n`` line endings; DataError for binary content."""
+    """The file's text as UTF-8 with ``\\n`` line endings; DataError naming the encoding of
+    UTF-16/32 text, and for binary content."""
     data = file.read_bytes()
+    wide = _wide_encoding(data)
+    if wide is not None:
+        raise DataError(
+            f"{file}: the text is {wide}, expected UTF-8; re-encode the file, e.g. "
+            f"`iconv -f {wide.split()[0]} -t UTF-8 {file.name}`"
+        )
     nul = data.find(b"\x00")
     if nul >= 0:
         line = data.count(b"\n", 0, nul) + 1

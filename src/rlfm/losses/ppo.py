@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from rlfm.losses.sequence import masked_mean, masked_var, whiten
+from rlfm.losses.sequence import masked_mean, masked_var
 
 
 def kl_per_token(
@@ -151,11 +151,6 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     if float(var_r) == 0.0:
         return float("nan")
     return float(1.0 - masked_var(returns - values, mask) / var_r)
-
-
-def whiten_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Advantages normalised to mean 0 and std 1 over the minibatch's tokens."""
-    return whiten(advantages, mask, shift_mean=True)
 
 
 @dataclass

@@ -42,17 +42,6 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def preference_probability(
-    rewards_chosen: torch.Tensor, rewards_rejected: torch.Tensor
-) -> torch.Tensor:
-    """P(y_w ≻ y_l) = σ(r_w − r_l), element-wise. (N,), (N,) -> (N,)."""
-    assert rewards_chosen.shape == rewards_rejected.shape, (
-        f"rewards_chosen {tuple(rewards_chosen.shape)} != "
-        f"rewards_rejected {tuple(rewards_rejected.shape)}"
-    )
-    return torch.sigmoid(_wide(rewards_chosen) - _wide(rewards_rejected))
-
-
 def bradley_terry_loss(
     rewards_chosen: torch.Tensor,
     rewards_rejected: torch.Tensor,

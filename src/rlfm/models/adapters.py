@@ -66,8 +66,9 @@ def _quiet_peft() -> None:
     warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated.*")
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel wrapper or a PrefixDecoder (or itself)."""
+def _inner(model: nn.Module) -> nn.Module:
+    """The peft model inside a PrefixDecoder, or the model inside DDP (or the model itself;
+    the stages unwrap DDP with ``Engine.unwrap``, this module keeps clear of the engine)."""
     if isinstance(model, PrefixDecoder):
         return model.peft_model
     if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
@@ -79,12 +80,12 @@ def is_peft_model(model: nn.Module) -> bool:
     """True when ``model`` (possibly DDP-wrapped) carries a peft adapter."""
     from peft import PeftModel
 
-    return isinstance(unwrap(model), PeftModel)
+    return isinstance(_inner(model), PeftModel)
 
 
 def base_model_of(model: nn.Module) -> PreTrainedModel:
     """The Hugging Face model underneath DDP and peft wrappers (LoRA layers stay inside it)."""
-    inner = unwrap(model)
+    inner = _inner(model)
     return inner.get_base_model() if is_peft_model(inner) else inner
 
 
@@ -162,17 +163,6 @@ def add_prefix(
     return peft_model
 
 
-def add_adapter(model: PreTrainedModel, kind: AdapterKind, **kwargs: Any) -> nn.Module:
-    """``model`` itself (``full``), or wrapped by :func:`add_lora` / :func:`add_prefix`."""
-    if kind == "full":
-        return model
-    if kind == "lora":
-        return add_lora(model, **kwargs)
-    if kind == "prefix":
-        return add_prefix(model, **kwargs)
-    raise ConfigError(f"adapter: {kind!r} is not one of 'full', 'lora', 'prefix'")
-
-
 def _record_base(peft_model: nn.Module, base_path: str | Path | None) -> None:
     if base_path is not None:
         for cfg in peft_model.peft_config.values():
@@ -181,7 +171,7 @@ def _record_base(peft_model: nn.Module, base_path: str | Path | None) -> None:
 
 def prefix_tokens(model: nn.Module) -> int:
     """How many prefix positions ``model`` puts before every sequence (0 without prefix-tuning)."""
-    inner = unwrap(model)
+    inner = _inner(model)
     if not is_peft_model(inner):
         return 0
     cfg = inner.active_peft_config
@@ -202,7 +192,7 @@ def disabled_adapter(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block, ``model`` computes what its base model computes (the reference
     policy of RL fine-tuning). Raises ModelError for a model without an adapter: its reference
     must be a separate copy."""
-    inner = unwrap(model)
+    inner = _inner(model)
     if not is_peft_model(inner):
         raise ModelError(
             f"{type(inner).__name__} has no adapter to disable; the reference policy of a "
@@ -214,7 +204,7 @@ def disabled_adapter(model: nn.Module) -> Iterator[nn.Module]:
 
 def merge_adapter(model: nn.Module) -> PreTrainedModel:
     """A plain model with the LoRA update folded into the weights: W = W₀ + (α/r)·B A."""
-    inner = unwrap(model)
+    inner = _inner(model)
     if not is_peft_model(inner):
         raise ModelError(f"{type(inner).__name__} has no adapter to merge")
     kind = str(getattr(inner.active_peft_config.peft_type, "value", "")).lower()
@@ -334,7 +324,7 @@ def sampling_model(model: nn.Module) -> nn.Module:
     """A module for ``rollout.sample`` (incremental decoding with a KV cache) that computes
     what ``model`` computes: the model itself, the base model with its LoRA layers active, or a
     :class:`PrefixDecoder` for prefix-tuning."""
-    inner = unwrap(model)
+    inner = _inner(model)
     if not is_peft_model(inner):
         return inner
     if inner.active_peft_config.is_prompt_learning:

@@ -36,12 +36,6 @@ def _has_weights(directory: Path) -> bool:
     return any((directory / name).is_file() for name in _WEIGHT_FILES)
 
 
-def is_model_dir(path: str | Path) -> bool:
-    """True if ``path`` is a directory holding a ``config.json`` and a weights file."""
-    path = Path(path)
-    return path.is_dir() and (path / CONFIG_NAME).is_file() and _has_weights(path)
-
-
 def _read_config(directory: Path) -> dict[str, Any]:
     config_file = directory / CONFIG_NAME
     if not config_file.is_file():

@@ -36,7 +36,7 @@ from rich.markup import escape
 from transformers import PreTrainedTokenizerBase
 
 from rlfm import checkpoint
-from rlfm.config import RunSettings, check, settings
+from rlfm.config import Optimisation, RunSettings, check, settings
 from rlfm.data.blocks import BlockSampler, eval_starts, gather_windows, tokenize_stream
 from rlfm.data.corpora import load_builtin_corpus
 from rlfm.data.text import Document, load_documents, split_documents
@@ -60,7 +60,16 @@ from rlfm.run import Run
 DEFAULT_PROMPTS = ("Romeo.\n", "Juliet.\n", "First Citizen.\n")
 
 
-@settings(RunSettings, eval_every=200, save_every=200)
+@settings(
+    Optimisation,
+    RunSettings,
+    steps=600,
+    warmup_steps=100,
+    weight_decay=0.1,
+    eval_every=200,
+    save_every=200,
+    docs={"lr": "Peak learning rate. Default: the preset's (GPT-3/LLaMA tables), or 3e-4."},
+)
 class Config:
     """Pre-train a causal language model (defaults: the `small` preset on Shakespeare)."""
 
@@ -91,21 +100,8 @@ class Config:
     """Tokens per training sequence. Default: the model's context, capped at 1024."""
     dropout: float = 0.0
     """Dropout of a model built from a preset."""
-    steps: int = 600
-    """Optimizer steps."""
-    batch_size: int = 16
-    """Sequences per optimizer step, summed over all processes."""
-    micro_batch_size: int | None = None
-    """Sequences per forward/backward pass per process; smaller than the per-process batch
-    means gradient accumulation. Default: the whole per-process batch at once."""
-    lr: float | None = None
-    """Peak learning rate. Default: the preset's (GPT-3/LLaMA tables), or 3e-4 for a directory."""
     min_lr_ratio: float = 0.1
     """Final learning rate as a share of the peak (cosine decay)."""
-    warmup_steps: int = 100
-    """Steps of linear learning-rate warm-up."""
-    weight_decay: float = 0.1
-    """AdamW weight decay on weight matrices."""
     eval_batches: int = 8
     """Validation windows evaluated = eval_batches × batch_size."""
     samples: int = 3
@@ -133,21 +129,13 @@ class Config:
             self.context is None or self.context >= 2, "context", f"must be ≥ 2, got {self.context}"
         )
         check(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
-        for name in ("steps", "batch_size", "eval_batches", "max_new_tokens"):
+        for name in ("eval_batches", "max_new_tokens"):
             check(getattr(self, name) >= 1, name, f"must be ≥ 1, got {getattr(self, name)}")
-        check(
-            self.micro_batch_size is None or self.micro_batch_size >= 1,
-            "micro_batch_size",
-            f"must be ≥ 1, got {self.micro_batch_size}",
-        )
-        check(self.lr is None or self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         check(
             0 <= self.min_lr_ratio <= 1,
             "min_lr_ratio",
             f"must be in [0, 1], got {self.min_lr_ratio}",
         )
-        check(self.warmup_steps >= 0, "warmup_steps", f"must be ≥ 0, got {self.warmup_steps}")
-        check(self.weight_decay >= 0, "weight_decay", f"must be ≥ 0, got {self.weight_decay}")
         check(self.samples >= 0, "samples", f"must be ≥ 0, got {self.samples}")
         check(self.temperature >= 0, "temperature", f"must be ≥ 0, got {self.temperature}")
         if self.data is not None:
