@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from rlfm.engine import Engine
-from rlfm.losses.ppo import explained_variance, policy_loss, value_loss, whiten_advantages
+from rlfm.losses.ppo import explained_variance, policy_loss, value_loss
+from rlfm.losses.sequence import whiten
 from rlfm.models.control import ActorCritic, RunningMeanStd
 from rlfm.offline.envs import env_state, make_env, set_env_state, step_costs
 
@@ -327,7 +328,7 @@ def ppo_update(
             ones = torch.ones(len(idx))
             adv = advantages[idx]
             if s.normalize_advantages and len(idx) > 1:
-                adv = whiten_advantages(adv, ones)
+                adv = whiten(adv, ones, shift_mean=True)
             with engine.micro_step(model, last=True):
                 logp, entropy = model.log_prob_entropy(obs[idx], actions[idx])
                 pl, pstats = policy_loss(logp, logprobs[idx], adv, ones, s.clip_eps)
