@@ -31,6 +31,19 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "train",
         "Learn a reward from preferences over Gymnasium trajectory segments.",
     ),
+    "control ppo": ("rlfm.stages.control_ppo", "train", "PPO on a Gymnasium environment."),
+    "control eval": (
+        "rlfm.stages.control_eval",
+        "run",
+        "Play episodes with a control policy; optionally save a video.",
+    ),
+    "control prefs": (
+        "rlfm.stages.control_prefs",
+        "train",
+        "PPO on a reward learned online from trajectory preferences.",
+    ),
+    "offline make": ("rlfm.stages.offline_make", "run", "Make a Minari dataset (D4RL recipes)."),
+    "offline list": ("rlfm.stages.offline_list", "run", "List the local Minari datasets."),
     "models": ("rlfm.models.presets", "list_presets", "List model presets and parameter counts."),
     "label serve": ("rlfm.feedback.commands.serve", "run", "Serve the labelling web app."),
     "label admin create": (

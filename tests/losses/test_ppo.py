@@ -138,3 +138,72 @@ def test_explained_variance():
     r, m = torch.tensor([[1.0, 2.0, 3.0]]), torch.ones(1, 3)
     assert explained_variance(r, r, m) == pytest.approx(1.0)
     assert explained_variance(torch.zeros(1, 3), r, m) == pytest.approx(0.0)
+
+
+# ---------------------------------------------------------------------------- control
+
+
+def test_gae_time_major_by_hand():
+    """γ = λ = 0.5, two environments, three steps, V(s_t) = 0.5, r_t = 1.
+
+    env 0, no episode end, V(s'_2) = 2: δ = (1 + 0.25 − 0.5, same, 1 + 1 − 0.5) = (0.75, 0.75,
+    1.5); A_2 = 1.5, A_1 = 0.75 + 0.25·1.5 = 1.125, A_0 = 0.75 + 0.25·1.125 = 1.03125.
+    env 1, terminated at t = 0 (V(s'_0) = 9 is ignored), cut by a time limit at t = 1 with the
+    final observation worth 2 (bootstrapped): δ = (0.5, 1 + 1 − 0.5, 0.75) = (0.5, 1.5, 0.75);
+    neither end carries anything back: A = (0.5, 1.5, 0.75). Returns = A + 0.5."""
+    from rlfm.losses.ppo import gae_time_major
+
+    rewards = torch.ones(3, 2)
+    values = torch.full((3, 2), 0.5)
+    next_values = torch.tensor([[0.5, 9.0], [0.5, 2.0], [2.0, 0.5]])
+    terminated = torch.tensor([[0, 1], [0, 0], [0, 0]])
+    done = torch.tensor([[0, 1], [0, 1], [0, 0]])
+    adv, ret = gae_time_major(rewards, values, next_values, terminated, done, 0.5, 0.5)
+    expected = torch.tensor([[1.03125, 0.5], [1.125, 1.5], [1.5, 0.75]])
+    torch.testing.assert_close(adv, expected)
+    torch.testing.assert_close(ret, expected + 0.5)
+
+
+def test_gae_time_major_matches_a_plain_loop():
+    """Vectorised GAE = Σ_k (γλ)^k δ_{t+k} summed step by step up to each episode's end."""
+    from rlfm.losses.ppo import gae_time_major
+
+    g = torch.Generator().manual_seed(0)
+    T, N, gamma, lam = 17, 5, 0.97, 0.9
+    rewards, values, next_values = (
+        torch.randn(T, N, generator=g, dtype=torch.float64) for _ in range(3)
+    )
+    done = torch.rand(T, N, generator=g) < 0.2
+    terminated = done & (torch.rand(T, N, generator=g) < 0.5)
+    adv, ret = gae_time_major(rewards, values, next_values, terminated, done, gamma, lam)
+    expected = torch.zeros(T, N, dtype=torch.float64)
+    for n in range(N):
+        for t in range(T):
+            total, k = 0.0, t
+            while k < T:
+                bootstrap = 0.0 if terminated[k, n] else gamma * float(next_values[k, n])
+                delta = float(rewards[k, n]) + bootstrap - float(values[k, n])
+                total += (gamma * lam) ** (k - t) * delta
+                if done[k, n]:
+                    break
+                k += 1
+            expected[t, n] = total
+    torch.testing.assert_close(adv, expected)
+    torch.testing.assert_close(ret, expected + values)
+
+
+def test_lagrangian_advantages_by_hand():
+    """λ = 1: (A_r − A_c) / 2 = ((2 − 1) / 2, (0 − 4) / 2) = (0.5, −2); λ = 0 leaves A_r."""
+    from rlfm.losses.ppo import lagrangian_advantages
+
+    a_r, a_c = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 4.0])
+    torch.testing.assert_close(lagrangian_advantages(a_r, a_c, 1.0), torch.tensor([0.5, -2.0]))
+    torch.testing.assert_close(lagrangian_advantages(a_r, a_c, 0.0), a_r)
+
+
+def test_lagrange_multiplier_step_by_hand():
+    """lr = 0.1, d = 25: cost 35 → λ = 0.5 + 0.1·10 = 1.5; cost 5 → 0.5 − 2 < 0 → 0."""
+    from rlfm.losses.ppo import lagrange_multiplier_step
+
+    assert math.isclose(lagrange_multiplier_step(0.5, 35.0, 25.0, 0.1), 1.5)
+    assert lagrange_multiplier_step(0.5, 5.0, 25.0, 0.1) == 0.0

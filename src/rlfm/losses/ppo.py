@@ -179,3 +179,74 @@ class AdaptiveKLController:
 
     def load_state_dict(self, state: dict) -> None:
         self.kl_coef = float(state["kl_coef"])
+
+
+# ---------------------------------------------------------------------------- control
+
+
+def gae_time_major(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminated: torch.Tensor,
+    done: torch.Tensor,
+    gamma: float = 0.99,
+    lam: float = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE (Schulman et al. 2016) over a rollout of N parallel environments. (T, N) x5 ->
+    advantages, returns, each (T, N).
+
+        δ_t = r_t + γ·(1 − terminated_t)·V(s'_t) − V(s_t)
+        A_t = δ_t + γλ·(1 − done_t)·A_{t+1}          (A_T = 0)
+        returns_t = A_t + V(s_t)
+
+    ``next_values[t]`` is V(s'_t), the value of the state step t led to: ``values[t + 1]``
+    within an episode, the value of the final observation where an episode was cut by a time
+    limit (``done`` but not ``terminated``: bootstrapped, the episode would have gone on), and
+    anything where it ``terminated`` (multiplied by 0). ``done`` = terminated or truncated
+    stops the recursion, so nothing flows back across an episode boundary.
+    """
+    assert rewards.ndim == 2, f"rewards {tuple(rewards.shape)}: expected (T, N)"
+    T, N = rewards.shape  # time, environments
+    for name, t in (("values", values), ("next_values", next_values)):
+        assert t.shape == (T, N), f"{name} {tuple(t.shape)} != {(T, N)}"
+    assert terminated.shape == done.shape == (T, N), (
+        f"{tuple(terminated.shape)}, {tuple(done.shape)}"
+    )
+    alive = 1.0 - terminated.to(rewards.dtype)  # bootstrap unless the MDP ended
+    carry = 1.0 - done.to(rewards.dtype)  # continue the recursion within an episode
+    deltas = rewards + gamma * alive * next_values - values
+    advantages = torch.zeros_like(rewards)
+    next_adv = torch.zeros(N, dtype=rewards.dtype, device=rewards.device)
+    for t in reversed(range(T)):
+        next_adv = deltas[t] + gamma * lam * carry[t] * next_adv
+        advantages[t] = next_adv
+    return advantages, advantages + values
+
+
+def lagrangian_advantages(
+    advantages: torch.Tensor, cost_advantages: torch.Tensor, multiplier: float
+) -> torch.Tensor:
+    """The PPO-Lagrangian advantage (Ray, Achiam & Amodei 2019, "Benchmarking Safe Exploration
+    in Deep RL"): the policy ascends the Lagrangian J_r − λ·J_c, rescaled by 1 / (1 + λ) so its
+    size does not grow with λ. (...) x2 -> (...).
+
+        A = (A_r − λ·A_c) / (1 + λ)
+    """
+    assert advantages.shape == cost_advantages.shape, (
+        f"{tuple(advantages.shape)} != {tuple(cost_advantages.shape)}"
+    )
+    assert multiplier >= 0, f"multiplier {multiplier} < 0"
+    return (advantages - multiplier * cost_advantages) / (1.0 + multiplier)
+
+
+def lagrange_multiplier_step(
+    multiplier: float, episode_cost: float, cost_limit: float, lr: float
+) -> float:
+    """One projected gradient-ascent step on λ of the Lagrangian J_r − λ·(J_c − d): λ grows
+    while the mean episode cost J_c is above the limit d and shrinks (never below 0) while it
+    is under.
+
+        λ ← max(0, λ + lr·(J_c − d))
+    """
+    return max(0.0, multiplier + lr * (episode_cost - cost_limit))

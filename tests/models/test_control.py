@@ -1,0 +1,90 @@
+"""Control actor-critic: distributions against torch.distributions, running statistics against
+NumPy on the whole stream, action clipping for the environment only, save/load."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rlfm.errors import ModelError
+from rlfm.models.control import (
+    ActorCritic,
+    RunningMeanStd,
+    categorical_log_prob_entropy,
+    gaussian_entropy,
+    gaussian_log_prob,
+)
+
+
+def test_gaussian_log_prob_by_hand():
+    """One dimension, μ = 0, σ = 1, a = 1: log N = −½ − ½·log 2π = −1.418939; two dimensions
+    with log σ = (0, ln 2), a − μ = (1, 2): −½ − ½ − ln 2 − log 2π = −3.531024."""
+    lp = gaussian_log_prob(torch.tensor([[1.0]]), torch.zeros(1, 1), torch.zeros(1))
+    assert math.isclose(float(lp), -1.418939, rel_tol=1e-5)
+    lp2 = gaussian_log_prob(
+        torch.tensor([[1.0, 2.0]]), torch.zeros(1, 2), torch.tensor([0.0, math.log(2.0)])
+    )
+    assert math.isclose(float(lp2), -3.531024, rel_tol=1e-5)
+
+
+def test_distributions_match_torch():
+    g = torch.Generator().manual_seed(0)
+    mean, log_std = torch.randn(5, 3, generator=g), torch.randn(3, generator=g)
+    a = torch.randn(5, 3, generator=g)
+    ref = torch.distributions.Normal(mean, log_std.exp())
+    torch.testing.assert_close(gaussian_log_prob(a, mean, log_std), ref.log_prob(a).sum(-1))
+    torch.testing.assert_close(gaussian_entropy(log_std, 5), ref.entropy().sum(-1))
+    logits, acts = torch.randn(5, 4, generator=g), torch.tensor([0, 3, 1, 2, 3])
+    cat = torch.distributions.Categorical(logits=logits)
+    lp, ent = categorical_log_prob_entropy(logits, acts)
+    torch.testing.assert_close(lp, cat.log_prob(acts))
+    torch.testing.assert_close(ent, cat.entropy())
+
+
+def test_running_mean_std_equals_the_whole_stream():
+    """Batch-by-batch statistics = mean and (population) variance of everything seen."""
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(3.0, 2.0, size=(n, 2)) for n in (1, 7, 30, 4)]
+    rms = RunningMeanStd((2,), epsilon=0.0)
+    rms.count.fill_(0.0)
+    for b in batches:
+        rms.update(torch.from_numpy(b))
+    everything = np.concatenate(batches)
+    np.testing.assert_allclose(rms.mean.numpy(), everything.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(rms.var.numpy(), everything.var(0), rtol=1e-10)
+    assert float(rms.count) == len(everything)
+
+
+def test_continuous_actions_are_clipped_for_the_environment_only():
+    """A wide Gaussian samples outside [−2, 2]; the environment gets them clipped, PPO keeps the
+    sample (its log-prob is of the unclipped action)."""
+    torch.manual_seed(0)
+    model = ActorCritic(3, "continuous", 1, log_std_init=2.0, action_low=[-2.0], action_high=[2.0])
+    x = torch.zeros(256, 3)
+    actions, logp = model.act(x)
+    assert float(actions.abs().max()) > 2.0
+    env = model.env_actions(actions)
+    assert env.min() >= -2.0 and env.max() <= 2.0
+    torch.testing.assert_close(logp, model.log_prob_entropy(x, actions)[0])
+    assert model.log_std.shape == (1,) and model.log_std.requires_grad  # state-independent
+
+
+def test_save_and_load_keep_weights_and_statistics(tmp_path):
+    model = ActorCritic(4, "discrete", 2, hidden=(8,), cost_critic=True)
+    model.obs_rms.update(torch.randn(50, 4) * 3 + 1)
+    model.save_pretrained(tmp_path / "m")
+    back = ActorCritic.from_pretrained(tmp_path / "m")
+    for (k, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)
+    obs = np.random.default_rng(0).normal(size=(5, 4))
+    np.testing.assert_array_equal(model.predict(obs), back.predict(obs))
+    assert back.cf is not None
+
+
+def test_loading_another_kind_of_model_names_the_directory(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(ModelError, match="not a control policy"):
+        ActorCritic.from_pretrained(tmp_path)
