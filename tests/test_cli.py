@@ -20,6 +20,7 @@ PRESET_COMMANDS = {
     "reward": "reward train",
     "reward-segments": "reward train-segments",
     "ppo": "ppo",
+    "control": "control ppo",
 }
 """configs/<folder>/*.yaml -> the command whose Config they fill."""
 
