@@ -526,3 +526,13 @@ def default_scale(values: np.ndarray) -> float:
     """A scale for returns- or costs-to-go: the largest absolute episode total (1 if all 0)."""
     m = float(np.max(np.abs(values))) if len(values) else 0.0
     return m if m > 0 else 1.0
+
+
+def frontier_return(returns: np.ndarray, costs: np.ndarray, threshold: float) -> float:
+    """The target return of a cost threshold read off the reward–cost frontier: the best
+    episode return among episodes whose total cost is within the threshold (the lowest-cost
+    episode's return when none is)."""
+    safe = costs <= threshold
+    if safe.any():
+        return float(returns[safe].max())
+    return float(returns[np.argmin(costs)])
