@@ -149,6 +149,13 @@ class Block(nn.Module):
         return x + self.drop(self.fc_proj(self.act(self.fc(self.ln_2(x)))))
 
 
+def interleave(tokens: list[torch.Tensor]) -> torch.Tensor:
+    """n modalities' (B, T, h) embeddings -> (B, n·T, h) in step order: with (R̂, s, a) the
+    sequence is R̂_1 s_1 a_1 R̂_2 s_2 a_2 ..."""
+    B, T, h = tokens[0].shape
+    return torch.stack(tokens, dim=2).reshape(B, len(tokens) * T, h)
+
+
 @dataclass
 class DTOutput:
     """What a forward pass returns, at every step of the window."""
@@ -256,9 +263,7 @@ class DecisionTransformer(nn.Module):
             tokens.append(self.embed_cost(costs_to_go[..., None] / cfg.cost_scale))
         tokens += [self.embed_state(s), self.embed_action(a)]
         n = len(tokens)
-        # (B, T, n, h) -> (B, n·T, h): R̂_1 [Ĉ_1] s_1 a_1 R̂_2 ...
-        x = torch.stack([e + time for e in tokens], dim=2).reshape(B, n * T, cfg.hidden)
-        x = self.drop(self.embed_ln(x))
+        x = self.drop(self.embed_ln(interleave([e + time for e in tokens])))
         for block in self.blocks[:-1]:
             x = block(x)
         # the last block computes only the tokens read below
