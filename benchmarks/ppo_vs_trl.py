@@ -239,6 +239,7 @@ def child_rlfm_ppo(spec: dict) -> dict:
     import_common()
     import matplotlib.pyplot  # noqa: F401  (imported by the stage at its end)
 
+    from rlfm import rollout, run
     from rlfm.data import labelers, prompts  # noqa: F401  (imported lazily by the stage)
     from rlfm.evaluate import plots  # noqa: F401
     from rlfm.stages import ppo
@@ -247,7 +248,7 @@ def child_rlfm_ppo(spec: dict) -> dict:
     stamps: list[dict] = []
     gens: list[dict] = []
 
-    class StampingTracker(ppo.Tracker):
+    class StampingTracker(run.Tracker):
         def log(self, step, metrics, *, show=True):
             if step == 0:  # the SFT policy's evaluation before update 1: not an update
                 gens.clear()
@@ -255,7 +256,7 @@ def child_rlfm_ppo(spec: dict) -> dict:
                 stamps.append(stamp())  # the update is complete when its row is logged
             super().log(step, metrics, show=show)
 
-    real_sample = ppo.sample
+    real_sample = rollout.sample
 
     def timed_sample(*args, **kwargs):
         t0 = time.perf_counter()
@@ -269,7 +270,7 @@ def child_rlfm_ppo(spec: dict) -> dict:
         )
         return s
 
-    ppo.Tracker, ppo.sample = StampingTracker, timed_sample
+    run.Tracker, rollout.sample = StampingTracker, timed_sample
     n = spec["updates"] + 1  # the last update also evaluates and saves: not timed
     ppo.train(
         ppo.Config(
@@ -277,7 +278,7 @@ def child_rlfm_ppo(spec: dict) -> dict:
             reward=Path(spec["rm"]),
             out=Path(spec["out"]),
             prompts=Path(spec["prompts_file"]),
-            eval_share=0.1,
+            val_fraction=0.1,
             adapter=spec["adapter"],
             lora_r=spec["lora_r"],
             updates=n,

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from rlfm import __version__
-from rlfm.errors import RlfmError
+from rlfm.errors import Interrupted, RlfmError
 
 # name -> (module, function, one-line help); a name may be two words ("reward train")
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -113,12 +113,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         module = importlib.import_module(module_name)
         cfg = parse(module.Config, rest, prog=f"rlfm {name}")
         getattr(module, fn_name)(cfg)
+    except Interrupted as e:  # SIGINT / SIGTERM: a checkpoint was saved (run.py)
+        print(f"rlfm {name}: {e}", file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
     except RlfmError as e:
         print(f"rlfm {name}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except BrokenPipeError:  # `rlfm models | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(0) from None
-    except KeyboardInterrupt:
-        print(f"\nrlfm {name}: interrupted (rerun the same command to resume)", file=sys.stderr)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a training loop
+        print(
+            f"\nrlfm {name}: interrupted at once; checkpoints already written are intact (rerun "
+            "the same command to resume from the newest)",
+            file=sys.stderr,
+        )
         raise SystemExit(130) from None
+    except OSError as e:  # the machine, not rlfm: a full disk, a permission, a missing device
+        from rlfm.checkpoint import os_error_message
+
+        print(f"rlfm {name}: error: {os_error_message(e, '')}", file=sys.stderr)
+        raise SystemExit(2) from None

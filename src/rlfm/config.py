@@ -75,6 +75,26 @@ class RunSettings(Runtime):
     """Clip the global gradient norm to this (0 = no clipping)."""
 
 
+@dataclass(frozen=True)
+class AdapterSettings:
+    """How a stage adapts a pre-trained model: every weight, or a LoRA or prefix adapter."""
+
+    adapter: Literal["full", "lora", "prefix"] = "full"
+    """full: train every weight; lora: low-rank updates W₀ + (α/r)·BA of chosen layers (Hu et al.
+    2021); prefix: trained key/value vectors every layer attends to (Li & Liang 2021)."""
+    lora_r: int = 8
+    """LoRA rank r."""
+    lora_alpha: float | None = None
+    """LoRA scale α (the update is multiplied by α / r). Default: 2r."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA branch's input."""
+    lora_targets: tuple[str, ...] = ()
+    """Modules to adapt (names or suffixes such as attn.c_proj, or all-linear). Default: the
+    attention projections (every linear layer for reward models)."""
+    prefix_tokens: int = 16
+    """Prefix-tuning: trained positions per layer."""
+
+
 RESUMABLE_SETTINGS = frozenset(
     {"device", "eval_every", "save_every", "log_every", "keep_checkpoints"}
 )
@@ -96,6 +116,18 @@ def check_settings(cfg: Any) -> None:
             check(getattr(cfg, name) >= 1, name, f"must be ≥ 1, got {getattr(cfg, name)}")
     if "max_grad_norm" in names:
         check(cfg.max_grad_norm >= 0, "max_grad_norm", f"must be ≥ 0, got {cfg.max_grad_norm}")
+    if "lora_r" in names:
+        check(cfg.lora_r >= 1, "lora_r", f"must be ≥ 1, got {cfg.lora_r}")
+        a = cfg.lora_alpha
+        check(a is None or a > 0, "lora_alpha", f"must be > 0, got {a}")
+        d = cfg.lora_dropout
+        check(0 <= d < 1, "lora_dropout", f"must be in [0, 1), got {d}")
+        check(cfg.prefix_tokens >= 1, "prefix_tokens", f"must be ≥ 1, got {cfg.prefix_tokens}")
+
+
+def lora_alpha(cfg: Any) -> float:
+    """The LoRA scale α of a config with adapter settings (2r unless given)."""
+    return cfg.lora_alpha if cfg.lora_alpha is not None else 2.0 * cfg.lora_r
 
 
 def _field_docs(cls: type) -> dict[str, str]:
@@ -112,25 +144,26 @@ def _field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def settings(group: type = RunSettings, **defaults: Any) -> Callable[[type], type]:
+def settings(*groups: type, **defaults: Any) -> Callable[[type], type]:
     """Class decorator: a frozen config dataclass of the class's own fields followed by the
-    fields of ``group`` (:class:`RunSettings` for training stages, :class:`Runtime` for other
-    commands) with the stage's ``defaults``; run settings are validated before the class's own
-    ``__post_init__``."""
+    fields of each settings group (:class:`RunSettings` for training stages, :class:`Runtime`
+    for other commands, :class:`AdapterSettings` where a model is adapted) with the stage's
+    ``defaults``. The shared settings are validated (:func:`check_settings`) before the class's
+    own ``__post_init__``."""
     import tyro
 
-    shared = dataclasses.fields(group)
-    hints = typing.get_type_hints(group)
-    docs = _field_docs(group)
+    shared = [f for g in groups for f in dataclasses.fields(g)]
+    hints = {k: v for g in groups for k, v in typing.get_type_hints(g).items()}
+    docs = {k: v for g in groups for k, v in _field_docs(g).items()}
     unknown = set(defaults) - {f.name for f in shared}
     if unknown:
-        raise TypeError(f"settings: {sorted(unknown)} are not fields of {group.__name__}")
+        raise TypeError(f"settings: {sorted(unknown)} are not fields of {groups}")
 
     def decorate(cls: type) -> type:
         annotations = dict(cls.__dict__.get("__annotations__", {}))
         for f in shared:
             if f.name in annotations:
-                raise TypeError(f"{cls.__qualname__}.{f.name} is a shared run setting")
+                raise TypeError(f"{cls.__qualname__}.{f.name} is a shared setting")
             annotations[f.name] = Annotated[hints[f.name], tyro.conf.arg(help=docs.get(f.name, ""))]
             setattr(cls, f.name, defaults.get(f.name, f.default))
         cls.__annotations__ = annotations

@@ -16,16 +16,15 @@ a few steps: a smoke test of the whole chain in a few minutes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
-from rlfm.config import check
+from rlfm.config import Runtime, check, settings
 from rlfm.stages import ppo, pretrain, reward, sample, sft
 from rlfm.tracking import console
 
 
-@dataclass(frozen=True)
+@settings(Runtime)
 class Config:
     """Run every stage on the built-in default task."""
 
@@ -35,12 +34,6 @@ class Config:
     """A smoke run: the tiny preset and a few steps per stage (a few minutes on a CPU)."""
     pretrain_steps: int | None = None
     """Pre-training steps (default: the stage's own default)."""
-    device: str = "auto"
-    """auto, cpu or cuda."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """Compute precision: bf16 autocast where fast (auto), or fp32."""
-    seed: int = 0
-    """Seed of every stage."""
 
     def __post_init__(self) -> None:
         check(

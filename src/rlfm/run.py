@@ -98,6 +98,7 @@ class Run:
         self._model: Any = None
         self._tokenizer: Any = None
         self._state: dict[str, Any] = {}
+        self._created = False  # this process created ``out``
 
     # ------------------------------------------------------------------ opening
     def __enter__(self) -> Run:
@@ -120,6 +121,14 @@ class Run:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self._close(clean=exc_type is None)
+        if (
+            exc_type is not None
+            and issubclass(exc_type, RlfmError)
+            and self._created
+            and self.engine.is_main
+            and not checkpoint.checkpoints(self.out)
+        ):  # a user error before any work was saved: leave no trace of a run that never began
+            shutil.rmtree(self.out, ignore_errors=True)
 
     def _close(self, clean: bool) -> None:
         if self.tracker is not None:
@@ -152,6 +161,7 @@ class Run:
         if out.exists() and not out.is_dir():
             raise RunError(f"out: {out} is a file, not a directory; choose another --out")
         try:
+            self._created = not out.exists()
             out.mkdir(parents=True, exist_ok=True)
             probe = out / f".write-test-{os.getpid()}"
             probe.write_bytes(b"rlfm")
@@ -465,9 +475,12 @@ def _show(value: Any) -> str:
     return "none" if value is None else repr(value) if isinstance(value, str) else str(value)
 
 
-def prepare_output_dir(out: str | Path, *, overwrite: bool, inputs: tuple[Path, ...] = ()) -> Path:
+def prepare_output_dir(
+    out: str | Path, *, overwrite: bool, inputs: tuple[Path, ...] = (), create: bool = True
+) -> Path:
     """A directory a command writes a model into: refused when it is (or lies inside, or
-    holds) one of the command's ``inputs``, or is not empty unless ``overwrite``."""
+    holds) one of the command's ``inputs``, or is not empty unless ``overwrite``. With
+    ``create`` it is then emptied (``overwrite``) and created; without, only checked."""
     out = Path(out)
     target = out.resolve()
     for src in inputs:
@@ -485,7 +498,10 @@ def prepare_output_dir(out: str | Path, *, overwrite: bool, inputs: tuple[Path, 
                 f"out: {out} is not empty; choose another --out, or pass --overwrite to replace "
                 "what it holds"
             )
-        shutil.rmtree(out)
+        if create:
+            shutil.rmtree(out)
+    if not create:
+        return out
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -35,7 +35,7 @@ ARGS = dict(
     log_every=10,
     max_length=48,
     norm_samples=24,
-    sample_tokens=10,
+    max_new_tokens=10,
     precision="fp32",
     device="cpu",
 )
@@ -188,7 +188,7 @@ def test_built_in_task_with_simulated_labelers(task, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"romeo {i} :"}) + "\n" for i in range(16)))
     out = tmp_path / "builtin"
-    args = dict(ARGS, steps=2, eval_every=2, save_every=2, norm_samples=8, sample_tokens=8)
+    args = dict(ARGS, steps=2, eval_every=2, save_every=2, norm_samples=8, max_new_tokens=8)
     summary = reward.train(
         reward.Config(model=model_dir, prompts=prompts, out=out, val_fraction=0.25, **args)
     )

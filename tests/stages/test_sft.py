@@ -89,7 +89,7 @@ ARGS = dict(
     log_every=3,
     eval_examples=16,
     samples=2,
-    sample_tokens=8,
+    max_new_tokens=8,
     precision="fp32",
     device="cpu",
 )

@@ -48,7 +48,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from rlfm.errors import ModelError
-from rlfm.models.adapters import adapter_base_path, add_lora, load_model
+from rlfm.models.adapters import adapter_base_path, add_lora, fit_vocabulary, load_model
 from rlfm.models.tokenizer import ensure_pad_token, load_tokenizer
 
 HEAD_WEIGHTS = "head.safetensors"
@@ -272,18 +272,26 @@ class ScalarHeadModel(nn.Module):
         lora_rank: int = 0,
         lora_alpha: float | None = None,
         lora_dropout: float = 0.0,
+        lora_targets: tuple[str, ...] = ("all-linear",),
         seed: int | None = 0,
     ) -> ScalarHeadModel:
         """A new model on the causal LM in ``path`` (HF directory or adapter directory): full
-        fine-tuning (``lora_rank=0``) or a new LoRA adapter of that rank on every linear layer
-        (Hu et al. 2021; the head is always trained in full)."""
+        fine-tuning (``lora_rank=0``) or a new LoRA adapter of that rank on ``lora_targets``
+        (every linear layer by default; Hu et al. 2021; the head is always trained in full)."""
         path = Path(path)
         tokenizer = load_model_tokenizer(path)
         lm = load_backbone(path)
-        _fit_vocabulary(lm, tokenizer)
+        fit_vocabulary(lm, tokenizer)
         lm.config.pad_token_id = tokenizer.pad_token_id
         if lora_rank > 0:
-            lm = _add_lora(lm, path, lora_rank, lora_alpha or 2.0 * lora_rank, lora_dropout)
+            lm = add_lora(
+                lm,
+                r=lora_rank,
+                alpha=lora_alpha or 2.0 * lora_rank,
+                dropout=lora_dropout,
+                targets=lora_targets,
+                base_path=path,
+            )
         return cls(lm, seed=seed, tokenizer=tokenizer)
 
     @classmethod
@@ -423,19 +431,6 @@ def encode_sequence(
     p = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else [start]
     c = tokenizer(completion, add_special_tokens=False)["input_ids"] if completion else []
     return (p + c + [tokenizer.eos_token_id])[-max_length:]
-
-
-def _fit_vocabulary(lm: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Grow the embeddings when the tokenizer gained tokens (e.g. a PAD token)."""
-    if lm.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        lm.resize_token_embeddings(len(tokenizer))
-
-
-def _add_lora(lm: nn.Module, base: Path, rank: int, alpha: float, dropout: float) -> nn.Module:
-    """Wrap ``lm`` with a new LoRA adapter on all linear layers; record ``base`` as its base."""
-    return add_lora(
-        lm, r=rank, alpha=alpha, dropout=dropout, targets=("all-linear",), base_path=base
-    )
 
 
 # ---------------------------------------------------------------------------- segments

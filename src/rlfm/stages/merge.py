@@ -10,6 +10,9 @@ run directory: its newest checkpoint). Its base model is the directory named in
 (``config.json``, ``model.safetensors``) with the adapter's tokenizer: it loads with
 ``AutoModelForCausalLM.from_pretrained`` and needs neither peft nor the base directory.
 Prefix-tuning adds key/value vectors rather than weight updates, so it cannot be merged.
+
+``--out`` must be empty or new (``--overwrite`` replaces what it holds) and may never be, hold or
+lie inside the adapter or its base model: a merge never writes into its own input.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlfm.checkpoint import resolve_model_dir
-from rlfm.config import check
 from rlfm.errors import ModelError
 from rlfm.models import adapters
 from rlfm.models.tokenizer import load_tokenizer
+from rlfm.run import prepare_output_dir
 
 
 @dataclass(frozen=True)
@@ -31,14 +34,9 @@ class Config:
     adapter: Path = Path("runs/demo/sft")
     """An adapter directory (LoRA), an rlfm checkpoint holding one, or an rlfm run directory."""
     out: Path = Path("runs/demo/sft-merged")
-    """Directory for the merged model and its tokenizer."""
-
-    def __post_init__(self) -> None:
-        check(
-            Path(self.out).resolve() != Path(self.adapter).resolve(),
-            "out",
-            "must differ from --adapter (the adapter would be overwritten)",
-        )
+    """Directory for the merged model and its tokenizer (new or empty)."""
+    overwrite: bool = False
+    """Replace what --out holds (never allowed when --out is the adapter or its base)."""
 
 
 def run(cfg: Config) -> Path:
@@ -49,11 +47,13 @@ def run(cfg: Config) -> Path:
             f"adapter: {path} holds a plain model, not an adapter (nothing to merge: it can be "
             "used as it is)"
         )
+    base = adapters.adapter_base_path(path)
+    inputs = (Path(cfg.adapter), path, base)
+    prepare_output_dir(cfg.out, overwrite=cfg.overwrite, inputs=inputs, create=False)  # before work
     tokenizer = load_tokenizer(path)
     merged = adapters.load_model(path, merge=True)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(cfg.out, overwrite=cfg.overwrite, inputs=inputs)
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    print(f"merged {path} into its base {adapters.adapter_base_path(path)}: {out}")
+    print(f"merged {path} into its base {base}: {out}")
     return out

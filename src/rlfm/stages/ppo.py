@@ -37,6 +37,10 @@ reward model's own weights, whose score is read with that adapter disabled — t
 weights in memory instead of four. ``--value-from policy`` starts the value model from the SFT
 policy instead, with a new scalar head (with LoRA: an adapter on a copy of the policy's weights).
 
+The learning rates default per adapter (``DEFAULT_LR``): a LoRA adapter starts at B = 0 and
+moves only through a low-rank update, so it needs a larger step than full fine-tuning to change
+the policy as fast.
+
 Deviation from the papers: no pre-training-mix term (InstructGPT's PPO-ptx).
 
 One process:   rlfm ppo --policy runs/demo/sft --reward runs/demo/rm --out runs/demo/ppo
@@ -47,24 +51,24 @@ N processes:   torchrun --nproc_per_node 8 -m rlfm ppo --policy sft/ --reward rm
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from rlfm import checkpoint
-from rlfm.config import check, save_yaml
+from rlfm.config import AdapterSettings, RunSettings, check, lora_alpha, settings
 from rlfm.data.order import EpochOrder
 from rlfm.engine import Engine
-from rlfm.errors import ConfigError
+from rlfm.errors import ConfigError, ModelError
+from rlfm.evaluate.plots import plot_metrics
 from rlfm.losses.ppo import (
     AdaptiveKLController,
     explained_variance,
@@ -84,18 +88,29 @@ from rlfm.losses.sequence import (
 from rlfm.models.adapters import (
     add_lora,
     disabled_adapter,
+    fit_vocabulary,
     is_peft_model,
     load_model,
     sampling_model,
 )
 from rlfm.models.heads import RewardModel, ValueModel, load_model_tokenizer
 from rlfm.rollout import Generation, Samples, generate, model_positions, prompt_budget
-from rlfm.tracking import Tracker
+from rlfm.run import Run
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
 
+DEFAULT_LR = {"full": (1e-5, 5e-5), "lora": (1e-4, 5e-4)}
+"""(policy, value model) peak learning rates per adapter when --lr / --value-lr are not given."""
 
-@dataclass(frozen=True)
+
+@settings(
+    RunSettings,
+    AdapterSettings,
+    eval_every=10,
+    save_every=10,
+    log_every=1,
+    keep_checkpoints=2,
+)
 class Config:
     """Fine-tune a policy with PPO against a reward model, with a KL penalty to the SFT policy."""
 
@@ -108,15 +123,10 @@ class Config:
     out: Path = Path("runs/demo/ppo")
     """Output directory. Running again on the same directory resumes from its newest checkpoint."""
     prompts: Path | None = None
-    """Prompts (JSONL/Parquet/`datasets` rows with `prompt` or `messages`). Default: the built-in
-    held-out dialogue contexts."""
-    eval_share: float = 0.1
-    """Share of the prompts kept apart for evaluation."""
-    adapter: Literal["full", "lora"] = "full"
-    """Train all policy weights, or a LoRA adapter (then the reference policy is the same weights
-    with the adapter disabled, and the value model a LoRA adapter on the reward model)."""
-    lora_r: int = 8
-    """LoRA rank (with --adapter lora)."""
+    """Prompts (JSONL/JSON/Parquet/`datasets` rows with `prompt` or `messages`, or a .txt file of
+    one prompt per line). Default: the built-in held-out dialogue contexts."""
+    val_fraction: float = 0.1
+    """Share of the prompts held out for evaluation."""
     value_from: Literal["reward", "policy"] = "reward"
     """Where the value model starts: the reward model (its head already scores responses), or
     the SFT policy with a new scalar head. With --adapter lora it is a LoRA adapter on those
@@ -124,7 +134,7 @@ class Config:
     updates: int = 40
     """PPO updates (rollout, then ppo_epochs of optimisation)."""
     rollout_batch: int = 32
-    """Prompts sampled per update, over all processes."""
+    """Prompts sampled per update, over all processes (evaluation samples this many at a time)."""
     minibatch: int = 8
     """Responses per optimizer step, over all processes."""
     micro_batch_size: int | None = None
@@ -137,10 +147,12 @@ class Config:
     """Tokens per response at most (a response stops at EOS)."""
     temperature: float = 0.7
     """Sampling temperature; log-probs are computed with the same temperature."""
-    lr: float = 1e-5
-    """Peak learning rate of the policy (annealed linearly to 0)."""
-    value_lr: float = 5e-5
-    """Peak learning rate of the value model (annealed linearly to 0)."""
+    lr: float | None = None
+    """Peak learning rate of the policy (annealed linearly to 0). Default: 1e-5 (full),
+    1e-4 (lora)."""
+    value_lr: float | None = None
+    """Peak learning rate of the value model (annealed linearly to 0). Default: 5e-5 (full),
+    5e-4 (lora)."""
     kl_coef: float = 0.05
     """Initial β, the weight of the KL penalty."""
     kl_target: float | None = 6.0
@@ -159,21 +171,12 @@ class Config:
     """λ of GAE."""
     missing_eos_penalty: float = -1.0
     """Score of a response that did not end with EOS (in the reward model's normalised units)."""
-    max_grad_norm: float = 1.0
-    """Clip each model's gradient norm to this (0 = no clipping)."""
-    eval_every: int = 10
-    """Evaluate on the held-out prompts every this many updates (and at the end)."""
-    save_every: int = 10
-    """Write a checkpoint every this many updates (and at the end)."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """Compute precision: bf16 autocast where the hardware runs it fast (auto), or fp32."""
-    device: str = "auto"
-    """auto, cpu or cuda."""
-    seed: int = 0
-    """Seed of sampling and minibatch order."""
+
+    RESUMABLE = ("updates",)
+    RENAMED = {"eval_share": "val_fraction"}
 
     def __post_init__(self) -> None:
-        for name in ("updates", "rollout_batch", "minibatch", "ppo_epochs", "lora_r"):
+        for name in ("updates", "rollout_batch", "minibatch", "ppo_epochs"):
             check(getattr(self, name) >= 1, name, f"must be ≥ 1, got {getattr(self, name)}")
         check(
             self.rollout_batch % self.minibatch == 0,
@@ -185,10 +188,13 @@ class Config:
             "micro_batch_size",
             f"must be ≥ 1, got {self.micro_batch_size}",
         )
+        check(self.adapter != "prefix", "adapter", "PPO trains the policy full or with lora")
         check(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1")
         check(self.max_prompt_tokens >= 1, "max_prompt_tokens", "must be ≥ 1")
         check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
-        check(self.lr > 0 and self.value_lr > 0, "lr", "learning rates must be > 0")
+        for name in ("lr", "value_lr"):
+            v = getattr(self, name)
+            check(v is None or v > 0, name, f"must be > 0, got {v}")
         check(self.kl_coef >= 0, "kl_coef", f"must be ≥ 0, got {self.kl_coef}")
         check(
             self.kl_target is None or self.kl_target > 0,
@@ -199,9 +205,15 @@ class Config:
         check(0 < self.clip_eps < 1, "clip_eps", f"must be in (0, 1), got {self.clip_eps}")
         check(0 < self.gamma <= 1, "gamma", f"must be in (0, 1], got {self.gamma}")
         check(0 <= self.lam <= 1, "lam", f"must be in [0, 1], got {self.lam}")
-        check(0 < self.eval_share < 1, "eval_share", f"must be in (0, 1), got {self.eval_share}")
-        check(self.eval_every >= 1 and self.save_every >= 1, "eval_every", "must be ≥ 1")
-        check(self.max_grad_norm >= 0, "max_grad_norm", "must be ≥ 0")
+        check(
+            0 < self.val_fraction < 1, "val_fraction", f"must be in (0, 1), got {self.val_fraction}"
+        )
+
+    @property
+    def learning_rates(self) -> tuple[float, float]:
+        """The (policy, value model) peak learning rates that run."""
+        policy_lr, value_lr = DEFAULT_LR[self.adapter]
+        return self.lr or policy_lr, self.value_lr or value_lr
 
 
 # ---------------------------------------------------------------------------- rollouts
@@ -239,11 +251,168 @@ def response_values(value_model: nn.Module, s: Samples) -> torch.Tensor:
     return value_model(ids, mask)[:, P - 1 : P + R - 1]
 
 
+# ---------------------------------------------------------------------------- the models
+
+
+@dataclass
+class Models:
+    """PPO's four roles. With LoRA the reference is the policy with its adapter disabled, and
+    with ``shared_weights`` the value model is a LoRA adapter on the reward model's own weights
+    (its score is then read with that adapter disabled)."""
+
+    policy: nn.Module  # trainable (all weights, or a LoRA adapter)
+    reference: nn.Module | None  # frozen SFT copy; None = the policy with its adapter disabled
+    reward: nn.Module | None  # frozen reward model; None when a reward function scores
+    value: nn.Module  # trainable value model
+    shared_weights: bool  # the value adapter sits on the reward model's weights
+
+
+def load_models(
+    cfg: Config, policy_dir: Path, resume: Path | None, reward_fn: RewardFn | None
+) -> Models:
+    """The policy (from the checkpoint when resuming), the reference, reward and value models."""
+    if (policy_dir / "head.json").is_file():
+        raise ModelError(
+            f"policy: {policy_dir} is a reward or value model (it has head.json), not a policy; "
+            "give the SFT policy as --policy and the reward model as --reward"
+        )
+    policy = (
+        load_model(resume, trainable=True)
+        if resume is not None
+        else load_model(policy_dir, merge=True)
+    )
+    if cfg.adapter == "lora" and resume is None:
+        policy = add_lora(
+            policy,
+            r=cfg.lora_r,
+            alpha=lora_alpha(cfg),
+            dropout=0.0,
+            targets=cfg.lora_targets,
+            base_path=policy_dir,
+        )
+    if cfg.adapter == "full" and is_peft_model(policy):
+        raise ConfigError(f"adapter: {resume} holds a LoRA checkpoint; rerun with --adapter lora")
+    reference = (
+        None if cfg.adapter == "lora" else load_model(policy_dir, merge=True).requires_grad_(False)
+    )
+    reward, value = _reward_and_value(cfg, reward_fn, policy_dir)
+    shared = cfg.adapter == "lora" and cfg.value_from == "reward" and reward_fn is None
+    return Models(policy, reference, reward, value, shared)
+
+
+def _reward_and_value(
+    cfg: Config, reward_fn: RewardFn | None, policy_dir: Path
+) -> tuple[nn.Module | None, nn.Module]:
+    """The frozen reward model (None with a reward function) and the trainable value model."""
+    lora_r = cfg.lora_r if cfg.adapter == "lora" else 0
+    if reward_fn is not None or cfg.value_from == "policy":
+        value = ValueModel.from_backbone(
+            policy_dir, lora_rank=lora_r, lora_alpha=lora_alpha(cfg), seed=cfg.seed
+        )
+        if reward_fn is not None:
+            return None, value
+        reward = RewardModel.from_pretrained(checkpoint.resolve_model_dir(cfg.reward))
+        return reward.requires_grad_(False), value
+    reward_dir = checkpoint.resolve_model_dir(cfg.reward)
+    reward = RewardModel.from_pretrained(reward_dir)
+    reward.requires_grad_(False)
+    if cfg.adapter == "lora":
+        backbone = add_lora(
+            reward.backbone,
+            r=cfg.lora_r,
+            alpha=lora_alpha(cfg),
+            dropout=0.0,
+            targets=("all-linear",),
+        )
+        value = ValueModel(
+            backbone,
+            head=copy.deepcopy(reward.head).requires_grad_(True),
+            gain=float(reward.gain),
+            bias=float(reward.bias),
+        )
+        reward.backbone = backbone.get_base_model()  # the same weights, LoRA layers inside
+        return reward, value
+    value = ValueModel.from_pretrained(reward_dir)
+    value.requires_grad_(True)
+    for p in (
+        value.backbone.get_output_embeddings().parameters()
+        if value.backbone.get_output_embeddings() is not None
+        else []
+    ):
+        if p is not value.backbone.get_input_embeddings().weight:
+            p.requires_grad_(False)
+    return reward, value
+
+
+class TrainableState:
+    """A model's trainable parameters (and normalisation buffers) as checkpoint state."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        names = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        return {
+            k: v.detach().cpu()
+            for k, v in self.model.state_dict().items()
+            if k in names or k in ("gain", "bias")
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state, strict=False)
+
+
+@dataclass
+class Progress:
+    """Run facts a resumed run must remember: the EOS share of the first update (the guard
+    compares later updates with it)."""
+
+    first_eos: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"first_eos": self.first_eos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.first_eos = state["first_eos"]
+
+
+@dataclass
+class Learner:
+    """What the updates optimise: the policy and the value model (DDP-wrapped when there are
+    several processes), each with its optimizer and learning-rate schedule."""
+
+    policy: nn.Module
+    value: nn.Module
+    policy_opt: torch.optim.Optimizer
+    value_opt: torch.optim.Optimizer
+    policy_sched: torch.optim.lr_scheduler.LRScheduler
+    value_sched: torch.optim.lr_scheduler.LRScheduler
+
+    @classmethod
+    def create(cls, cfg: Config, engine: Engine, models: Models) -> Learner:
+        """Adam (eps 1e-5, no weight decay) per model; learning rates annealed linearly to 0."""
+        steps = cfg.updates * cfg.ppo_epochs * (cfg.rollout_batch // cfg.minibatch)
+        policy_lr, value_lr = cfg.learning_rates
+        optimizers = [
+            torch.optim.AdamW(
+                [p for p in m.parameters() if p.requires_grad], lr=lr, eps=1e-5, weight_decay=0.0
+            )
+            for m, lr in ((models.policy, policy_lr), (models.value, value_lr))
+        ]
+        schedules = [
+            torch.optim.lr_scheduler.LambdaLR(o, lambda step: max(0.0, 1.0 - step / steps))
+            for o in optimizers
+        ]
+        return cls(
+            engine.prepare(models.policy), engine.prepare(models.value), *optimizers, *schedules
+        )
+
+    def step(self, engine: Engine, max_grad_norm: float) -> None:
+        engine.step(self.policy, self.policy_opt, self.policy_sched, max_grad_norm)
+        engine.step(self.value, self.value_opt, self.value_sched, max_grad_norm)
+
+
 # ---------------------------------------------------------------------------- the stage
-
-
-def _linear_to_zero(total: int) -> Callable[[int], float]:
-    return lambda step: max(0.0, 1.0 - step / total)
 
 
 def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
@@ -252,222 +421,129 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
     ``reward_fn(prompts, responses) -> (N,) scores`` replaces the reward model (for tests and
     programmatic use); the value model is then initialised from the policy.
     """
-    engine = Engine.create(cfg.device, cfg.precision)
-    engine.seed(cfg.seed)
-    resume = checkpoint.latest_checkpoint(cfg.out)
-    policy_dir = checkpoint.resolve_model_dir(cfg.policy)
-    tokenizer = load_model_tokenizer(policy_dir)
-
-    # ---- models
-    policy = (
-        load_model(resume, trainable=True)
-        if resume is not None
-        else load_model(policy_dir, merge=True)
-    )
-    if cfg.adapter == "lora" and resume is None:
-        policy = add_lora(
-            policy, r=cfg.lora_r, alpha=2.0 * cfg.lora_r, dropout=0.0, base_path=policy_dir
+    with Run(cfg, "ppo", total=cfg.updates) as run:
+        if run.finished:
+            return run.summary
+        engine, resume = run.engine, run.resume
+        policy_dir = checkpoint.resolve_model_dir(cfg.policy)
+        tokenizer = load_model_tokenizer(policy_dir)
+        models = load_models(cfg, policy_dir, resume, reward_fn)
+        for m in (models.policy, models.reference, models.reward, models.value):
+            if m is not None:
+                m.eval()  # dropout off during RL; gradients still flow
+                m.to(engine.device)
+        _check_tokenizers(tokenizer, models, cfg, reward_fn, run)
+        budget = prompt_budget(
+            model_positions(models.policy), cfg.max_new_tokens, cfg.max_prompt_tokens
         )
-    if cfg.adapter == "full" and is_peft_model(policy):
-        raise ConfigError(f"adapter: {resume} holds a LoRA checkpoint; rerun with --adapter lora")
-    reference = (
-        None if cfg.adapter == "lora" else load_model(policy_dir, merge=True).requires_grad_(False)
-    )
-    reward_model, value_model = _reward_and_value(cfg, reward_fn, policy_dir)
-    for m in (policy, reference, reward_model, value_model):
-        if m is not None:
-            m.eval()  # dropout off during RL; gradients still flow
-            m.to(engine.device)
-    _check_vocabulary(tokenizer, policy)
-    prompt_budget(model_positions(policy), cfg.max_new_tokens, cfg.max_prompt_tokens)  # fits?
 
-    # ---- prompts
-    train_prompts, eval_prompts, source = _prompts(cfg, tokenizer, engine)
-    order = EpochOrder(len(train_prompts), cfg.rollout_batch, cfg.seed, name="prompts")
-    rows = engine.shard(cfg.rollout_batch)
-    per_process_mb = engine.shard(cfg.minibatch)
-    mb_size = per_process_mb.stop - per_process_mb.start
-    n_micro = engine.micro_batches(cfg.minibatch, cfg.micro_batch_size)
-    micro = mb_size // n_micro
-
-    # ---- optimisation
-    policy_ddp, value_ddp = engine.prepare(policy), engine.prepare(value_model)
-    p_opt = torch.optim.AdamW(
-        [p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, eps=1e-5, weight_decay=0.0
-    )
-    v_opt = torch.optim.AdamW(
-        [p for p in value_model.parameters() if p.requires_grad],
-        lr=cfg.value_lr,
-        eps=1e-5,
-        weight_decay=0.0,
-    )
-    steps_total = cfg.updates * cfg.ppo_epochs * (cfg.rollout_batch // cfg.minibatch)
-    p_sched = torch.optim.lr_scheduler.LambdaLR(p_opt, _linear_to_zero(steps_total))
-    v_sched = torch.optim.lr_scheduler.LambdaLR(v_opt, _linear_to_zero(steps_total))
-    kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
-
-    update, first_eos = 0, None
-    if resume is not None:
-        state = checkpoint.load_trainer_state(resume, engine)
-        value_model.load_state_dict(state["value"], strict=False)
-        p_opt.load_state_dict(state["policy_optimizer"])
-        v_opt.load_state_dict(state["value_optimizer"])
-        p_sched.load_state_dict(state["policy_scheduler"])
-        v_sched.load_state_dict(state["value_scheduler"])
-        kl_ctl.load_state_dict(state["kl_controller"])
-        order.load_state_dict(state["data"])
-        update, first_eos = state["step"], state.get("first_eos_fraction")
-    if engine.is_main:
-        save_yaml(cfg, cfg.out / "config.yaml")
-    tracker = Tracker(
-        cfg.out,
-        enabled=engine.is_main,
-        total_steps=cfg.updates,
-        start_step=update,
-        description="ppo",
-    )
-    n_train = sum(p.numel() for p in policy.parameters() if p.requires_grad)
-    n_all = sum(p.numel() for p in policy.parameters())
-    tracker.print(
-        f"[bold]rlfm ppo[/]  policy {policy_dir}  reward {'(function)' if reward_fn else cfg.reward}\n"
-        f"prompts: {source}: {len(train_prompts):,} training, {len(eval_prompts):,} evaluation\n"
-        f"policy {cfg.adapter}: {n_train:,} of {n_all:,} parameters trained ({100 * n_train / n_all:.2f}%)\n"
-        f"batch: rollout {cfg.rollout_batch} → minibatches of {cfg.minibatch} ({cfg.rollout_batch // cfg.minibatch}"
-        f" steps × {cfg.ppo_epochs} epochs) → {n_micro} micro-batch(es) of {micro} × {engine.world_size} "
-        f"process(es); {engine.device}, {engine.precision}"
-        + (f"\nresuming from {resume} (update {update})" if resume else "")
-    )
-    if reward_fn is None:
-        _check_reward_model(cfg, tracker)
-
-    shared_weights = cfg.adapter == "lora" and cfg.value_from == "reward" and reward_fn is None
-
-    def score(prompts: list[str], responses: list[str], s: Samples) -> torch.Tensor:
-        if reward_fn is not None:
-            return reward_fn(prompts, responses).float().to(engine.device)
-        ids, mask, _ = s.sequences()
-        if shared_weights:  # the reward model's weights carry the value model's LoRA layers
-            with disabled_adapter(value_model.backbone):
-                return reward_model(ids, mask).float()
-        return reward_model(ids, mask).float()
-
-    def ref_logprobs(s: Samples) -> torch.Tensor:
-        if reference is None:
-            with disabled_adapter(policy):
-                return token_logprobs(response_logits(policy, s), s.response_ids, cfg.temperature)
-        return token_logprobs(response_logits(reference, s), s.response_ids, cfg.temperature)
-
-    @torch.no_grad()
-    def collect(prompts: list[str]) -> Rollout:
-        gen = _sample(cfg, engine, tokenizer, sampling_model(policy), prompts)
-        s, responses = gen.samples, gen.texts
-        with engine.autocast():
-            logprobs = token_logprobs(response_logits(policy, s), s.response_ids, cfg.temperature)
-            ref = ref_logprobs(s)
-            values = response_values(value_model, s).float()
-            raw = score(prompts, responses, s)
-        scores = torch.where(s.ended, raw, torch.full_like(raw, cfg.missing_eos_penalty))
-        kl = kl_per_token(logprobs, ref, cfg.kl_estimator) * s.response_mask
-        return Rollout(s, prompts, responses, logprobs, ref, values, scores, kl)
-
-    metrics: dict[str, float] = {}
-    if update == 0:  # the SFT policy's own held-out numbers: the start of every curve
-        tracker.log(0, _evaluate(eval_prompts, collect, engine, reward_fn is None))
-    while update < cfg.updates:
-        t0 = time.perf_counter()
-        batch_prompts = [train_prompts[i] for i in order.next_batch()[rows].tolist()]
-        ro = collect(batch_prompts)
-        gen_time = time.perf_counter() - t0
-        n_gen_tokens = engine.all_reduce_sum(ro.samples.response_mask.sum().float())
-        stats = _optimise(
-            cfg,
-            engine,
-            ro,
-            policy_ddp,
-            value_ddp,
-            p_opt,
-            v_opt,
-            p_sched,
-            v_sched,
-            kl_ctl.kl_coef,
-            update,
-            mb_size,
-            n_micro,
-            micro,
+        train_prompts, eval_prompts, source = _prompts(cfg, tokenizer)
+        too_long = sum(
+            len(tokenizer(p)["input_ids"]) > budget for p in train_prompts + eval_prompts
         )
-        train_time = time.perf_counter() - t0 - gen_time
-        update += 1
-
-        m = ro.samples.response_mask
-        seq_kl = ro.kl.sum(1)
-        k1 = ((ro.logprobs - ro.ref_logprobs) * m).sum(1)
-        k3 = kl_per_token(ro.logprobs, ro.ref_logprobs, "k3").mul(m).sum(1)
-        row = {
-            "score": engine.all_reduce_mean(ro.scores.mean()),
-            "kl": engine.all_reduce_mean(seq_kl.mean()),
-            "kl_k1": engine.all_reduce_mean(k1.mean()),
-            # its standard error over the rollout: how far below 0 sampling noise alone reaches
-            "kl_k1_stderr": math.sqrt(
-                engine.all_reduce_mean(k1.var() if len(k1) > 1 else k1.new_zeros(()))
-                / (len(k1) * engine.world_size)
-            ),
-            "kl_k3": engine.all_reduce_mean(k3.mean()),
-            "beta": kl_ctl.kl_coef,
-            "response_length": engine.all_reduce_mean(m.sum(1).float().mean()),
-            "eos_fraction": engine.all_reduce_mean(ro.samples.ended.float().mean()),
-            **{k: engine.all_reduce_mean(v) for k, v in stats.items()},
-            "gen_tokens_per_s": float(n_gen_tokens) / max(gen_time, 1e-9),
-            "train_tokens_per_s": float(n_gen_tokens) * cfg.ppo_epochs / max(train_time, 1e-9),
-            "lr": p_sched.get_last_lr()[0],
-        }
-        row["objective"] = row["score"] - row["beta"] * row["kl"]
-        kl_ctl.update(row["kl"], cfg.rollout_batch)
-        first_eos = row["eos_fraction"] if first_eos is None else first_eos
-        _guards(row, first_eos, tracker)
-        if update % cfg.eval_every == 0 or update == cfg.updates:
-            row |= _evaluate(eval_prompts, collect, engine, reward_fn is None)
-            _write_samples(cfg.out / "samples.jsonl", update, ro, engine)
-        tracker.log(update, row)
-        metrics = row
-        if update % cfg.save_every == 0 or update == cfg.updates:
-            checkpoint.save_checkpoint(
-                cfg.out,
-                update,
-                engine=engine,
-                model=policy,
-                tokenizer=tokenizer,
-                config=cfg,
-                trainer_state={
-                    "value": _trainable_state(value_model),
-                    "policy_optimizer": p_opt.state_dict(),
-                    "value_optimizer": v_opt.state_dict(),
-                    "policy_scheduler": p_sched.state_dict(),
-                    "value_scheduler": v_sched.state_dict(),
-                    "kl_controller": kl_ctl.state_dict(),
-                    "data": order.state_dict(),
-                    "first_eos_fraction": first_eos,
-                },
-                keep=2,
+        if too_long:
+            run.notes.append(
+                f"{too_long} of {len(train_prompts) + len(eval_prompts)} prompts are longer than "
+                f"{budget} tokens: they are cut from the left (--max-prompt-tokens)"
             )
-    tracker.close()
-    if engine.is_main:
-        from rlfm.evaluate.plots import plot_metrics
+        order = EpochOrder(len(train_prompts), cfg.rollout_batch, cfg.seed, name="prompts")
+        rows = engine.shard(cfg.rollout_batch)
+        mb = engine.shard(cfg.minibatch)
+        mb_size = mb.stop - mb.start
+        n_micro = engine.micro_batches(cfg.minibatch, cfg.micro_batch_size)
 
-        plot_metrics(
-            cfg.out / "metrics.jsonl",
-            cfg.out / "plots" / "reward.png",
-            ["score", "objective", "eval_score", "eval_gold"],
+        learner = Learner.create(cfg, engine, models)
+        kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+        progress = Progress()
+        update = run.track(
+            models.policy,
+            tokenizer,
+            value=TrainableState(models.value),
+            policy_optimizer=learner.policy_opt,
+            value_optimizer=learner.value_opt,
+            policy_scheduler=learner.policy_sched,
+            value_scheduler=learner.value_sched,
+            kl_controller=kl_ctl,
+            data=order,
+            progress=progress,
         )
-        plot_metrics(
-            cfg.out / "metrics.jsonl", cfg.out / "plots" / "kl.png", ["kl", "kl_k3", "eval_kl"]
+        n_train = sum(p.numel() for p in models.policy.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in models.policy.parameters())
+        policy_lr, value_lr = cfg.learning_rates
+        run.print(
+            f"[bold]rlfm ppo[/]  policy {policy_dir}  reward "
+            f"{'(function)' if reward_fn else cfg.reward}\n"
+            f"prompts: {source}: {len(train_prompts):,} training, {len(eval_prompts):,} held out\n"
+            f"policy {cfg.adapter}: {n_train:,} of {n_all:,} parameters trained "
+            f"({100 * n_train / n_all:.2f}%)\n"
+            + run.banner(
+                f"rollout {cfg.rollout_batch} → minibatches of {cfg.minibatch} "
+                f"({cfg.rollout_batch // cfg.minibatch} steps × {cfg.ppo_epochs} epochs) → "
+                f"{n_micro} micro-batch(es) per process; peak lr {policy_lr:g} (policy), "
+                f"{value_lr:g} (value)",
+                update,
+            )
         )
-    summary = {
-        k: v for k, v in metrics.items() if k.startswith("eval_") or k in ("score", "kl", "beta")
-    }
-    if engine.is_main and reward_fn is None and cfg.prompts is None:
-        summary |= _gold_win_rate(cfg, tokenizer, policy, reference, eval_prompts, engine, tracker)
-    engine.close()
-    return summary
+        if reward_fn is None:
+            _check_reward_model(cfg, run)
+
+        def rollout(prompts: list[str]) -> Rollout:
+            return collect(cfg, engine, tokenizer, models, prompts, reward_fn)
+
+        gold = reward_fn is None and cfg.prompts is None  # the built-in task has a gold labeler
+        metrics: dict[str, float] = {}
+        if update == 0:  # the SFT policy's own held-out numbers: the start of every curve
+            run.tracker.log(0, evaluate(eval_prompts, rollout, engine, gold, rows))
+        while update < cfg.updates:
+            t0 = time.perf_counter()
+            ro = rollout([train_prompts[i] for i in order.next_batch()[rows].tolist()])
+            gen_time = time.perf_counter() - t0
+            n_gen_tokens = engine.all_reduce_sum(ro.samples.response_mask.sum().float())
+            stats = optimise(
+                cfg,
+                engine,
+                ro,
+                learner,
+                kl_coef=kl_ctl.kl_coef,
+                update=update,
+                mb_size=mb_size,
+                n_micro=n_micro,
+            )
+            train_time = time.perf_counter() - t0 - gen_time
+            update += 1
+            row = update_metrics(ro, stats, engine, kl_ctl.kl_coef)
+            row |= {
+                "gen_tokens_per_s": float(n_gen_tokens) / max(gen_time, 1e-9),
+                "train_tokens_per_s": float(n_gen_tokens) * cfg.ppo_epochs / max(train_time, 1e-9),
+                "lr": learner.policy_sched.get_last_lr()[0],
+            }
+            kl_ctl.update(row["kl"], cfg.rollout_batch)
+            if progress.first_eos is None:
+                progress.first_eos = row["eos_fraction"]
+            _guards(row, progress.first_eos, run)
+            if run.due(update, cfg.eval_every):
+                row |= evaluate(eval_prompts, rollout, engine, gold, rows)
+                run.append("samples.jsonl", sample_table(update, ro))
+            if run.due(update, cfg.log_every) or "eval_score" in row:
+                run.tracker.log(update, row)
+            else:
+                run.tracker.advance(update)
+            metrics = row
+            run.checkpoint(update)
+        if engine.is_main:
+            plots = cfg.out / "plots"
+            keys = ["score", "objective", "eval_score", "eval_gold"]
+            plot_metrics(cfg.out / "metrics.jsonl", plots / "reward.png", keys)
+            plot_metrics(cfg.out / "metrics.jsonl", plots / "kl.png", ["kl", "kl_k3", "eval_kl"])
+        summary = {
+            k: v
+            for k, v in metrics.items()
+            if k.startswith("eval_") or k in ("score", "kl", "beta")
+        }
+        run.check_stop()
+        if gold and engine.is_main:
+            summary |= gold_win_rate(cfg, engine, tokenizer, models, eval_prompts, run)
+        return run.finish(summary)
 
 
 @torch.no_grad()
@@ -493,79 +569,106 @@ def _sample(
         )
 
 
-def _reward_and_value(
-    cfg: Config, reward_fn: RewardFn | None, policy_dir: Path
-) -> tuple[nn.Module | None, nn.Module]:
-    """The frozen reward model (None with a reward function) and the trainable value model."""
-    if reward_fn is not None or cfg.value_from == "policy":
-        value = ValueModel.from_backbone(
-            policy_dir, lora_rank=cfg.lora_r if cfg.adapter == "lora" else 0, seed=cfg.seed
-        )
+@torch.no_grad()
+def collect(
+    cfg: Config,
+    engine: Engine,
+    tokenizer: PreTrainedTokenizerBase,
+    models: Models,
+    prompts: list[str],
+    reward_fn: RewardFn | None,
+) -> Rollout:
+    """Sample responses from the policy and score them: log π, log π_SFT, values, the reward
+    model's score (the missing-EOS penalty where a response never ended), per-token KL."""
+    policy = models.policy
+    gen = _sample(cfg, engine, tokenizer, sampling_model(policy), prompts)
+    s = gen.samples
+    with engine.autocast():
+        logprobs = token_logprobs(response_logits(policy, s), s.response_ids, cfg.temperature)
+        if models.reference is None:
+            with disabled_adapter(policy):
+                ref = token_logprobs(response_logits(policy, s), s.response_ids, cfg.temperature)
+        else:
+            ref = token_logprobs(
+                response_logits(models.reference, s), s.response_ids, cfg.temperature
+            )
+        values = response_values(models.value, s).float()
         if reward_fn is not None:
-            return None, value
-        reward = RewardModel.from_pretrained(checkpoint.resolve_model_dir(cfg.reward))
-        return reward.requires_grad_(False), value
-    reward_dir = checkpoint.resolve_model_dir(cfg.reward)
-    reward = RewardModel.from_pretrained(reward_dir)
-    reward.requires_grad_(False)
-    if cfg.adapter == "lora":
-        backbone = add_lora(
-            reward.backbone,
-            r=cfg.lora_r,
-            alpha=2.0 * cfg.lora_r,
-            dropout=0.0,
-            targets=("all-linear",),
-        )
-        value = ValueModel(
-            backbone,
-            head=copy.deepcopy(reward.head).requires_grad_(True),
-            gain=float(reward.gain),
-            bias=float(reward.bias),
-        )
-        reward.backbone = backbone.get_base_model()  # the same weights, LoRA layers inside
-        return reward, value
-    value = ValueModel.from_pretrained(reward_dir)
-    value.requires_grad_(True)
-    for p in (
-        value.backbone.get_output_embeddings().parameters()
-        if value.backbone.get_output_embeddings() is not None
-        else []
-    ):
-        if p is not value.backbone.get_input_embeddings().weight:
-            p.requires_grad_(False)
-    return reward, value
+            raw = reward_fn(prompts, gen.texts).float().to(engine.device)
+        else:
+            ids, mask, _ = s.sequences()
+            if models.shared_weights:  # the reward model's weights carry the value's LoRA layers
+                with disabled_adapter(models.value.backbone):
+                    raw = models.reward(ids, mask).float()
+            else:
+                raw = models.reward(ids, mask).float()
+    scores = torch.where(s.ended, raw, torch.full_like(raw, cfg.missing_eos_penalty))
+    kl = kl_per_token(logprobs, ref, cfg.kl_estimator) * s.response_mask
+    return Rollout(s, prompts, gen.texts, logprobs, ref, values, scores, kl)
 
 
-def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable parameters and buffers of ``model`` (what a checkpoint must restore)."""
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {
-        k: v.detach().cpu()
-        for k, v in model.state_dict().items()
-        if k in names or k in ("gain", "bias")
+def update_metrics(
+    ro: Rollout, stats: dict[str, float], engine: Engine, beta: float
+) -> dict[str, float]:
+    """What one update logs: score, KL (both estimators, and the k1 mean's standard error), β,
+    response length, EOS share, the optimisation statistics, the objective."""
+    m = ro.samples.response_mask
+    k1 = ((ro.logprobs - ro.ref_logprobs) * m).sum(1)
+    k3 = kl_per_token(ro.logprobs, ro.ref_logprobs, "k3").mul(m).sum(1)
+    row = {
+        "score": engine.all_reduce_mean(ro.scores.mean()),
+        "kl": engine.all_reduce_mean(ro.kl.sum(1).mean()),
+        "kl_k1": engine.all_reduce_mean(k1.mean()),
+        # its standard error over the rollout: how far below 0 sampling noise alone reaches
+        "kl_k1_stderr": math.sqrt(
+            engine.all_reduce_mean(k1.var() if len(k1) > 1 else k1.new_zeros(()))
+            / (len(k1) * engine.world_size)
+        ),
+        "kl_k3": engine.all_reduce_mean(k3.mean()),
+        "beta": beta,
+        "response_length": engine.all_reduce_mean(m.sum(1).float().mean()),
+        "eos_fraction": engine.all_reduce_mean(ro.samples.ended.float().mean()),
+        **{k: engine.all_reduce_mean(v) for k, v in stats.items()},
     }
+    row["objective"] = row["score"] - row["beta"] * row["kl"]
+    return row
 
 
-def _check_vocabulary(tokenizer: PreTrainedTokenizerBase, policy: nn.Module) -> None:
-    size = policy.get_input_embeddings().weight.shape[0]
-    if size < len(tokenizer):
-        raise ConfigError(
-            f"policy: its vocabulary ({size}) is smaller than its tokenizer's ({len(tokenizer)})"
-        )
+def _check_tokenizers(
+    tokenizer: PreTrainedTokenizerBase,
+    models: Models,
+    cfg: Config,
+    reward_fn: RewardFn | None,
+    run: Run,
+) -> None:
+    """The policy's tokenizer fits its vocabulary and has PAD ≠ EOS; the reward model reads
+    the same token ids."""
+    note = fit_vocabulary(models.policy, tokenizer, what="policy")
+    if note:
+        run.notes.append(note)
     if tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise ConfigError("policy: its tokenizer's PAD token equals EOS; PPO needs them distinct")
+    reward_tok = getattr(models.reward, "tokenizer", None)
+    if (
+        reward_fn is None
+        and reward_tok is not None
+        and reward_tok.get_vocab() != tokenizer.get_vocab()
+    ):
+        raise ModelError(
+            f"reward: the reward model {cfg.reward} has another tokenizer than the policy "
+            f"{cfg.policy}; PPO scores the policy's token ids with it, so both must share one"
+        )
 
 
-def _prompts(
-    cfg: Config, tokenizer: PreTrainedTokenizerBase, engine: Engine
-) -> tuple[list[str], list[str], str]:
+def _prompts(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> tuple[list[str], list[str], str]:
+    """Training and held-out prompts, and where they came from."""
     from rlfm.data.prompts import builtin_prompts, load_prompts, split_prompts
 
     if cfg.prompts is None:
-        train, held_out = builtin_prompts(cfg.eval_share, cfg.seed)
+        train, held_out = builtin_prompts(cfg.val_fraction, cfg.seed)
         return train, held_out, "built-in held-out dialogue contexts"
     prompts = load_prompts(cfg.prompts, tokenizer)
-    train, held_out = split_prompts(prompts, cfg.eval_share, cfg.seed)
+    train, held_out = split_prompts(prompts, cfg.val_fraction, cfg.seed)
     return train, held_out, str(cfg.prompts)
 
 
@@ -579,24 +682,20 @@ def _whiten_global(
     return whiten(x, mask, shift_mean, moments=(moments[0].to(x.dtype), moments[1].to(x.dtype)))
 
 
-def _optimise(
+def optimise(
     cfg: Config,
     engine: Engine,
     ro: Rollout,
-    policy: nn.Module,
-    value_model: nn.Module,
-    p_opt: torch.optim.Optimizer,
-    v_opt: torch.optim.Optimizer,
-    p_sched: torch.optim.lr_scheduler.LRScheduler,
-    v_sched: torch.optim.lr_scheduler.LRScheduler,
+    learner: Learner,
+    *,
     kl_coef: float,
     update: int,
     mb_size: int,
     n_micro: int,
-    micro: int,
 ) -> dict[str, float]:
     """``ppo_epochs`` passes of minibatch steps over one rollout; returns mean statistics."""
     B = ro.samples.response_ids.shape[0]  # this process's rollout rows
+    micro = mb_size // n_micro
     rewards_all = shaped_rewards(ro.scores, ro.kl, ro.samples.response_mask, kl_coef)
     g = torch.Generator().manual_seed(cfg.seed * 7919 + update)  # the same on every process
     sums: dict[str, float] = {}
@@ -616,24 +715,23 @@ def _optimise(
                 part = s.select(sl)
                 last = i == n_micro - 1
                 m = part.response_mask
-                weight = m.sum() / n_tokens  # token-weighted mean over micro-batches
+                # token-weighted mean over this process's micro-batches, averaged over processes
+                weight = m.sum() / n_tokens / engine.world_size
                 # policy, then value model: one model's activations alive at a time
-                with engine.micro_step(policy, last):
-                    with engine.autocast():
-                        logits = response_logits(policy, part)
-                        logprobs = token_logprobs(logits, part.response_ids, cfg.temperature)
+                with engine.micro_step(learner.policy, last):
+                    logits = response_logits(learner.policy, part)
+                    logprobs = token_logprobs(logits, part.response_ids, cfg.temperature)
                     p_loss, p_stats = policy_loss(
                         logprobs, ro.logprobs[idx][sl], advantages[sl], m, cfg.clip_eps
                     )
-                    (p_loss * weight).backward()
+                    engine.backward(p_loss, weight)
                 logits = logits.detach()
-                with engine.micro_step(value_model, last):
-                    with engine.autocast():
-                        values = response_values(value_model, part).float()
+                with engine.micro_step(learner.value, last):
+                    values = response_values(learner.value, part).float()
                     v_loss, v_stats = value_loss(
                         values, ro.values[idx][sl], returns[sl], m, cfg.clip_eps
                     )
-                    (v_loss * weight).backward()
+                    engine.backward(v_loss, weight)
                 with torch.no_grad():
                     step_stats = {
                         "policy_loss": float(p_loss),
@@ -649,13 +747,12 @@ def _optimise(
                     if math.isfinite(v):
                         sums[k] = sums.get(k, 0.0) + v
                 count += 1
-            engine.step(policy, p_opt, p_sched, cfg.max_grad_norm)
-            engine.step(value_model, v_opt, v_sched, cfg.max_grad_norm)
+            learner.step(engine, cfg.max_grad_norm)
     first_epoch = max(1, count // cfg.ppo_epochs)
     return {k: v / (first_epoch if k == "explained_variance" else count) for k, v in sums.items()}
 
 
-def _guards(row: dict[str, float], first_eos: float, tracker: Tracker) -> None:
+def _guards(row: dict[str, float], first_eos: float, run: Run) -> None:
     """Warnings that speak up before a run silently diverges."""
     problems = []
     if row["kl_k1"] < -max(1e-3, 3.0 * row.get("kl_k1_stderr", 0.0)):
@@ -678,15 +775,15 @@ def _guards(row: dict[str, float], first_eos: float, tracker: Tracker) -> None:
         )
     for p in problems:
         warnings.warn(p, stacklevel=2)
-        tracker.print(f"[yellow]warning:[/] {p}")
+        run.print(f"[yellow]warning:[/] {p}")
 
 
-def _check_reward_model(cfg: Config, tracker: Tracker) -> None:
+def _check_reward_model(cfg: Config, run: Run) -> None:
     """Warn when the reward model's held-out pairwise accuracy is below 60%."""
     from rlfm.tracking import read_metrics
 
-    run = Path(cfg.reward)
-    for candidate in (run, run.parent.parent):  # a run dir, or a checkpoint inside one
+    where = Path(cfg.reward)
+    for candidate in (where, where.parent.parent):  # a run dir, or a checkpoint inside one
         rows = read_metrics(candidate / "metrics.jsonl")
         accs = [
             r[k]
@@ -701,18 +798,24 @@ def _check_reward_model(cfg: Config, tracker: Tracker) -> None:
                     "will optimise noise; train it longer or on more comparisons"
                 )
                 warnings.warn(msg, stacklevel=2)
-                tracker.print(f"[yellow]warning:[/] {msg}")
+                run.print(f"[yellow]warning:[/] {msg}")
             return
 
 
-def _evaluate(
-    prompts: list[str], collect: Callable[[list[str]], Rollout], engine: Engine, gold: bool
+def evaluate(
+    prompts: list[str],
+    rollout: Callable[[list[str]], Rollout],
+    engine: Engine,
+    gold: bool,
+    rows: slice,
 ) -> dict[str, float]:
-    """Score, KL and (on the built-in task) the gold labeler's score on held-out prompts."""
+    """Score, KL and (on the built-in task) the gold labeler's score on held-out prompts, a
+    per-process rollout batch at a time."""
     mine = prompts[engine.rank :: engine.world_size]
+    batch = rows.stop - rows.start
     scores, kls, golds = [], [], []
-    for i in range(0, len(mine), 32):
-        ro = collect(mine[i : i + 32])
+    for i in range(0, len(mine), batch):
+        ro = rollout(mine[i : i + batch])
         scores.append(ro.scores)
         kls.append(ro.kl.sum(1))
         if gold:
@@ -732,32 +835,28 @@ def _evaluate(
     return out
 
 
-def _write_samples(path: Path, update: int, ro: Rollout, engine: Engine, n: int = 8) -> None:
+def sample_table(step: int, ro: Rollout, n: int = 8) -> list[dict[str, Any]]:
     """A sample table (prompt, response, score, KL) for a look at what the policy does."""
-    if not engine.is_main:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        for i in range(min(n, len(ro.prompts))):
-            row = {
-                "update": update,
-                "prompt": ro.prompts[i],
-                "response": ro.responses[i],
-                "score": float(ro.scores[i]),
-                "kl": float(ro.kl[i].sum()),
-            }
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return [
+        {
+            "step": step,
+            "prompt": ro.prompts[i],
+            "response": ro.responses[i],
+            "score": float(ro.scores[i]),
+            "kl": float(ro.kl[i].sum()),
+        }
+        for i in range(min(n, len(ro.prompts)))
+    ]
 
 
 @torch.no_grad()
-def _gold_win_rate(
+def gold_win_rate(
     cfg: Config,
-    tokenizer: PreTrainedTokenizerBase,
-    policy: nn.Module,
-    reference: nn.Module | None,
-    prompts: list[str],
     engine: Engine,
-    tracker: Tracker,
+    tokenizer: PreTrainedTokenizerBase,
+    models: Models,
+    prompts: list[str],
+    run: Run,
 ) -> dict[str, float]:
     """The gold labeler's verdict on the held-out prompts: PPO's response against the SFT
     policy's, one each per prompt, sampled with the same temperature (built-in task only)."""
@@ -765,24 +864,26 @@ def _gold_win_rate(
     from rlfm.evaluate.winrate import win_rate
 
     def responses(model: nn.Module) -> list[str]:
-        return _sample(cfg, engine, tokenizer, model, prompts, batch_size=32).texts
+        return _sample(cfg, engine, tokenizer, model, prompts, batch_size=cfg.rollout_batch).texts
 
-    ppo = responses(sampling_model(policy))
-    if reference is None:
-        with disabled_adapter(policy):
-            sft = responses(sampling_model(policy))
+    ppo = responses(sampling_model(models.policy))
+    if models.reference is None:
+        with disabled_adapter(models.policy):
+            sft = responses(sampling_model(models.policy))
     else:
-        sft = responses(reference)
+        sft = responses(models.reference)
     gold_ppo = [gold_score(p, clean_reply(r)) for p, r in zip(prompts, ppo)]
     gold_sft = [gold_score(p, clean_reply(r)) for p, r in zip(prompts, sft)]
     rate, low, high = win_rate(gold_ppo, gold_sft)
-    tracker.print(
-        f"[bold]gold labeler[/] on {len(prompts)} held-out prompts: PPO {sum(gold_ppo) / len(prompts):.3f} vs "
-        f"SFT {sum(gold_sft) / len(prompts):.3f}; PPO wins {rate:.1%} (95% CI {low:.1%}–{high:.1%}, ties count half)"
+    n = len(prompts)
+    run.print(
+        f"[bold]gold labeler[/] on {n} held-out prompts: PPO {sum(gold_ppo) / n:.3f} vs "
+        f"SFT {sum(gold_sft) / n:.3f}; PPO wins {rate:.1%} (95% CI {low:.1%}–{high:.1%}, ties "
+        "count half)"
     )
     return {
-        "gold_ppo": sum(gold_ppo) / len(prompts),
-        "gold_sft": sum(gold_sft) / len(prompts),
+        "gold_ppo": sum(gold_ppo) / n,
+        "gold_sft": sum(gold_sft) / n,
         "gold_win_rate": rate,
         "gold_win_rate_low": low,
         "gold_win_rate_high": high,

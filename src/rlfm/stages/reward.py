@@ -45,16 +45,15 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from rich.markup import escape
 from torch import nn
 
 from rlfm import checkpoint
-from rlfm.config import check, save_yaml
+from rlfm.config import AdapterSettings, RunSettings, check, lora_alpha, settings
 from rlfm.data.preferences import (
     EncodedRanking,
     Ranking,
@@ -68,12 +67,23 @@ from rlfm.data.sft import BucketSampler
 from rlfm.engine import Engine
 from rlfm.errors import ConfigError, DataError
 from rlfm.losses.preference import pair_differences, ranking_loss
+from rlfm.models.adapters import fit_vocabulary
 from rlfm.models.heads import RewardModel, load_backbone, load_model_tokenizer
 from rlfm.optim import adamw, warmup_cosine
-from rlfm.tracking import Tracker
+from rlfm.run import Run
+
+DEFAULT_LR = {"full": 5e-5, "lora": 5e-4}
+"""Peak learning rate per adapter when --lr is not given."""
 
 
-@dataclass(frozen=True)
+def _from_lora_rank(rank: str) -> dict[str, object]:
+    """The old --lora-rank R: 0 = fine-tune every weight, R > 0 = a LoRA adapter of rank R."""
+    return {"adapter": "lora", "lora_r": int(rank)} if int(rank) > 0 else {"adapter": "full"}
+
+
+@settings(
+    RunSettings, AdapterSettings, eval_every=100, save_every=100, lora_targets=("all-linear",)
+)
 class Config:
     """Train a reward model on comparisons (defaults: the built-in task on runs/demo/sft)."""
 
@@ -90,10 +100,11 @@ class Config:
     val_data: Path | None = None
     """Held-out preference data. Default: --val-fraction of --data's prompts."""
     val_fraction: float = 0.1
-    """Share of --data's prompts held out for validation (when there is no --val-data)."""
+    """Share of the prompts held out for validation (of --data when there is no --val-data, of
+    --prompts for the built-in task)."""
     prompts: Path | None = None
-    """Built-in task only: prompts to sample from (JSONL/JSON/Parquet with a `prompt` field, or
-    a text file with one prompt per line) instead of the plays' dialogue."""
+    """Built-in task only: prompts to sample from (as `rlfm ppo --prompts` reads them) instead of
+    the plays' dialogue."""
     reference: Path | None = None
     """The reference (SFT) policy: samples for the built-in task and for normalisation.
     Default: --model."""
@@ -105,11 +116,8 @@ class Config:
     """Built-in task: replies sampled and ranked per prompt."""
     labeler_noise: float = 1.0
     """Built-in task: noise scale of the simulated labelers (0 = they agree with the gold rule)."""
-    sample_tokens: int = 48
-    """Tokens per sampled reply (built-in task and normalisation samples)."""
-    lora_rank: int = 0
-    """0 = fine-tune the whole backbone; r > 0 = train a new LoRA adapter of rank r (alpha 2r)
-    on every linear layer, and the head."""
+    max_new_tokens: int = 48
+    """Tokens per sampled reply at most (built-in task and normalisation samples)."""
     max_length: int = 256
     """Tokens of prompt + completion + EOS at most (completions are cut at the end, prompts
     at the start)."""
@@ -122,40 +130,25 @@ class Config:
     micro_batch_size: int | None = None
     """Rankings per forward/backward pass per process (gradient accumulation below the
     per-process batch). Default: the whole per-process batch at once."""
-    lr: float = 5e-5
-    """Peak learning rate."""
+    lr: float | None = None
+    """Peak learning rate. Default: per adapter, 5e-5 (full), 5e-4 (lora)."""
     warmup_steps: int = 20
     """Steps of linear learning-rate warm-up."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this (0 = no clipping)."""
     norm_samples: int = 256
     """Reference-policy samples for the reward normalisation (mean 0, std 1)."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """Compute precision: bf16 autocast where the hardware runs it fast (auto), or fp32."""
-    device: str = "auto"
-    """auto, cpu or cuda."""
-    eval_every: int = 100
-    """Evaluate on the held-out data every this many steps (and at the end)."""
-    save_every: int = 100
-    """Write a checkpoint every this many steps (and at the end)."""
-    keep_checkpoints: int = 3
-    """Keep only the newest this many checkpoints."""
-    log_every: int = 10
-    """Log training metrics every this many steps."""
-    seed: int = 0
-    """Seed of the head, data order, the built-in set and sampling."""
+
+    RESUMABLE = ("steps", "norm_samples")
+    RENAMED = {"sample_tokens": "max_new_tokens", "lora_rank": _from_lora_rank}
 
     def __post_init__(self) -> None:
         check(
             0 < self.val_fraction < 1, "val_fraction", f"must be in (0, 1), got {self.val_fraction}"
         )
-        for name in ("num_prompts", "num_val_prompts", "sample_tokens", "steps", "batch_size"):
-            check(getattr(self, name) >= 1, name, f"must be ≥ 1, got {getattr(self, name)}")
-        for name in ("eval_every", "save_every", "keep_checkpoints", "log_every"):
+        for name in ("num_prompts", "num_val_prompts", "max_new_tokens", "steps", "batch_size"):
             check(getattr(self, name) >= 1, name, f"must be ≥ 1, got {getattr(self, name)}")
         check(self.k >= 2, "k", f"a ranking needs at least 2 replies, got {self.k}")
         check(self.labeler_noise >= 0, "labeler_noise", f"must be ≥ 0, got {self.labeler_noise}")
-        check(self.lora_rank >= 0, "lora_rank", f"must be ≥ 0, got {self.lora_rank}")
+        check(self.adapter != "prefix", "adapter", "a reward model is trained full or with lora")
         check(self.max_length >= 4, "max_length", f"must be ≥ 4, got {self.max_length}")
         check(self.margin >= 0, "margin", f"must be ≥ 0, got {self.margin}")
         check(
@@ -163,9 +156,8 @@ class Config:
             "micro_batch_size",
             f"must be ≥ 1, got {self.micro_batch_size}",
         )
-        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        check(self.lr is None or self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         check(self.warmup_steps >= 0, "warmup_steps", f"must be ≥ 0, got {self.warmup_steps}")
-        check(self.max_grad_norm >= 0, "max_grad_norm", f"must be ≥ 0, got {self.max_grad_norm}")
         check(self.norm_samples >= 2, "norm_samples", f"must be ≥ 2, got {self.norm_samples}")
         for name in ("data", "val_data", "prompts"):
             value = getattr(self, name)
@@ -195,16 +187,16 @@ def load_data(
     return load_preferences(train_file), load_preferences(val_file), source
 
 
-def builtin_prompts(cfg: Config) -> tuple[list[str], list[str]]:
+def builtin_prompts(cfg: Config, tokenizer: Any) -> tuple[list[str], list[str]]:
     """Training and held-out prompts of the built-in task: from --prompts, or the dialogue of
     the training plays and of the held-out plays."""
     from rlfm.data.labelers import dialogue_prompts
+    from rlfm.data.prompts import load_prompts, split_prompts
 
     if cfg.prompts is not None:
-        prompts = read_prompts(cfg.prompts)
-        random.Random(cfg.seed).shuffle(prompts)
-        n_val = min(max(1, round(len(prompts) * cfg.val_fraction)), len(prompts) - 1)
-        return prompts[n_val:][: cfg.num_prompts], prompts[:n_val][: cfg.num_val_prompts]
+        prompts = list(dict.fromkeys(load_prompts(cfg.prompts, tokenizer)))  # one ranking each
+        train, val = split_prompts(prompts, cfg.val_fraction, cfg.seed)
+        return train[: cfg.num_prompts], val[: cfg.num_val_prompts]
     from rlfm.data.corpora import load_builtin_corpus
 
     corpus = load_builtin_corpus()
@@ -219,30 +211,14 @@ def builtin_prompts(cfg: Config) -> tuple[list[str], list[str]]:
     return train, val
 
 
-def read_prompts(path: Path) -> list[str]:
-    """Distinct prompts of a JSONL/JSON/Parquet file (`prompt` field) or a text file (one per
-    line; ``\\n`` in a line stands for a line break)."""
-    from rlfm.data.text import load_documents
-
-    if path.suffix.lower() in (".jsonl", ".json", ".parquet") or path.is_dir():
-        texts = [d.text for d in load_documents(path, text_field="prompt")]
-    else:
-        lines = [d.text for d in load_documents(path)][0].split("\n")
-        texts = [line.replace("\\n", "\n") for line in lines if line.strip()]
-    prompts = list(dict.fromkeys(texts))
-    if len(prompts) < 2:
-        raise DataError(f"{path}: needs at least 2 different prompts, found {len(prompts)}")
-    return prompts
-
-
 def build_builtin_set(cfg: Config, engine: Engine, train_file: Path, val_file: Path) -> None:
     """Sample --k replies per prompt from the reference policy, let the simulated labelers rank
     them, write the two rankings files (main process only)."""
     from rlfm.builtin_task import build_preference_set
     from rlfm.data.labelers import default_labelers
 
-    train_prompts, val_prompts = builtin_prompts(cfg)
     policy, tokenizer = load_policy(cfg, engine)
+    train_prompts, val_prompts = builtin_prompts(cfg, tokenizer)
     labelers = default_labelers(cfg.labeler_noise)
     for prompts, file, seed in (
         (train_prompts, train_file, cfg.seed),
@@ -255,7 +231,7 @@ def build_builtin_set(cfg: Config, engine: Engine, train_file: Path, val_file: P
                 prompts,
                 k=cfg.k,
                 labelers=labelers,
-                max_new_tokens=cfg.sample_tokens,
+                max_new_tokens=cfg.max_new_tokens,
                 seed=seed,
             )
         if not rows:
@@ -272,8 +248,7 @@ def load_policy(cfg: Config, engine: Engine) -> tuple[nn.Module, Any]:
     path = checkpoint.resolve_model_dir(cfg.reference or cfg.model)
     tokenizer = load_model_tokenizer(path)
     model = load_backbone(path)
-    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
+    fit_vocabulary(model, tokenizer, what="reference policy")
     return model.to(engine.device).eval(), tokenizer
 
 
@@ -286,7 +261,12 @@ def setup_model(cfg: Config, resume: Path | None) -> RewardModel:
         model = RewardModel.from_pretrained(resume, trainable=True)
     else:
         model = RewardModel.from_backbone(
-            checkpoint.resolve_model_dir(cfg.model), lora_rank=cfg.lora_rank, seed=cfg.seed
+            checkpoint.resolve_model_dir(cfg.model),
+            lora_rank=cfg.lora_r if cfg.adapter == "lora" else 0,
+            lora_alpha=lora_alpha(cfg),
+            lora_dropout=cfg.lora_dropout,
+            lora_targets=cfg.lora_targets,
+            seed=cfg.seed,
         )
     for m in model.modules():  # dropout off (Ziegler et al. 2019; TRL does the same)
         if isinstance(m, nn.Dropout):
@@ -355,143 +335,110 @@ def evaluate(
 
 def train(cfg: Config) -> dict[str, float]:
     """Train, normalise and evaluate the reward model; returns the final metrics."""
-    engine = Engine.create(cfg.device, cfg.precision)
-    engine.seed(cfg.seed)
-    model_dir = checkpoint.resolve_model_dir(cfg.model)  # ModelError before any long work
-    if cfg.reference is not None:
-        checkpoint.resolve_model_dir(cfg.reference)
-    resume = checkpoint.latest_checkpoint(cfg.out)
-    tokenizer = load_model_tokenizer(resume or model_dir)
-    train_rows, val_rows, source = load_data(cfg, engine, tokenizer)
-    if not val_rows:
-        raise DataError("preference data: no held-out rankings to evaluate on")
-    model = setup_model(cfg, resume)
-    tokenizer = model.tokenizer
-    pad_id = tokenizer.pad_token_id
-    train_enc = encode_rankings(tokenizer, train_rows, cfg.max_length)
-    val_enc = encode_rankings(tokenizer, val_rows, cfg.max_length)
-    if len(train_enc) < cfg.batch_size:
-        raise DataError(
-            f"preference data: {len(train_enc)} training rankings, fewer than one batch of "
-            f"{cfg.batch_size}; give more data or lower --batch-size"
+    derived = ("preferences", "reference_samples.jsonl", "eval.json")
+    with Run(cfg, "reward train", total=cfg.steps, derived=derived) as run:
+        if run.finished:
+            return run.summary
+        engine, resume = run.engine, run.resume
+        model_dir = checkpoint.resolve_model_dir(cfg.model)  # ModelError before any long work
+        if cfg.reference is not None:
+            checkpoint.resolve_model_dir(cfg.reference)
+        tokenizer = load_model_tokenizer(resume or model_dir)
+        train_rows, val_rows, source = load_data(cfg, engine, tokenizer)
+        if not val_rows:
+            raise DataError("preference data: no held-out rankings to evaluate on")
+        model = setup_model(cfg, resume)
+        tokenizer = model.tokenizer
+        pad_id = tokenizer.pad_token_id
+        train_enc = encode_rankings(tokenizer, train_rows, cfg.max_length)
+        val_enc = encode_rankings(tokenizer, val_rows, cfg.max_length)
+        sampler = BucketSampler(
+            [e.n_tokens for e in train_enc], cfg.batch_size, cfg.seed, name="preference data"
         )
-    sampler = BucketSampler([e.n_tokens for e in train_enc], cfg.batch_size, cfg.seed)
-    rows = engine.shard(cfg.batch_size)
-    n_micro = engine.micro_batches(cfg.batch_size, cfg.micro_batch_size)
-    micro = (rows.stop - rows.start) // n_micro
+        rows = engine.shard(cfg.batch_size)
+        n_micro = engine.micro_batches(cfg.batch_size, cfg.micro_batch_size)
+        micro = (rows.stop - rows.start) // n_micro
 
-    model.train()
-    model = engine.prepare(model)
-    optimizer = adamw(model, cfg.lr, 0.0, betas=(0.9, 0.95))
-    scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps, 0.1)
-    step = 0
-    if resume is not None:
-        step = checkpoint.resume_training(
-            resume, engine, optimizer=optimizer, scheduler=scheduler, data=sampler
-        )
-    if engine.is_main:
-        save_yaml(cfg, cfg.out / "config.yaml")
-    tracker = Tracker(
-        cfg.out,
-        enabled=engine.is_main,
-        total_steps=cfg.steps,
-        start_step=step,
-        description="reward",
-    )
-    inner = Engine.unwrap(model)
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    n_params = sum(p.numel() for p in model.parameters())
-    n_pairs = sum(len(r.pairs()) for r in train_rows)
-    tracker.print(
-        f"[bold]rlfm reward train[/]  {escape(source)}\n"
-        f"backbone {model_dir} ({n_params / 1e6:.2f}M parameters, {n_trainable / 1e6:.2f}M "
-        f"trained{', LoRA rank ' + str(cfg.lora_rank) if inner.is_lora else ''})\n"
-        f"{len(train_rows):,} training rankings ({n_pairs:,} comparisons), {len(val_rows):,} "
-        f"held out; device {engine.device} × {engine.world_size}, {engine.precision}, batch "
-        f"{cfg.batch_size} = {engine.world_size} × {n_micro} × {micro} rankings, lr {cfg.lr:g}"
-        + (f"\nresuming from {resume} (step {step})" if resume else "")
-    )
-
-    def save(step: int) -> None:
-        checkpoint.save_training(
-            cfg.out,
-            step,
-            engine=engine,
-            model=model,
-            tokenizer=tokenizer,
-            config=cfg,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            data=sampler,
-            keep=cfg.keep_checkpoints,
+        lr = cfg.lr or DEFAULT_LR[cfg.adapter]
+        model.train()
+        model = engine.prepare(model)
+        optimizer = adamw(model, lr, 0.0, betas=(0.9, 0.95))
+        scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps, 0.1)
+        step = run.track(model, tokenizer, optimizer=optimizer, scheduler=scheduler, data=sampler)
+        inner = Engine.unwrap(model)
+        n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_params = sum(p.numel() for p in model.parameters())
+        n_pairs = sum(len(r.pairs()) for r in train_rows)
+        run.print(
+            f"[bold]rlfm reward train[/]  {escape(source)}\n"
+            f"backbone {model_dir} ({n_params / 1e6:.2f}M parameters, {n_trainable / 1e6:.2f}M "
+            f"trained{', LoRA r=' + str(cfg.lora_r) if inner.is_lora else ''})\n"
+            f"{len(train_rows):,} training rankings ({n_pairs:,} comparisons), "
+            f"{len(val_rows):,} held out\n"
+            + run.banner(
+                f"batch {cfg.batch_size} = {engine.world_size} × {n_micro} × {micro} rankings, "
+                f"peak lr {lr:g}",
+                step,
+            )
         )
 
-    metrics: dict[str, float] = {}
-    acc_time, acc_pairs, acc_tokens, acc_steps = 0.0, 0, 0, 0
-    while step < cfg.steps:
-        t0 = time.perf_counter()
-        idx = sampler.next_batch()[rows].tolist()
-        loss_sum, correct, pairs = 0.0, 0.0, 0
-        for i in range(n_micro):
-            part = [train_enc[j] for j in idx[i * micro : (i + 1) * micro]]
-            batch = collate_rankings(part, pad_id).to(engine.device)
-            with engine.micro_step(model, last=i == n_micro - 1):
-                with engine.autocast():
+        metrics: dict[str, float] = {}
+        acc_time, acc_pairs, acc_tokens = 0.0, 0, 0
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            idx = sampler.next_batch()[rows].tolist()
+            loss_sum, correct, pairs = 0.0, 0.0, 0
+            for i in range(n_micro):
+                part = [train_enc[j] for j in idx[i * micro : (i + 1) * micro]]
+                batch = collate_rankings(part, pad_id).to(engine.device)
+                with engine.micro_step(model, last=i == n_micro - 1):
                     rewards = model(**batch.model_inputs(), raw=True)  # (N,) one per completion
-                R = batch.reward_matrix(rewards)  # (B, K_max)
-                loss = ranking_loss(R, batch.levels, batch.margin + cfg.margin)
-                (loss / n_micro).backward()
-            d = pair_differences(R.detach(), batch.levels)
-            loss_sum += loss.item() / n_micro
-            correct += float((d > 0).sum()) + 0.5 * float((d == 0).sum())
-            pairs += d.numel()
-            acc_tokens += sum(e.n_tokens for e in part)
-        grad_norm = engine.step(model, optimizer, scheduler, cfg.max_grad_norm)
-        step += 1
-        acc_time += time.perf_counter() - t0
-        acc_pairs += pairs
-        acc_steps += 1
-        row: dict[str, float] = {}
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            counts = engine.all_reduce_sum(
-                torch.tensor([correct, pairs, acc_pairs, acc_tokens], dtype=torch.float64).to(
-                    engine.device
+                    R = batch.reward_matrix(rewards)  # (B, K_max)
+                    loss = ranking_loss(R, batch.levels, batch.margin + cfg.margin)
+                    engine.backward(loss, weight=micro / cfg.batch_size)
+                d = pair_differences(R.detach(), batch.levels)
+                loss_sum += loss.item() / n_micro
+                correct += float((d > 0).sum()) + 0.5 * float((d == 0).sum())
+                pairs += d.numel()
+                acc_tokens += sum(e.n_tokens for e in part)
+            grad_norm = engine.step(model, optimizer, scheduler, cfg.max_grad_norm)
+            step += 1
+            acc_time += time.perf_counter() - t0
+            acc_pairs += pairs
+            row: dict[str, float] = {}
+            if run.due(step, cfg.log_every):
+                counts = engine.all_reduce_sum(
+                    torch.tensor([correct, pairs, acc_pairs, acc_tokens], dtype=torch.float64)
                 )
-            ).cpu()
-            row = {
-                "loss": engine.all_reduce_mean(loss_sum),
-                "accuracy": float(counts[0] / counts[1]),
-                "lr": scheduler.get_last_lr()[0],
-                "grad_norm": grad_norm,
-                "comparisons_per_s": float(counts[2]) / acc_time,
-                "tokens_per_s": float(counts[3]) / acc_time,
-                "epoch": sampler.epoch + sampler.cursor / sampler.n_batches,
-            }
-            acc_time, acc_pairs, acc_tokens, acc_steps = 0.0, 0, 0, 0
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            row |= evaluate(model, engine, val_enc, micro, pad_id)
-        if row:
-            tracker.log(step, row)
+                row = {
+                    "loss": engine.all_reduce_mean(loss_sum),
+                    "accuracy": float(counts[0] / counts[1]),
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": grad_norm,
+                    "comparisons_per_s": float(counts[2]) / acc_time,
+                    "tokens_per_s": float(counts[3]) / acc_time,
+                    "epoch": sampler.epochs,
+                }
+                acc_time, acc_pairs, acc_tokens = 0.0, 0, 0
+            if run.due(step, cfg.eval_every):
+                row |= evaluate(model, engine, val_enc, micro, pad_id)
+            run.tracker.log(step, row)
             metrics |= row
-        else:
-            tracker.advance(step)
-        if step % cfg.save_every == 0 or step == cfg.steps:
-            save(step)
-    if "val_accuracy" not in metrics:  # a finished run started again
-        metrics |= evaluate(model, engine, val_enc, micro, pad_id)
-    tracker.close()
+            run.checkpoint(step)
+        if "val_accuracy" not in metrics:  # a finished run whose summary was lost
+            metrics |= evaluate(model, engine, val_enc, micro, pad_id)
+        run.check_stop()
 
-    # normalise on reference samples (main process), store gain/bias, save the final model
-    norm = normalise(cfg, engine, inner, train_rows) if engine.is_main else None
-    gain, bias = engine.broadcast_object((norm["gain"], norm["bias"]) if norm else None)
-    inner.set_normalisation(gain, bias)
-    save(step)
-    summary = {k: metrics[k] for k in ("loss", "val_loss", "val_accuracy") if k in metrics}
-    summary |= {"gain": gain, "bias": bias}
-    if engine.is_main:
-        summary |= report(cfg, engine, inner, val_rows, val_enc, micro, pad_id, norm, tracker)
-    engine.close()
-    return summary
+        # normalise on reference samples (main process), store gain/bias, save the final model
+        norm = normalise(cfg, engine, inner, train_rows) if engine.is_main else None
+        gain, bias = engine.broadcast_object((norm["gain"], norm["bias"]) if norm else None)
+        inner.set_normalisation(gain, bias)
+        run.save(step)
+        summary = {k: metrics[k] for k in ("loss", "val_loss", "val_accuracy") if k in metrics}
+        summary |= {"gain": gain, "bias": bias}
+        if engine.is_main:
+            summary |= report(cfg, engine, inner, val_rows, val_enc, micro, pad_id, norm, run)
+        return run.finish(summary)
 
 
 @torch.no_grad()
@@ -508,7 +455,7 @@ def normalise(
     policy, policy_tok = load_policy(cfg, engine)
     with engine.autocast():
         replies = sample_replies(
-            policy, policy_tok, prompts, 1, max_new_tokens=cfg.sample_tokens, seed=cfg.seed + 2
+            policy, policy_tok, prompts, 1, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 2
         )
     del policy
     texts = [r[0] for r in replies]
@@ -534,7 +481,7 @@ def report(
     micro: int,
     pad_id: int,
     norm: dict[str, Any] | None,
-    tracker: Tracker,
+    run: Run,
 ) -> dict[str, float]:
     """Held-out accuracy, gold agreement, calibration and reward histograms; eval.json."""
     from rlfm.evaluate.plots import plot_metrics
@@ -596,7 +543,7 @@ def report(
             f", agreement with the gold labeler {out['gold_agreement']:.1%} (the labels' own: "
             f"{out['labels_gold_agreement']:.1%})"
         )
-    tracker.print(
+    run.print(
         f"[bold]held out[/] pairwise accuracy {out['val_accuracy']:.1%} on "
         f"{int(out['val_comparisons'])} comparisons{gold}, calibration error "
         f"{cal.ece:.3f}\nnormalised on {norm['n'] if norm else 0} reference samples: gain "

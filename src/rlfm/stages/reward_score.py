@@ -13,17 +13,15 @@ reward is normalised (mean 0, standard deviation 1 on the reference policy's sam
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from rlfm.checkpoint import resolve_model_dir
-from rlfm.config import check
+from rlfm.config import Runtime, check, settings
 from rlfm.engine import Engine
 from rlfm.models.heads import RewardModel
 
 
-@dataclass(frozen=True)
+@settings(Runtime, precision="fp32")
 class Config:
     """Score texts with a trained reward model."""
 
@@ -37,10 +35,6 @@ class Config:
     """Print the head's raw output instead of the normalised reward."""
     jsonl: bool = False
     """Print one JSON object per text instead of plain text."""
-    device: str = "auto"
-    """auto, cpu or cuda."""
-    precision: Literal["auto", "fp32", "bf16"] = "fp32"
-    """Compute precision."""
 
 
 def run(cfg: Config) -> list[float]:

@@ -25,25 +25,32 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
 from rlfm import checkpoint
-from rlfm.config import check, save_yaml
-from rlfm.data.sft import BucketSampler
+from rlfm.config import RunSettings, check, settings
+from rlfm.data.order import EpochOrder
 from rlfm.engine import Engine
-from rlfm.errors import DataError
+from rlfm.evaluate.plots import plot_metrics
 from rlfm.losses.preference import bradley_terry_loss
 from rlfm.models.heads import StepRewardMLP
 from rlfm.offline.segments import collect_episodes, cut_segments, oracle_pairs, spearman
 from rlfm.optim import adamw, warmup_cosine
-from rlfm.tracking import Tracker
+from rlfm.run import Run
 
 
-@dataclass(frozen=True)
+@settings(
+    RunSettings,
+    eval_every=100,
+    save_every=200,
+    log_every=50,
+    keep_checkpoints=2,
+    device="cpu",
+    precision="fp32",
+)
 class Config:
     """Learn a step reward r̂(o, a) from an oracle's preferences over episode segments."""
 
@@ -77,24 +84,13 @@ class Config:
     """Comparisons per optimizer step, summed over all processes."""
     lr: float = 3e-3
     """Peak learning rate (AdamW, warm-up then cosine decay to 10%)."""
-    eval_every: int = 100
-    """Evaluate on the held-out segments every this many steps (and at the end)."""
-    save_every: int = 200
-    """Write a checkpoint every this many steps (and at the end)."""
-    keep_checkpoints: int = 2
-    """Keep only the newest this many checkpoints."""
-    log_every: int = 50
-    """Log training metrics every this many steps."""
-    device: str = "cpu"
-    """auto, cpu or cuda (a small MLP: the CPU is usually fastest)."""
-    seed: int = 0
-    """Seed of the episodes, the oracle, the initialisation and the data order."""
+
+    RESUMABLE = ("steps",)
 
     def __post_init__(self) -> None:
         for name in ("episodes", "val_episodes", "pairs", "hidden", "layers", "steps"):
             check(getattr(self, name) >= 1, name, f"must be ≥ 1, got {getattr(self, name)}")
-        for name in ("batch_size", "eval_every", "save_every", "keep_checkpoints", "log_every"):
-            check(getattr(self, name) >= 1, name, f"must be ≥ 1, got {getattr(self, name)}")
+        check(self.batch_size >= 1, "batch_size", f"must be ≥ 1, got {self.batch_size}")
         check(self.segment_length >= 1, "segment_length", f"must be ≥ 1, got {self.segment_length}")
         check(
             self.max_episode_steps is None or self.max_episode_steps >= 1,
@@ -124,119 +120,87 @@ def evaluate(
 
 def train(cfg: Config) -> dict[str, float]:
     """Collect segments, train r̂ on oracle comparisons, evaluate on held-out segments."""
-    engine = Engine.create(cfg.device, "fp32")
-    engine.seed(cfg.seed)
-    resume = checkpoint.latest_checkpoint(cfg.out)
-    common = dict(policy=cfg.policy, max_steps=cfg.max_episode_steps)
-    train_eps = collect_episodes(cfg.env, cfg.episodes, seed=cfg.seed, **common)
-    val_eps = collect_episodes(cfg.env, cfg.val_episodes, seed=cfg.seed + 100_000, **common)
-    train_seg = cut_segments(train_eps, cfg.segment_length)
-    val_seg = cut_segments(val_eps, cfg.segment_length)
-    pairs = oracle_pairs(train_seg.returns, cfg.pairs, error_rate=cfg.error_rate, seed=cfg.seed)
-    if len(pairs) < cfg.batch_size:
-        raise DataError(f"segments: {len(pairs)} comparisons, fewer than one batch")
-    sampler = BucketSampler([1] * len(pairs), cfg.batch_size, cfg.seed, name="comparisons")
-    rows = engine.shard(cfg.batch_size)
+    with Run(cfg, "reward train-segments", total=cfg.steps) as run:
+        if run.finished:
+            return run.summary
+        engine, resume = run.engine, run.resume
+        common = dict(policy=cfg.policy, max_steps=cfg.max_episode_steps)
+        train_eps = collect_episodes(cfg.env, cfg.episodes, seed=cfg.seed, **common)
+        val_eps = collect_episodes(cfg.env, cfg.val_episodes, seed=cfg.seed + 100_000, **common)
+        train_seg = cut_segments(train_eps, cfg.segment_length)
+        val_seg = cut_segments(val_eps, cfg.segment_length)
+        pairs = oracle_pairs(train_seg.returns, cfg.pairs, error_rate=cfg.error_rate, seed=cfg.seed)
+        sampler = EpochOrder(len(pairs), cfg.batch_size, cfg.seed, name="comparisons")
+        rows = engine.shard(cfg.batch_size)
 
-    n_features = train_seg.features.shape[-1]
-    if resume is not None:
-        model = StepRewardMLP.from_pretrained(resume)
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            model = StepRewardMLP(n_features, cfg.hidden, cfg.layers)
-        flat = train_seg.features.reshape(-1, n_features)
-        model.input_mean.copy_(flat.mean(0))
-        model.input_std.copy_(flat.std(0).clamp(min=1e-6))
-    model.train()
-    model = engine.prepare(model)
-    optimizer = adamw(model, cfg.lr, 0.0)
-    scheduler = warmup_cosine(optimizer, min(50, cfg.steps // 10), cfg.steps, 0.1)
-    step = 0
-    if resume is not None:
-        step = checkpoint.resume_training(
-            resume, engine, optimizer=optimizer, scheduler=scheduler, data=sampler
-        )
-    if engine.is_main:
-        save_yaml(cfg, cfg.out / "config.yaml")
-    tracker = Tracker(
-        cfg.out,
-        enabled=engine.is_main,
-        total_steps=cfg.steps,
-        start_step=step,
-        description="segments",
-    )
-    tracker.print(
-        f"[bold]rlfm reward train-segments[/]  {cfg.env}: {cfg.episodes} + {cfg.val_episodes} "
-        f"{cfg.policy} episodes, {len(train_seg.returns)} + {len(val_seg.returns)} segments of "
-        f"{cfg.segment_length} steps, {len(pairs)} oracle comparisons (error rate "
-        f"{cfg.error_rate:g})" + (f"\nresuming from {resume} (step {step})" if resume else "")
-    )
-    features = train_seg.features.to(engine.device)
-    val_features = val_seg.features.to(engine.device)
-    pairs = pairs.to(engine.device)
-
-    def save(step: int) -> None:
-        checkpoint.save_training(
-            cfg.out,
-            step,
-            engine=engine,
-            model=model,
-            tokenizer=None,
-            config=cfg,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            data=sampler,
-            keep=cfg.keep_checkpoints,
-        )
-
-    metrics: dict[str, float] = {}
-    t0 = time.perf_counter()
-    while step < cfg.steps:
-        batch = pairs[sampler.next_batch()[rows].to(engine.device)]  # (b, 2) winner, loser
-        seg = features[batch.reshape(-1)]  # (2b, L, F)
-        r = model(seg).sum(-1).reshape(-1, 2)  # (b, 2) Σ_t r̂ of winner and loser
-        loss = bradley_terry_loss(r[:, 0], r[:, 1])
-        loss.backward()
-        grad_norm = engine.step(model, optimizer, scheduler, 1.0)
-        step += 1
-        row: dict[str, float] = {}
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            row = {
-                "loss": engine.all_reduce_mean(loss.item()),
-                "accuracy": engine.all_reduce_mean(float((r[:, 0] > r[:, 1]).float().mean())),
-                "lr": scheduler.get_last_lr()[0],
-                "grad_norm": grad_norm,
-                "comparisons_per_s": cfg.log_every * cfg.batch_size / (time.perf_counter() - t0),
-            }
-            t0 = time.perf_counter()
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            row |= evaluate(Engine.unwrap(model), val_features, val_seg.returns)
-        if row:
-            tracker.log(step, row)
-            metrics |= row
+        n_features = train_seg.features.shape[-1]
+        if resume is not None:
+            model = StepRewardMLP.from_pretrained(resume)
         else:
-            tracker.advance(step)
-        if step % cfg.save_every == 0 or step == cfg.steps:
-            save(step)
-    if "val_spearman" not in metrics:
-        metrics |= evaluate(Engine.unwrap(model), val_features, val_seg.returns)
-    tracker.close()
-    summary = {k: metrics[k] for k in ("loss", "val_spearman", "val_accuracy") if k in metrics}
-    if engine.is_main:
-        predicted = Engine.unwrap(model).segment_return(val_features).detach().double().cpu()
-        plot_segments(predicted, val_seg.returns, cfg.out / "plots" / "segments.png", cfg.env)
-        from rlfm.evaluate.plots import plot_metrics
-
-        plot_metrics(cfg.out / "metrics.jsonl", cfg.out / "plots" / "loss.png", ["loss"])
-        (cfg.out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        tracker.print(
-            f"[bold]held out[/] Spearman(Σ r̂, true return) {summary['val_spearman']:.3f}, "
-            f"pairwise accuracy {summary['val_accuracy']:.1%} on {len(val_seg.returns)} segments"
-            f"\nmodel: {checkpoint.latest_checkpoint(cfg.out)}"
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)
+                model = StepRewardMLP(n_features, cfg.hidden, cfg.layers)
+            flat = train_seg.features.reshape(-1, n_features)
+            model.input_mean.copy_(flat.mean(0))
+            model.input_std.copy_(flat.std(0).clamp(min=1e-6))
+        model.train()
+        model = engine.prepare(model)
+        optimizer = adamw(model, cfg.lr, 0.0)
+        scheduler = warmup_cosine(optimizer, min(50, cfg.steps // 10), cfg.steps, 0.1)
+        step = run.track(model, optimizer=optimizer, scheduler=scheduler, data=sampler)
+        run.print(
+            f"[bold]rlfm reward train-segments[/]  {cfg.env}: {cfg.episodes} + {cfg.val_episodes} "
+            f"{cfg.policy} episodes, {len(train_seg.returns)} + {len(val_seg.returns)} segments "
+            f"of {cfg.segment_length} steps, {len(pairs)} oracle comparisons (error rate "
+            f"{cfg.error_rate:g})\n"
+            + run.banner(f"batch {cfg.batch_size} comparisons, peak lr {cfg.lr:g}", step)
         )
-    engine.close()
-    return summary
+        features = train_seg.features.to(engine.device)
+        val_features = val_seg.features.to(engine.device)
+        pairs = pairs.to(engine.device)
+
+        metrics: dict[str, float] = {}
+        t0 = time.perf_counter()
+        while step < cfg.steps:
+            batch = pairs[sampler.next_batch()[rows].to(engine.device)]  # (b, 2) winner, loser
+            seg = features[batch.reshape(-1)]  # (2b, L, F)
+            with engine.micro_step(model, last=True):
+                r = model(seg).float().sum(-1).reshape(-1, 2)  # (b, 2) Σ_t r̂ of winner, loser
+                loss = bradley_terry_loss(r[:, 0], r[:, 1])
+                engine.backward(loss, weight=1.0 / engine.world_size)  # each process: 1/N rows
+            grad_norm = engine.step(model, optimizer, scheduler, cfg.max_grad_norm)
+            step += 1
+            row: dict[str, float] = {}
+            if run.due(step, cfg.log_every):
+                row = {
+                    "loss": engine.all_reduce_mean(loss.item()),
+                    "accuracy": engine.all_reduce_mean(float((r[:, 0] > r[:, 1]).float().mean())),
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": grad_norm,
+                    "comparisons_per_s": cfg.log_every
+                    * cfg.batch_size
+                    / (time.perf_counter() - t0),
+                }
+                t0 = time.perf_counter()
+            if run.due(step, cfg.eval_every):
+                row |= evaluate(Engine.unwrap(model), val_features, val_seg.returns)
+            run.tracker.log(step, row)
+            metrics |= row
+            run.checkpoint(step)
+        if "val_spearman" not in metrics:  # a finished run whose summary was lost
+            metrics |= evaluate(Engine.unwrap(model), val_features, val_seg.returns)
+        summary = {k: metrics[k] for k in ("loss", "val_spearman", "val_accuracy") if k in metrics}
+        if engine.is_main:
+            predicted = Engine.unwrap(model).segment_return(val_features).detach().double().cpu()
+            plot_segments(predicted, val_seg.returns, cfg.out / "plots" / "segments.png", cfg.env)
+            plot_metrics(cfg.out / "metrics.jsonl", cfg.out / "plots" / "loss.png", ["loss"])
+            (cfg.out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
+            run.print(
+                f"[bold]held out[/] Spearman(Σ r̂, true return) {summary['val_spearman']:.3f}, "
+                f"pairwise accuracy {summary['val_accuracy']:.1%} on {len(val_seg.returns)} "
+                f"segments\nmodel: {checkpoint.latest_checkpoint(cfg.out)}"
+            )
+        return run.finish(summary)
 
 
 def plot_segments(predicted: torch.Tensor, true: torch.Tensor, png: Path, env: str) -> Path:

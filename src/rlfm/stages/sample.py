@@ -13,21 +13,20 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from rlfm.checkpoint import resolve_model_dir
-from rlfm.config import check
+from rlfm.config import Runtime, check, settings
 from rlfm.engine import Engine
-from rlfm.models.adapters import load_model, sampling_model
+from rlfm.errors import ModelError
+from rlfm.models.adapters import fit_vocabulary, load_model, sampling_model
 from rlfm.models.tokenizer import load_tokenizer
 from rlfm.rollout import generate
 
 
-@dataclass(frozen=True)
+@settings(Runtime, precision="fp32")
 class Config:
     """Generate text from a model."""
 
@@ -52,12 +51,6 @@ class Config:
     """Reward model (an `rlfm reward train` run or checkpoint) that ranks the best-of-n candidates."""
     jsonl: bool = False
     """Print one JSON object per sample instead of plain text."""
-    seed: int = 0
-    """Seed of the sampler."""
-    device: str = "auto"
-    """auto, cpu or cuda."""
-    precision: Literal["auto", "fp32", "bf16"] = "fp32"
-    """Compute precision of the forward passes."""
 
     def __post_init__(self) -> None:
         check(self.num_samples >= 1, "num_samples", f"must be ≥ 1, got {self.num_samples}")
@@ -79,7 +72,11 @@ def run(cfg: Config) -> list[dict]:
     path = resolve_model_dir(cfg.model)
     engine = Engine.create(cfg.device, cfg.precision)
     tokenizer = load_tokenizer(path)
-    model = sampling_model(load_model(path)).to(engine.device).eval()  # base + any adapter
+    if (path / "head.json").is_file():
+        raise ModelError(f"model: {path} is a reward or value model, not a policy to sample from")
+    model = load_model(path)
+    fit_vocabulary(model, tokenizer)
+    model = sampling_model(model).to(engine.device).eval()  # base + any adapter
     reward_model = None
     if cfg.reward is not None:
         from rlfm.models.heads import RewardModel

@@ -43,7 +43,6 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -53,23 +52,25 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from rlfm import checkpoint
-from rlfm.config import check, save_yaml
+from rlfm.config import AdapterSettings, RunSettings, check, lora_alpha, settings
 from rlfm.data import sft as data
 from rlfm.data.corpora import load_builtin_corpus
 from rlfm.engine import Engine
 from rlfm.errors import ConfigError, DataError, ModelError
+from rlfm.evaluate.plots import plot_metrics
 from rlfm.losses.lm import next_token_loss
 from rlfm.models import adapters
 from rlfm.models.tokenizer import ensure_pad_token, load_tokenizer
 from rlfm.optim import adamw, warmup_cosine
 from rlfm.rollout import generate
-from rlfm.tracking import Tracker, read_metrics
+from rlfm.run import Run
+from rlfm.tracking import read_metrics
 
 DEFAULT_LR = {"full": 3e-4, "lora": 2e-3, "prefix": 1e-2}
 """Peak learning rate per adapter when --lr is not given."""
 
 
-@dataclass(frozen=True)
+@settings(RunSettings, AdapterSettings, eval_every=100, save_every=100, lora_dropout=0.05)
 class Config:
     """Supervised fine-tuning (defaults: full fine-tuning on the built-in dialogue)."""
 
@@ -95,20 +96,6 @@ class Config:
     too_long: Literal["drop", "truncate", "error"] = "drop"
     """What to do with a longer sequence: drop it, keep its first max_length tokens, or stop
     with an error naming the row. The run reports how many and which."""
-    adapter: Literal["full", "lora", "prefix"] = "full"
-    """full: train every weight; lora: low-rank updates of chosen projections; prefix: trained
-    key/value vectors before the sequence."""
-    lora_r: int = 8
-    """LoRA rank r."""
-    lora_alpha: float = 16.0
-    """LoRA scale α (the update is multiplied by α / r)."""
-    lora_dropout: float = 0.05
-    """Dropout on the LoRA branch's input."""
-    lora_targets: tuple[str, ...] = ()
-    """Modules to adapt (names or suffixes such as attn.c_proj, or all-linear). Default: the
-    attention projections."""
-    prefix_tokens: int = 16
-    """Prefix-tuning: trained positions per layer."""
     steps: int = 400
     """Optimizer steps."""
     batch_size: int = 16
@@ -117,35 +104,22 @@ class Config:
     """Demonstrations per forward/backward pass per process (gradient accumulation when smaller
     than the per-process batch). Default: the whole per-process batch at once."""
     lr: float | None = None
-    """Peak learning rate. Default: 3e-4 (full), 2e-3 (lora), 1e-2 (prefix)."""
+    """Peak learning rate. Default: per adapter, 3e-4 (full), 2e-3 (lora), 1e-2 (prefix)."""
     warmup_steps: int = 20
     """Steps of linear learning-rate warm-up."""
     weight_decay: float = 0.0
     """AdamW weight decay on weight matrices."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this (0 = no clipping)."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """Compute precision: bf16 autocast where the hardware runs it fast (auto), or fp32."""
-    device: str = "auto"
-    """auto, cpu or cuda."""
-    eval_every: int = 100
-    """Evaluate validation loss and write samples every this many steps (and at 0 and the end)."""
     eval_examples: int = 256
     """Held-out demonstrations in the validation loss (a fixed, evenly spread subset)."""
-    save_every: int = 100
-    """Write a checkpoint every this many steps (and at the end)."""
-    keep_checkpoints: int = 3
-    """Keep only the newest this many checkpoints."""
-    log_every: int = 10
-    """Log training metrics every this many steps."""
     samples: int = 4
     """Fixed held-out prompts sampled at each evaluation (0 = none)."""
-    sample_tokens: int = 64
+    max_new_tokens: int = 64
     """Tokens per sample at most (a sample ends at EOS)."""
     temperature: float = 0.7
     """Sampling temperature of the samples (0 = greedy)."""
-    seed: int = 0
-    """Seed of adapter initialisation, data order, dropout and sampling."""
+
+    RESUMABLE = ("steps", "eval_examples", "samples", "max_new_tokens", "temperature")
+    RENAMED = {"sample_tokens": "max_new_tokens"}
 
     def __post_init__(self) -> None:
         check(
@@ -156,16 +130,8 @@ class Config:
             "max_length",
             f"must be ≥ 2, got {self.max_length}",
         )
-        check(self.lora_r >= 1, "lora_r", f"must be ≥ 1, got {self.lora_r}")
-        check(self.lora_alpha > 0, "lora_alpha", f"must be > 0, got {self.lora_alpha}")
-        check(
-            0 <= self.lora_dropout < 1,
-            "lora_dropout",
-            f"must be in [0, 1), got {self.lora_dropout}",
-        )
-        check(self.prefix_tokens >= 1, "prefix_tokens", f"must be ≥ 1, got {self.prefix_tokens}")
-        check(self.steps >= 1, "steps", f"must be ≥ 1, got {self.steps}")
-        check(self.batch_size >= 1, "batch_size", f"must be ≥ 1, got {self.batch_size}")
+        for name in ("steps", "batch_size", "eval_examples", "max_new_tokens"):
+            check(getattr(self, name) >= 1, name, f"must be ≥ 1, got {getattr(self, name)}")
         check(
             self.micro_batch_size is None or self.micro_batch_size >= 1,
             "micro_batch_size",
@@ -174,12 +140,7 @@ class Config:
         check(self.lr is None or self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         check(self.warmup_steps >= 0, "warmup_steps", f"must be ≥ 0, got {self.warmup_steps}")
         check(self.weight_decay >= 0, "weight_decay", f"must be ≥ 0, got {self.weight_decay}")
-        check(self.max_grad_norm >= 0, "max_grad_norm", f"must be ≥ 0, got {self.max_grad_norm}")
-        for name in ("eval_every", "save_every", "log_every", "eval_examples"):
-            check(getattr(self, name) >= 1, name, f"must be ≥ 1, got {getattr(self, name)}")
-        check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be ≥ 1")
         check(self.samples >= 0, "samples", f"must be ≥ 0, got {self.samples}")
-        check(self.sample_tokens >= 1, "sample_tokens", f"must be ≥ 1, got {self.sample_tokens}")
         check(self.temperature >= 0, "temperature", f"must be ≥ 0, got {self.temperature}")
         if self.data is not None:
             check(Path(self.data).exists(), "data", f"{self.data} does not exist")
@@ -261,13 +222,13 @@ def setup_model(
     base = adapters.load_model(model_dir)
     if adapters.is_peft_model(base):  # fine-tuning an already fine-tuned model: fold it in
         base = adapters.merge_adapter(base)
-    adapters.resize_embeddings(base, len(tokenizer))
+    adapters.fit_vocabulary(base, tokenizer)
     base.config.pad_token_id = tokenizer.pad_token_id
     if cfg.adapter == "lora":
         return adapters.add_lora(
             base,
             r=cfg.lora_r,
-            alpha=cfg.lora_alpha,
+            alpha=lora_alpha(cfg),
             dropout=cfg.lora_dropout,
             targets=cfg.lora_targets,
             base_path=model_dir,
@@ -364,7 +325,7 @@ def generate_samples(
             adapters.sampling_model(inner),
             tokenizer,
             [ex.prompt for ex in prompts],
-            max_new_tokens=cfg.sample_tokens,
+            max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
             generator=g,
         )
@@ -382,184 +343,126 @@ def _spread(items: list, n: int) -> list:
     return [items[i * len(items) // n] for i in range(n)]
 
 
-def _append_jsonl(path: Path, rows: list[dict], keep_until: int | None = None) -> None:
-    """Append rows; with ``keep_until``, first drop rows logged after that step (on resume)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if keep_until is not None and path.exists():
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= keep_until:
-                    kept.append(line + "\n")
-            except json.JSONDecodeError:
-                continue  # a torn last line from a kill
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        tmp.replace(path)
-    with path.open("a", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
 # ---------------------------------------------------------------------------- training
 
 
 def train(cfg: Config) -> dict[str, float]:
     """Run supervised fine-tuning; returns the final metrics (loss, val_loss, ...)."""
-    engine = Engine.create(cfg.device, cfg.precision)
-    engine.seed(cfg.seed)
-    resume = checkpoint.latest_checkpoint(cfg.out)
-    model_dir = checkpoint.resolve_model_dir(cfg.model) if resume is None else resume
-    tokenizer = load_tokenizer(model_dir)
-    ensure_pad_token(tokenizer)
+    with Run(cfg, "sft", total=cfg.steps) as run:
+        if run.finished:
+            return run.summary
+        engine, resume = run.engine, run.resume
+        model_dir = checkpoint.resolve_model_dir(cfg.model) if resume is None else resume
+        tokenizer = load_tokenizer(model_dir)
+        ensure_pad_token(tokenizer)
 
-    # data: read, validate, tokenize and fit to length before the model is loaded
-    train_examples, val_examples, source, notes, max_length = prepare_examples(
-        cfg, engine, tokenizer, model_dir
-    )
-    sampler = data.BucketSampler([len(ex) for ex in train_examples], cfg.batch_size, cfg.seed)
-    n_loss = torch.tensor([int(ex.loss_mask.sum()) for ex in train_examples])
-    eval_set = sorted(_spread(val_examples, cfg.eval_examples), key=len)
-    sample_prompts = _spread(val_examples, cfg.samples) if cfg.samples else []
-    rows = engine.shard(cfg.batch_size)
-    n_micro = engine.micro_batches(cfg.batch_size, cfg.micro_batch_size)
-    micro = (rows.stop - rows.start) // n_micro
-    multiple_of = shape_multiple(engine)
-
-    model = setup_model(cfg, tokenizer, model_dir, resume)
-    kind = cfg.adapter
-    n_trainable, n_total = adapters.trainable_parameters(model)
-    trim = cfg.completion_only_loss and _takes_logits_to_keep(model)
-    lr = cfg.lr or DEFAULT_LR[kind]
-    model.train()
-    model = engine.prepare(model)
-    optimizer = adamw(model, lr, cfg.weight_decay, betas=(0.9, 0.95))
-    scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps, 0.1)
-
-    step = 0
-    if resume is not None:
-        step = checkpoint.resume_training(
-            resume, engine, optimizer=optimizer, scheduler=scheduler, data=sampler
+        # data: read, validate, tokenize and fit to length before the model is loaded
+        train_examples, val_examples, source, notes, max_length = prepare_examples(
+            cfg, engine, tokenizer, model_dir
         )
-    if engine.is_main:
-        save_yaml(cfg, cfg.out / "config.yaml")
-        if resume is None:  # a fresh start: nothing from an earlier, checkpoint-less try
-            for stale in ("metrics.jsonl", "samples.jsonl"):
-                (cfg.out / stale).unlink(missing_ok=True)
-    tracker = Tracker(
-        cfg.out, enabled=engine.is_main, total_steps=cfg.steps, start_step=step, description="sft"
-    )
-    adapter_line = {
-        "full": "full fine-tuning",
-        "lora": f"LoRA r={cfg.lora_r} α={cfg.lora_alpha:g}",
-        "prefix": f"prefix-tuning, {cfg.prefix_tokens} prefix tokens",
-    }[kind]
-    tracker.print(
-        f"[bold]rlfm sft[/]  {escape(source)}\n"
-        f"model {model_dir} ({n_total / 1e6:.2f}M parameters), {adapter_line}: trainable "
-        f"{n_trainable:,} ({100 * n_trainable / n_total:.2f}%)\n"
-        f"{len(train_examples):,} training / {len(val_examples):,} validation demonstrations, "
-        f"max_length {max_length}, loss on "
-        f"{'completion tokens' if cfg.completion_only_loss else 'all tokens'}\n"
-        + "".join(f"note: {escape(n)}\n" for n in notes)
-        + f"device {engine.device} × {engine.world_size} process(es), {engine.precision}, "
-        f"batch {cfg.batch_size} = {engine.world_size} × {n_micro} × {micro} demonstrations, "
-        f"peak lr {lr:g}" + (f"\nresuming from {resume} (step {step})" if resume else "")
-    )
+        sampler = data.BucketSampler([len(ex) for ex in train_examples], cfg.batch_size, cfg.seed)
+        n_loss = torch.tensor([int(ex.loss_mask.sum()) for ex in train_examples])
+        eval_set = sorted(_spread(val_examples, cfg.eval_examples), key=len)
+        sample_prompts = _spread(val_examples, cfg.samples) if cfg.samples else []
+        rows = engine.shard(cfg.batch_size)
+        n_micro = engine.micro_batches(cfg.batch_size, cfg.micro_batch_size)
+        micro = (rows.stop - rows.start) // n_micro
+        multiple_of = shape_multiple(engine)
 
-    def save(step: int) -> None:
-        checkpoint.save_training(
-            cfg.out,
-            step,
-            engine=engine,
-            model=model,
-            tokenizer=tokenizer,
-            config=cfg,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            data=sampler,
-            keep=cfg.keep_checkpoints,
+        model = setup_model(cfg, tokenizer, model_dir, resume)
+        n_trainable, n_total = adapters.trainable_parameters(model)
+        trim = cfg.completion_only_loss and _takes_logits_to_keep(model)
+        lr = cfg.lr or DEFAULT_LR[cfg.adapter]
+        model.train()
+        model = engine.prepare(model)
+        optimizer = adamw(model, lr, cfg.weight_decay, betas=(0.9, 0.95))
+        scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps, 0.1)
+        step = run.track(model, tokenizer, optimizer=optimizer, scheduler=scheduler, data=sampler)
+        adapter_line = {
+            "full": "full fine-tuning",
+            "lora": f"LoRA r={cfg.lora_r} α={lora_alpha(cfg):g}",
+            "prefix": f"prefix-tuning, {cfg.prefix_tokens} prefix tokens",
+        }[cfg.adapter]
+        run.print(
+            f"[bold]rlfm sft[/]  {escape(source)}\n"
+            f"model {model_dir} ({n_total / 1e6:.2f}M parameters), {adapter_line}: trainable "
+            f"{n_trainable:,} ({100 * n_trainable / n_total:.2f}%)\n"
+            f"{len(train_examples):,} training / {len(val_examples):,} validation "
+            f"demonstrations, max_length {max_length}, loss on "
+            f"{'completion tokens' if cfg.completion_only_loss else 'all tokens'}\n"
+            + "".join(f"note: {escape(n)}\n" for n in notes)
+            + run.banner(
+                f"batch {cfg.batch_size} = {engine.world_size} × {n_micro} × {micro} "
+                f"demonstrations, peak lr {lr:g}",
+                step,
+            )
         )
 
-    def evaluation(step: int) -> dict[str, float]:
-        val_loss = evaluate(
-            model, engine, eval_set, micro, tokenizer.pad_token_id, trim, multiple_of
-        )
-        if engine.is_main:
-            samples = generate_samples(cfg, model, tokenizer, engine, sample_prompts)
-            _append_jsonl(cfg.out / "samples.jsonl", [{"step": step, **s} for s in samples])
-        return {"val_loss": val_loss}
-
-    metrics: dict[str, float] = {}
-    if step == 0:
-        metrics = evaluation(0)
-        tracker.log(0, metrics)
-    elif engine.is_main:
-        _append_jsonl(cfg.out / "samples.jsonl", [], keep_until=step)
-    train_time, timed_steps, timed_tokens, timed_positions = 0.0, 0, 0, 0
-    while step < cfg.steps:
-        t0 = time.perf_counter()
-        batch_idx = sampler.next_batch()
-        n_global = int(n_loss[batch_idx].sum())  # loss tokens in the batch of all processes
-        mine = batch_idx[rows].tolist()
-        loss_sum = torch.zeros((), device=engine.device)  # summed loss: no sync per micro-step
-        for i in range(n_micro):
-            part = [train_examples[j] for j in mine[i * micro : (i + 1) * micro]]
-            batch = data.collate(part, tokenizer.pad_token_id, multiple_of)
-            timed_tokens += int(batch.attention_mask.sum())
-            timed_positions += batch.input_ids.numel()
-            with engine.micro_step(model, last=i == n_micro - 1):
-                with engine.autocast():
-                    summed, _ = batch_loss(model, batch, engine.device, trim, multiple_of)
-                # DDP averages gradients over processes: scale so the result is the global mean
-                (summed * (engine.world_size / n_global)).backward()
-            loss_sum += summed.detach().float()
-        grad_norm = engine.step(model, optimizer, scheduler, cfg.max_grad_norm)
-        step += 1
-        train_time, timed_steps = train_time + time.perf_counter() - t0, timed_steps + 1
-        row: dict[str, float] = {}
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            row = {
-                "loss": float(engine.all_reduce_sum(loss_sum)) / n_global,
-                "lr": scheduler.get_last_lr()[0],
-                "grad_norm": grad_norm,
-                "samples_per_s": cfg.batch_size * timed_steps / train_time,
-                "tokens_per_s": engine.world_size * timed_tokens / train_time,
-                "padding": 1 - timed_tokens / max(1, timed_positions),
-                "epoch": sampler.epoch + sampler.cursor / sampler.n_batches,
-            }
-            train_time, timed_steps, timed_tokens, timed_positions = 0.0, 0, 0, 0
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            row |= evaluation(step)
-        if row:
-            tracker.log(step, row)
-            metrics |= row
-        else:
-            tracker.advance(step)
-        if step % cfg.save_every == 0 or step == cfg.steps:
-            save(step)
-    if "val_loss" not in metrics:  # nothing left to train: a finished run started again
-        metrics |= {
-            "val_loss": evaluate(
+        def evaluation(step: int) -> dict[str, float]:
+            val_loss = evaluate(
                 model, engine, eval_set, micro, tokenizer.pad_token_id, trim, multiple_of
             )
-        }
-    tracker.close()
+            if engine.is_main:
+                samples = generate_samples(cfg, model, tokenizer, engine, sample_prompts)
+                run.append("samples.jsonl", [{"step": step, **s} for s in samples])
+            return {"val_loss": val_loss}
 
-    summary = {k: metrics[k] for k in ("loss", "val_loss") if k in metrics}
-    summary["trainable_share"] = n_trainable / n_total
-    if engine.is_main:
-        from rlfm.evaluate.plots import plot_metrics
+        metrics: dict[str, float] = {}
+        if step == 0:
+            metrics = evaluation(0)
+            run.tracker.log(0, metrics)
+        train_time, timed_steps, timed_tokens, timed_positions = 0.0, 0, 0, 0
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            batch_idx = sampler.next_batch()
+            n_global = int(n_loss[batch_idx].sum())  # loss tokens in the batch of all processes
+            mine = batch_idx[rows].tolist()
+            loss_sum = torch.zeros((), device=engine.device)  # summed loss: no sync per micro-step
+            for i in range(n_micro):
+                part = [train_examples[j] for j in mine[i * micro : (i + 1) * micro]]
+                batch = data.collate(part, tokenizer.pad_token_id, multiple_of)
+                timed_tokens += int(batch.attention_mask.sum())
+                timed_positions += batch.input_ids.numel()
+                with engine.micro_step(model, last=i == n_micro - 1):
+                    summed, _ = batch_loss(model, batch, engine.device, trim, multiple_of)
+                    engine.backward(summed, weight=1.0 / n_global)  # the global token mean
+                loss_sum += summed.detach().float()
+            grad_norm = engine.step(model, optimizer, scheduler, cfg.max_grad_norm)
+            step += 1
+            train_time, timed_steps = train_time + time.perf_counter() - t0, timed_steps + 1
+            row: dict[str, float] = {}
+            if run.due(step, cfg.log_every):
+                row = {
+                    "loss": float(engine.all_reduce_sum(loss_sum)) / n_global,
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": grad_norm,
+                    "samples_per_s": cfg.batch_size * timed_steps / train_time,
+                    "tokens_per_s": engine.world_size * timed_tokens / train_time,
+                    "padding": 1 - timed_tokens / max(1, timed_positions),
+                    "epoch": sampler.epochs,
+                }
+                train_time, timed_steps, timed_tokens, timed_positions = 0.0, 0, 0, 0
+            if run.due(step, cfg.eval_every):
+                row |= evaluation(step)
+            run.tracker.log(step, row)
+            metrics |= row
+            run.checkpoint(step)
+        if "val_loss" not in metrics:  # a finished run whose summary was lost
+            metrics["val_loss"] = evaluate(
+                model, engine, eval_set, micro, tokenizer.pad_token_id, trim, multiple_of
+            )
 
-        plot_metrics(
-            cfg.out / "metrics.jsonl", cfg.out / "plots" / "loss.png", ["loss", "val_loss"]
-        )
-        last = [r for r in read_metrics(cfg.out / "samples.jsonl") if r.get("step") == step]
-        for s in last[:3]:
-            tracker.print(f"[bold cyan]{escape(s['prompt'].strip())}[/]\n{escape(s['sample'])}\n")
-        tracker.print(
-            f"[bold]validation[/] loss {summary['val_loss']:.3f}\n"
-            f"model: {checkpoint.latest_checkpoint(cfg.out)}"
-        )
-    engine.close()
-    return summary
+        summary = {k: metrics[k] for k in ("loss", "val_loss") if k in metrics}
+        summary["trainable_share"] = n_trainable / n_total
+        if engine.is_main:
+            plot_metrics(
+                cfg.out / "metrics.jsonl", cfg.out / "plots" / "loss.png", ["loss", "val_loss"]
+            )
+            last = [r for r in read_metrics(cfg.out / "samples.jsonl") if r.get("step") == step]
+            for s in last[:3]:
+                run.print(f"[bold cyan]{escape(s['prompt'].strip())}[/]\n{escape(s['sample'])}\n")
+            run.print(
+                f"[bold]validation[/] loss {summary['val_loss']:.3f}\n"
+                f"model: {checkpoint.latest_checkpoint(cfg.out)}"
+            )
+        return run.finish(summary)
