@@ -119,7 +119,7 @@ def test_relabelled_copies_shift_returns_and_costs_to_go():
 @pytest.fixture(scope="module")
 def minari_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("minari")
-    speed_run_dataset(root, episodes=20)
+    speed_run_dataset(root, "test/speedrun/mixed-v0", episodes=20)
     cartpole_dataset(root, episodes=5)
     return root
 

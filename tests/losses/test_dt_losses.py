@@ -87,7 +87,9 @@ def test_shapes_are_checked():
     with pytest.raises(AssertionError, match="mask"):
         action_mse_loss(torch.zeros(1, 3, 2), torch.zeros(1, 3, 2), torch.ones(1, 2))
     with pytest.raises(AssertionError, match="actions"):
-        action_cross_entropy(torch.zeros(1, 3, 2), torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 3))
+        action_cross_entropy(
+            torch.zeros(1, 3, 2), torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 3)
+        )
 
 
 def test_all_padding_gives_zero_not_nan():

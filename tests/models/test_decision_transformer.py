@@ -26,7 +26,9 @@ def small(**kw) -> DecisionTransformer:
 def inputs(B=2, T=4, S=3, A=2, seed=1, discrete=False):
     g = torch.Generator().manual_seed(seed)
     actions = (
-        torch.randint(0, A, (B, T), generator=g) if discrete else torch.rand(B, T, A, generator=g) * 2 - 1
+        torch.randint(0, A, (B, T), generator=g)
+        if discrete
+        else torch.rand(B, T, A, generator=g) * 2 - 1
     )
     return dict(
         states=torch.randn(B, T, S, generator=g),
@@ -179,7 +181,9 @@ def test_save_and_load(tmp_path):
     assert isinstance(back, DecisionTransformer) and back.cfg == m.cfg
     x = inputs()
     c, task = torch.rand(2, 4), torch.tensor([0, 1])
-    assert torch.equal(m(**x, costs_to_go=c, task=task).action, back(**x, costs_to_go=c, task=task).action)
+    assert torch.equal(
+        m(**x, costs_to_go=c, task=task).action, back(**x, costs_to_go=c, task=task).action
+    )
     bc = BCPolicy(BCConfig(state_dim=3, action_dim=2, thresholds=[10.0, 20.0]))
     bc.save_pretrained(tmp_path / "bc")
     again = load_policy(tmp_path / "bc")

@@ -152,7 +152,6 @@ class Config:
     RESUMABLE = ("steps", "eval_episodes", "max_eval_steps")
 
     def __post_init__(self) -> None:
-        check(len(self.dataset) >= 1, "dataset", "give at least one --dataset (id or folder)")
         thresholds = parse_numbers(self.cost_thresholds, "cost_thresholds")
         check(len(thresholds) >= 1, "cost_thresholds", "give at least one threshold")
         check(

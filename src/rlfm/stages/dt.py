@@ -111,7 +111,6 @@ class Config:
     RESUMABLE = ("steps", "eval_episodes", "max_eval_steps")
 
     def __post_init__(self) -> None:
-        check(len(self.dataset) >= 1, "dataset", "give at least one --dataset (id or folder)")
         for name in ("context", "hidden", "layers", "heads", "steps", "batch_size"):
             check(getattr(self, name) >= 1, name, f"must be ≥ 1, got {getattr(self, name)}")
         check(
