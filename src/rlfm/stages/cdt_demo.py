@@ -41,11 +41,12 @@ CPU = dict(
     eval_every=400,
     save_every=400,
     eval_episodes=4,
+    precision="fp32",
 )
 """The CPU preset (the same numbers as configs/cdt/cpu.yaml, less ``method``)."""
 
 
-@settings(Runtime)
+@settings(Runtime, precision="fp32")
 class Config:
     """Train CDT and its baselines on the built-in constrained demo dataset; Table 1."""
 

@@ -39,6 +39,7 @@ CPU = dict(
     eval_every=500,
     save_every=500,
     eval_episodes=4,
+    precision="fp32",
 )
 """The CPU preset (the same numbers as configs/dt/cpu.yaml)."""
 
@@ -51,7 +52,7 @@ def demo_dataset() -> str:
     return DATASET
 
 
-@settings(Runtime)
+@settings(Runtime, precision="fp32")
 class Config:
     """Train and evaluate a Decision Transformer on the built-in demo dataset."""
 
