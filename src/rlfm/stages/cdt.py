@@ -303,7 +303,7 @@ def cdt_loss(model: torch.nn.Module, w: Windows, cfg: Config) -> tuple[torch.Ten
         if entropy_on:
             target = 0.5 * math.log(mc.action_dim) if mc.discrete else -float(mc.action_dim)
             loss = loss + temperature_loss(net.temperature(), entropy, target)
-            parts["temperature"] = float(net.temperature())
+            parts["temperature"] = net.temperature().item()
         parts |= {"nll": float(nll), "entropy": float(entropy)}
     elif mc.discrete:
         loss = action_cross_entropy(out.action, w.actions, w.mask)
