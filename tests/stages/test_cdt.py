@@ -67,7 +67,6 @@ def results(minari_dir, tmp_path_factory):
     return root, out
 
 
-@pytest.mark.slow
 def test_cdt_keeps_both_thresholds_while_bc_all_does_not(results):
     """Learning: normalised cost ≤ 1 at κ = 5 and κ = 20 for CDT (one model, zero-shot);
     BC-All, which imitates every episode, exceeds them."""

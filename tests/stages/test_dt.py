@@ -59,7 +59,6 @@ def trained(minari_dir, tmp_path_factory):
     return out, dt.train(cfg)
 
 
-@pytest.mark.slow
 def test_conditioned_dt_reaches_the_returns_it_is_asked_for(trained, tmp_path):
     """Learning: targets spread over the dataset's return range give clearly different
     achieved returns, correlation ≥ 0.9 between target and achieved return."""
