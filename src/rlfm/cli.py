@@ -44,6 +44,33 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "offline make": ("rlfm.stages.offline_make", "run", "Make a Minari dataset (D4RL recipes)."),
     "offline list": ("rlfm.stages.offline_list", "run", "List the local Minari datasets."),
+    "dt train": ("rlfm.stages.dt", "train", "Train a Decision Transformer on Minari datasets."),
+    "dt eval": (
+        "rlfm.stages.dt_eval",
+        "evaluate",
+        "Achieved against target return of a Decision Transformer (Figure 4).",
+    ),
+    "dt demo": (
+        "rlfm.stages.dt_demo",
+        "run",
+        "Decision Transformer end to end on a small dataset.",
+    ),
+    "cdt train": (
+        "rlfm.stages.cdt",
+        "train",
+        "Train a Constrained DT, or a baseline (BC-All, BC-Safe, DT-Cost, ablations).",
+    ),
+    "cdt eval": (
+        "rlfm.stages.cdt_eval",
+        "evaluate",
+        "Reward and cost of a Constrained DT across cost thresholds (zero-shot).",
+    ),
+    "cdt table": (
+        "rlfm.stages.cdt_table",
+        "run",
+        "Table 1 of the CDT paper from several `rlfm cdt eval` results.",
+    ),
+    "cdt demo": ("rlfm.stages.cdt_demo", "run", "Constrained DT end to end on a small dataset."),
     "models": ("rlfm.models.presets", "list_presets", "List model presets and parameter counts."),
     "label serve": ("rlfm.feedback.commands.serve", "run", "Serve the labelling web app."),
     "label admin create": (
