@@ -21,6 +21,8 @@ PRESET_COMMANDS = {
     "reward-segments": "reward train-segments",
     "ppo": "ppo",
     "control": "control ppo",
+    "dt": "dt train",
+    "cdt": "cdt train",
 }
 """configs/<folder>/*.yaml -> the command whose Config they fill."""
 

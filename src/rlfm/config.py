@@ -340,7 +340,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def from_dict(cls: type[C], data: dict[str, Any], base: C | None = None, source: str = "") -> C:
+def from_dict(
+    cls: type[C], data: dict[str, Any], base: C | None = None, source: str = "", check: bool = True
+) -> C:
     """Build ``cls`` from ``base`` (default: ``cls()``) with the fields in ``data`` replaced.
 
     Keys may use ``-`` or ``_``. Unknown keys and badly typed values raise ConfigError naming
@@ -373,9 +375,38 @@ def from_dict(cls: type[C], data: dict[str, Any], base: C | None = None, source:
         except ConfigError as e:
             raise ConfigError(f"{e}{where}") from None
     try:
-        return dataclasses.replace(base if base is not None else cls(), **changes)
+        if not check:  # values for the command line to complete: validated once, at the end
+            values = _values(base) if base is not None else _defaults(cls)
+            return _unchecked(cls, values | changes)
+        if base is None:
+            return cls(**changes)
+        return dataclasses.replace(base, **changes)
     except ConfigError as e:
         raise ConfigError(f"{e}{where}") from None
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def _values(cfg: Any) -> dict[str, Any]:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+def _unchecked(cls: type[C], values: dict[str, Any]) -> C:
+    """An instance holding ``values`` without running ``__post_init__``: the command line's
+    starting point, so a default that only makes sense once a flag is given (a required file,
+    say) fails when the flags are in, not before."""
+    obj = cls.__new__(cls)
+    for name, value in values.items():
+        object.__setattr__(obj, name, value)
+    return obj
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -422,8 +453,9 @@ def parse(cls: type[C], args: Sequence[str] | None = None, prog: str | None = No
         "None" if a.lower() in ("none", "null") and i > 0 and args[i - 1].startswith("--") else a
         for i, a in enumerate(args)
     ]
-    default = cls()
     path = _config_flag(args)
     if path is not None and "--help" not in args and "-h" not in args:
-        default = from_dict(cls, load_yaml(path), default, source=path)
+        default = from_dict(cls, load_yaml(path), source=path, check=False)
+    else:
+        default = _unchecked(cls, _defaults(cls))
     return tyro.cli(cls, args=args, default=default, prog=prog)
