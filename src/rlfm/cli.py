@@ -127,6 +127,29 @@ def usage() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run one command; under torchrun, leave without tearing the process group down."""
+    try:
+        _main(argv)
+    except SystemExit as e:
+        _leave_process_group(e.code if isinstance(e.code, int) else 1)
+        raise
+    _leave_process_group(0)
+
+
+def _leave_process_group(code: int) -> None:
+    """Under torchrun, end the process now that its work is written. Destroying a gloo process
+    group from Python can deadlock: its worker thread may still be freeing the last
+    collective's tensors, which needs the GIL, while the destructor holds the GIL and joins that
+    thread (seen as runs that hung at exit)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _main(argv: Sequence[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())

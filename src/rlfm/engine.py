@@ -103,12 +103,11 @@ class Engine:
             dist.barrier()
 
     def close(self, clean: bool = True) -> None:
-        """Leave the process group (once, at the end of a stage; ``clean=False`` after an
-        error skips the final barrier, which the other processes may never reach)."""
-        if self.distributed and dist.is_initialized():
-            if clean:
-                dist.barrier()
-            dist.destroy_process_group()
+        """The end of a stage: every process waits for the others (``clean=False``, after an
+        error, does not: the others may never arrive). The process group stays up for the next
+        stage of the same process (a pipeline) and ends with the process (cli.py)."""
+        if self.distributed and dist.is_initialized() and clean:
+            dist.barrier()
 
     def all_reduce_mean(self, value: float | torch.Tensor) -> float:
         """Mean of a scalar over processes (a plain float on every process)."""
