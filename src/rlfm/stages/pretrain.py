@@ -52,7 +52,7 @@ from rlfm.models.tokenizer import (
     save_tokenizer,
     train_bpe_tokenizer,
 )
-from rlfm.optim import adamw, warmup_cosine
+from rlfm.optim import supervised
 from rlfm.rollout import generate
 from rlfm.run import Run
 from rlfm.tracking import Meter
@@ -345,10 +345,8 @@ def train(cfg: Config) -> dict[str, float]:
 
         preset = PRESETS.get(cfg.model)
         lr = cfg.lr or (preset.lr if preset else 3e-4)
-        model.train()
-        model = engine.prepare(model)
-        optimizer = adamw(model, lr, cfg.weight_decay, betas=(0.9, 0.95))
-        scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        model = engine.prepare(model.train())
+        optimizer, scheduler = supervised(model, cfg, lr, cfg.min_lr_ratio)
         head_weight = plain_head_weight(model)  # None: the model's own logits (see lm_loss)
         step = run.track(model, tokenizer, optimizer=optimizer, scheduler=scheduler, data=sampler)
         n_params = sum(p.numel() for p in model.parameters())

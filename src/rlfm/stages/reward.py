@@ -68,7 +68,7 @@ from rlfm.errors import ConfigError, DataError
 from rlfm.losses.preference import pair_differences, ranking_loss
 from rlfm.models.adapters import fit_vocabulary
 from rlfm.models.heads import RewardModel, load_backbone, load_model_tokenizer
-from rlfm.optim import adamw, warmup_cosine
+from rlfm.optim import supervised
 from rlfm.run import Run
 from rlfm.tracking import Meter
 
@@ -349,10 +349,8 @@ def train(cfg: Config) -> dict[str, float]:
         micro = (rows.stop - rows.start) // n_micro
 
         lr = cfg.lr or DEFAULT_LR[cfg.adapter]
-        model.train()
-        model = engine.prepare(model)
-        optimizer = adamw(model, lr, cfg.weight_decay, betas=(0.9, 0.95))
-        scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps, 0.1)
+        model = engine.prepare(model.train())
+        optimizer, scheduler = supervised(model, cfg, lr)
         step = run.track(model, tokenizer, optimizer=optimizer, scheduler=scheduler, data=sampler)
         inner = Engine.unwrap(model)
         n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

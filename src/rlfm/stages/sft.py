@@ -60,7 +60,7 @@ from rlfm.evaluate.plots import plot_metrics
 from rlfm.losses.lm import next_token_loss
 from rlfm.models import adapters
 from rlfm.models.tokenizer import ensure_pad_token, load_tokenizer
-from rlfm.optim import adamw, warmup_cosine
+from rlfm.optim import supervised
 from rlfm.rollout import generate
 from rlfm.run import Run
 from rlfm.tracking import Meter, read_metrics
@@ -361,10 +361,8 @@ def train(cfg: Config) -> dict[str, float]:
         n_trainable, n_total = adapters.trainable_parameters(model)
         trim = cfg.completion_only_loss and _takes_logits_to_keep(model)
         lr = cfg.lr or DEFAULT_LR[cfg.adapter]
-        model.train()
-        model = engine.prepare(model)
-        optimizer = adamw(model, lr, cfg.weight_decay, betas=(0.9, 0.95))
-        scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps, 0.1)
+        model = engine.prepare(model.train())
+        optimizer, scheduler = supervised(model, cfg, lr)
         step = run.track(model, tokenizer, optimizer=optimizer, scheduler=scheduler, data=sampler)
         adapter_line = {
             "full": "full fine-tuning",
