@@ -24,8 +24,10 @@ temperature 0.7, top_k 0, top_p 1, torch's default thread count (``--threads`` t
   model ``AutoModelForSequenceClassification`` loaded from the same directory.
 
 updates/s = timed updates ÷ the time from the end of the last warm-up update to the end of the
-last timed one (rlfm's ``Tracker.log`` and TRL's ``on_step_end`` stamp the end of each update;
-total work over total time), median over the rounds. rlfm's last update (which also evaluates
+last timed one (total work over total time), median over the rounds. The end of an update is
+the end of its last optimizer step, stamped by the same global optimizer post-step hook as
+every other benchmark (``_common.StepStamps``); rlfm's ``Tracker.log`` and TRL's
+``on_step_end`` only say which optimizer step was an update's last. rlfm's last update (which also evaluates
 and saves) is run but not timed. Work per update differs in one place by design: rlfm
 recomputes the policy's log-probs of the sampled tokens with one more forward pass (log-probs
 at the training temperature, from the training-mode forward); TRL takes them from
@@ -89,6 +91,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     SIZES,
     MemoryAboveImports,
+    StepStamps,
     print_rows,
     proc_status_mib,
     result_row,
@@ -209,6 +212,7 @@ def child_rlfm_ppo(spec: dict) -> dict:
     from rlfm.stages import ppo
 
     rss0 = MemoryAboveImports().baseline
+    opt = StepStamps()
     stamps: list[dict] = []
     gens: list[dict] = []
 
@@ -217,7 +221,7 @@ def child_rlfm_ppo(spec: dict) -> dict:
             if step == 0:  # the SFT policy's evaluation before update 1: not an update
                 gens.clear()
             else:
-                stamps.append(stamp())  # the update is complete when its row is logged
+                stamps.append(update_stamp(opt))  # the update is complete when its row is logged
             super().log(step, metrics, show=show)
 
     real_sample = rollout.sample
@@ -263,6 +267,14 @@ def child_rlfm_ppo(spec: dict) -> dict:
     return {"rss_after_imports": rss0, "stamps": stamps[: spec["updates"]], "gens": gens}
 
 
+def update_stamp(opt: StepStamps) -> dict[str, float]:
+    """The end of the update just completed: the time of its last optimizer step (the shared
+    hook, ``_common.StepStamps``), this process's CPU time and peak RSS so far."""
+    if not opt.ends:
+        raise RuntimeError("an update ended without an optimizer step")
+    return stamp() | {"wall": opt.ends[-1], "optimizer_steps": len(opt.ends)}
+
+
 def child_trl_ppo(spec: dict) -> dict:
     """TRL's PPOTrainer in this process; per-update stamps and generation timings."""
     if spec["precision"] == "bf16":  # shim: see the module docstring
@@ -282,12 +294,13 @@ def child_trl_ppo(spec: dict) -> dict:
     from trl.experimental.ppo import ppo_trainer as trl_ppo
 
     rss0 = MemoryAboveImports().baseline
+    opt = StepStamps()
     stamps: list[dict] = []
     gens: list[dict] = []
 
     class Stamp(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
-            stamps.append(stamp())
+            stamps.append(update_stamp(opt))
 
     real_generation = trl_ppo.batch_generation
 
