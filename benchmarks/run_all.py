@@ -319,7 +319,6 @@ def render_markdown(rows: list[dict], meta: dict | None = None) -> str:
 def machine_info() -> dict:
     """CPU model, cores, torch version, the matmul peak per precision, the load meanwhile."""
     import torch
-
     from _common import matmul_flops
 
     cpu = platform.processor() or "?"
@@ -378,11 +377,7 @@ def run_job(job: Job, workdir: Path, timeout_s: float, python: str) -> tuple[lis
 
 
 def select_jobs(only: list[str], sizes: list[str]) -> list[Job]:
-    return [
-        j
-        for j in JOBS
-        if j.workload in only and (j.workload in UNSIZED or j.size in sizes)
-    ]
+    return [j for j in JOBS if j.workload in only and (j.workload in UNSIZED or j.size in sizes)]
 
 
 def _csv(choices: tuple[str, ...]):
@@ -399,15 +394,27 @@ def _csv(choices: tuple[str, ...]):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="JSON file of rows")
-    p.add_argument("--only", type=_csv(WORKLOADS), default=list(WORKLOADS),
-                   help=f"comma-separated workloads ({','.join(WORKLOADS)})")
-    p.add_argument("--sizes", type=_csv(SIZE_NAMES), default=list(SIZE_NAMES),
-                   help=f"comma-separated sizes ({','.join(SIZE_NAMES)})")
+    p.add_argument(
+        "--only",
+        type=_csv(WORKLOADS),
+        default=list(WORKLOADS),
+        help=f"comma-separated workloads ({','.join(WORKLOADS)})",
+    )
+    p.add_argument(
+        "--sizes",
+        type=_csv(SIZE_NAMES),
+        default=list(SIZE_NAMES),
+        help=f"comma-separated sizes ({','.join(SIZE_NAMES)})",
+    )
     p.add_argument("--budget", type=float, default=4 * 3600, help="seconds for the whole run")
     p.add_argument("--idle-load", type=float, default=1.0, help="1-min load average deemed idle")
     p.add_argument("--idle-wait", type=float, default=600, help="seconds to wait for it at first")
-    p.add_argument("--idle-wait-each", type=float, default=60,
-                   help="seconds to wait for it before each later script")
+    p.add_argument(
+        "--idle-wait-each",
+        type=float,
+        default=60,
+        help="seconds to wait for it before each later script",
+    )
     p.add_argument("--results-md", type=Path, default=HERE / "RESULTS.md")
     p.add_argument("--render-only", action="store_true", help="re-render RESULTS.md from --out")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")

@@ -52,21 +52,44 @@ def _row(**kw) -> dict:
 def test_result_row_has_the_required_keys(run_all):
     from _common import result_row
 
-    row = result_row(workload="reward (pairs)", size="tiny", peer="TRL", peer_settings="x",
-                     metric="comparisons/s", rlfm=[3.0, 5.0], peer_value=[2.0, 2.0], target=2.0)
+    row = result_row(
+        workload="reward (pairs)",
+        size="tiny",
+        peer="TRL",
+        peer_settings="x",
+        metric="comparisons/s",
+        rlfm=[3.0, 5.0],
+        peer_value=[2.0, 2.0],
+        target=2.0,
+    )
     run_all.check_row(row)
     assert set(run_all.REQUIRED_KEYS) <= set(row)
     assert row["ratio"] == pytest.approx(2.0) and row["met"] is True
-    mem = result_row(workload="ppo", size="tiny", peer="TRL", peer_settings="x", metric="MiB",
-                     rlfm=[90.0], peer_value=[100.0], target=0.8, lower_is_better=True)
+    mem = result_row(
+        workload="ppo",
+        size="tiny",
+        peer="TRL",
+        peer_settings="x",
+        metric="MiB",
+        rlfm=[90.0],
+        peer_value=[100.0],
+        target=0.8,
+        lower_is_better=True,
+    )
     assert mem["met"] is False and mem["target"] == "≤ 0.8×"
 
 
 def test_render_one_table_with_every_row(run_all):
     rows = [
         _row(),
-        _row(workload="reward (k4)", metric="comparisons/s", ratio=3.0, met=False,
-             target="≥ 4×", note="profile: the forward pass | 60%"),
+        _row(
+            workload="reward (k4)",
+            metric="comparisons/s",
+            ratio=3.0,
+            met=False,
+            target="≥ 4×",
+            note="profile: the forward pass | 60%",
+        ),
         run_all.failed_row(run_all.JOBS[0], "timed out after 900 s; output:\nlast line"),
     ]
     meta = {"runs": [{"command": "python benchmarks/run_all.py --out x.json", "date": "d",
