@@ -274,7 +274,8 @@ def test_value_model_can_start_from_the_policy(policy_dir, tmp_path, adapter):
             p.add_(0.1)
     rm.save_pretrained(rm_dir)
     cfg = config(policy_dir, tmp_path / "run", reward=rm_dir, adapter=adapter, value_from="policy")
-    models = ppo.load_models(cfg, resolve_model_dir(run), None, reward_fn=None)
+    tokenizer = rm.tokenizer  # the policy's
+    models = ppo.load_models(cfg, resolve_model_dir(run), None, reward_fn=None, tokenizer=tokenizer)
     value = models.value.backbone.get_input_embeddings().weight.detach()
     reward = models.reward.backbone.get_input_embeddings().weight.detach()
     policy = load_causal_lm(resolve_model_dir(run)).get_input_embeddings().weight.detach()
