@@ -46,6 +46,7 @@ _TAGS = {
     "cdt train": ["decision-transformer", "offline-rl", "safe-rl"],
 }
 _DATA_FIELDS = ("data", "val_data", "prompts", "dataset", "env")
+"""Settings that name what a stage trains on (``prompts``: when it is a file, as in PPO)."""
 _NOT_SETTINGS = {"config", "out", "device"}
 
 
@@ -70,16 +71,30 @@ def _show(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
-def _changed_settings(cfg: Any) -> dict[str, Any]:
-    """The fields of a stage's config whose value differs from the stage's default."""
+def _data_fields(cfg: Any) -> dict[str, Any]:
+    """The settings of ``cfg`` that name its data, and their values (None: not given)."""
+    out = {}
+    for name in _DATA_FIELDS:
+        value = getattr(cfg, name, None)
+        if name == "prompts" and not isinstance(value, Path | type(None)):
+            continue  # e.g. pre-training's sample prompts: a setting, not data
+        if hasattr(cfg, name):
+            out[name] = value
+    return out
+
+
+def _changed_settings(cfg: Any, base: str | None) -> dict[str, Any]:
+    """The fields of a stage's config whose value differs from the stage's default (but for
+    the data and the base model, which the card names apart)."""
+    skip = _NOT_SETTINGS | set(_data_fields(cfg))
     out = {}
     for f in dataclasses.fields(cfg):
-        if f.name in _NOT_SETTINGS or f.name in _DATA_FIELDS:
+        value = getattr(cfg, f.name)
+        if f.name in skip or (base is not None and str(value) == base):
             continue
         default = f.default
         if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
-        value = getattr(cfg, f.name)
         if default is dataclasses.MISSING or value != default:
             out[f.name] = value
     return out
@@ -97,7 +112,7 @@ def base_model_of(cfg: Any) -> str | None:
 
 def data_of(cfg: Any) -> str:
     """What a stage trained on, from its config."""
-    given = [f"{name} `{getattr(cfg, name)}`" for name in _DATA_FIELDS if getattr(cfg, name, None)]
+    given = [f"{name} `{_show(value)}`" for name, value in _data_fields(cfg).items() if value]
     return "; ".join(given) if given else "the built-in default task"
 
 
@@ -215,7 +230,7 @@ def card_text(
         "## Settings",
         "",
     ]
-    changed = _changed_settings(cfg)
+    changed = _changed_settings(cfg, base)
     if changed:
         lines += ["Those that differ from the stage's defaults (all of them: `config.yaml`):", ""]
         lines += ["| setting | value |", "|---|---|"]

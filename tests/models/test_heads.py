@@ -27,7 +27,7 @@ from rlfm.models.heads import (
     shared_prompt_mask,
 )
 from rlfm.models.presets import build_model
-from rlfm.models.tokenizer import save_tokenizer, train_bpe_tokenizer
+from rlfm.models.tokenizer import load_tokenizer, save_tokenizer, train_bpe_tokenizer
 
 WORDS = ["romeo", "juliet", "greets", "thanks", "follows", "answers", "gold", "silver", ".", ":"]
 
@@ -324,7 +324,9 @@ def test_lora_reward_model_saves_an_adapter_and_reloads(tmp_path, family):
     direct = AutoModelForSequenceClassification.from_pretrained(out, num_labels=1)
     with torch.no_grad():
         for hf in (onto, direct):
-            torch.testing.assert_close(hf(**inputs).logits[:, 0] + offset, before, atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                hf(**inputs).logits[:, 0] + offset, before, atol=1e-5, rtol=0
+            )
 
 
 def write_old_format(rm: RewardModel, directory) -> None:
@@ -384,3 +386,40 @@ def test_value_model_starts_from_the_reward_model(lm_dir, tmp_path):
     vm.save_pretrained(tmp_path / "vm")  # the same standard format, labelled "value"
     config = json.loads((tmp_path / "vm" / "config.json").read_text())
     assert config["id2label"] == {"0": "value"} and config["rlfm_head"]["kind"] == "value"
+
+
+def test_a_peft_lora_adapter_made_elsewhere_loads_with_its_scores(tmp_path):
+    """A LoRA adapter made with peft alone (task SEQ_CLS, its score layer in modules_to_save)
+    onto a one-label classifier saved with transformers: rlfm loads it — merged, or trainable
+    — and scores what peft + transformers score."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    lm = make_backbone_dir(tmp_path)
+    config = json.loads((lm / "config.json").read_text())
+    cfg = GPT2Config(**{k: v for k, v in config.items() if k not in ("architectures", "dtype")})
+    cfg.num_labels = 1
+    torch.manual_seed(0)
+    base_dir = tmp_path / "classifier"
+    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(base_dir)
+    base = AutoModelForSequenceClassification.from_pretrained(base_dir)
+    lora = LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["c_attn"], fan_in_fan_out=True)
+    model = get_peft_model(base, lora)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n or "modules_to_save" in n:
+                p.normal_(0, 0.1)
+    model.peft_config["default"].base_model_name_or_path = str(base_dir)
+    out = tmp_path / "adapter"
+    model.save_pretrained(out)
+    tok = load_tokenizer(lm)
+    tok.save_pretrained(out)
+    texts = ["romeo greets juliet .", "gold gold silver"]
+    fresh = PeftModel.from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained(base_dir), out
+    )
+    with torch.no_grad():
+        want = fresh.eval()(**hf_inputs(tok, texts)).logits[:, 0]
+    for trainable in (False, True):
+        rm = RewardModel.from_pretrained(out, trainable=trainable)
+        assert rm.is_lora == trainable and float(rm.gain) == 1.0
+        torch.testing.assert_close(rm.score(texts), want, atol=1e-5, rtol=0)

@@ -37,6 +37,13 @@ reward model's own weights, whose score is read with that adapter disabled — t
 weights in memory instead of four. ``--value-from policy`` starts the value model from the SFT
 policy instead, with a new scalar head (with LoRA: an adapter on a copy of the policy's weights).
 
+The reward model (``--reward``) is an ``rlfm reward train`` run, or any local one-label
+``AutoModelForSequenceClassification`` directory (or LoRA adapter onto one) with its own tokenizer
+(models/heads.py). One that shares the policy's tokenizer scores the sampled token ids; one with
+another tokenizer scores each prompt and decoded response, re-tokenized, and the value model then
+starts from the policy (a value model on the reward model's weights could not read the policy's
+tokens).
+
 The learning rates default per adapter (``DEFAULT_LR``): a LoRA adapter starts at B = 0 and
 moves only through a low-rank update, so it needs a larger step than full fine-tuning to change
 the policy as fast.
