@@ -113,7 +113,7 @@ from rlfm.stages.reward_score import load_reward_model
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
 
-DEFAULT_LR = {"full": (1e-5, 5e-5), "lora": (1e-4, 5e-4)}
+DEFAULT_LR = {"full": (1e-5, 5e-5), "lora": (2e-4, 1e-3)}
 """(policy, value model) peak learning rates per adapter when --lr / --value-lr are not given."""
 
 
@@ -167,10 +167,10 @@ class Config:
     """Sampling temperature; log-probs are computed with the same temperature."""
     lr: float | None = None
     """Peak learning rate of the policy (annealed linearly to 0). Default: 1e-5 (full),
-    1e-4 (lora)."""
+    2e-4 (lora)."""
     value_lr: float | None = None
     """Peak learning rate of the value model (annealed linearly to 0). Default: 5e-5 (full),
-    5e-4 (lora)."""
+    1e-3 (lora)."""
     kl_coef: float = 0.05
     """Initial β, the weight of the KL penalty."""
     kl_target: float | None = 6.0
