@@ -31,32 +31,21 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import SIZES, run_child  # noqa: E402
+from _common import SIZES, matmul_flops, run_child  # noqa: E402
 
 
-def matmul_peaks(sizes=(1024, 2048, 4096), repeats: int = 3) -> dict[str, dict[str, float]]:
-    """Best GFLOP/s of square matmuls per kernel path and size (all threads torch uses)."""
+def matmul_peaks(sizes=(1024, 2048, 4096)) -> dict[str, dict[str, float]]:
+    """Best GFLOP/s of square matmuls per kernel path and size (``_common.matmul_flops``)."""
     import torch
-
-    def best(dtype, n: int) -> float:
-        g = torch.Generator().manual_seed(n)
-        a = torch.randn(n, n, generator=g).to(dtype)
-        b = torch.randn(n, n, generator=g).to(dtype)
-        c = torch.empty(n, n, dtype=dtype)
-        torch.matmul(a, b, out=c)
-        top = 0.0
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            torch.matmul(a, b, out=c)
-            top = max(top, 2 * n**3 / (time.perf_counter() - t0))
-        return top / 1e9
 
     out: dict[str, dict[str, float]] = {}
     for n in sizes:
-        out.setdefault("fp32 matmul", {})[str(n)] = best(torch.float32, n)
-        out.setdefault("bf16 matmul (oneDNN)", {})[str(n)] = best(torch.bfloat16, n)
+        out.setdefault("fp32 matmul", {})[str(n)] = matmul_flops("float32", (n,)) / 1e9
+        out.setdefault("bf16 matmul (oneDNN)", {})[str(n)] = matmul_flops("bfloat16", (n,)) / 1e9
         with torch.backends.mkldnn.flags(enabled=False):
-            out.setdefault("bf16 matmul (oneDNN off)", {})[str(n)] = best(torch.bfloat16, n)
+            out.setdefault("bf16 matmul (oneDNN off)", {})[str(n)] = (
+                matmul_flops("bfloat16", (n,)) / 1e9
+            )
     return out
 
 
