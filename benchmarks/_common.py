@@ -319,6 +319,18 @@ def result_row(
     }
 
 
+def memory_row(rlfm_runs: Sequence[dict], peer_runs: Sequence[dict], **common) -> dict:
+    """The memory row of a comparison: each round's ``peak_mib`` (peak RSS above the RSS after
+    imports, :class:`MemoryAboveImports`) on each side; lower is better."""
+    return result_row(
+        **common,
+        metric="peak MiB above imports",
+        rlfm=[x["peak_mib"] for x in rlfm_runs],
+        peer_value=[x["peak_mib"] for x in peer_runs],
+        lower_is_better=True,
+    )
+
+
 def write_rows(path: Path | None, rows: list[dict], details: dict | None = None) -> None:
     """Write a script's rows (and anything else it measured) as JSON, for ``run_all.py``."""
     import json

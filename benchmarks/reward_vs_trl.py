@@ -62,6 +62,7 @@ from _common import (  # noqa: E402
     SIZES,
     MemoryAboveImports,
     StepStamps,
+    memory_row,
     print_rows,
     result_row,
     run_child,
@@ -299,15 +300,7 @@ def main() -> None:
                 target=TARGETS[case],
             )
         )
-        rows.append(
-            result_row(
-                **common,
-                metric="peak MiB above imports",
-                rlfm=[x["peak_mib"] for x in got["rlfm"]],
-                peer_value=[x["peak_mib"] for x in got["trl"]],
-                lower_is_better=True,
-            )
-        )
+        rows.append(memory_row(got["rlfm"], got["trl"], **common))
     print()
     print_rows(rows)
     write_rows(a.json, rows, details)

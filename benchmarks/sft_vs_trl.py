@@ -59,6 +59,7 @@ from _common import (  # noqa: E402
     SIZES,
     MemoryAboveImports,
     StepStamps,
+    memory_row,
     print_rows,
     result_row,
     size_config,
@@ -345,13 +346,7 @@ def main() -> None:
             peer_value=[x["samples_per_s"] for x in results["trl"]],
             target=TARGET,
         ),
-        result_row(
-            **common,
-            metric="peak MiB above imports",
-            rlfm=[x["peak_mib"] for x in results["rlfm"]],
-            peer_value=[x["peak_mib"] for x in results["trl"]],
-            lower_is_better=True,
-        ),
+        memory_row(results["rlfm"], results["trl"], **common),
     ]
     print()
     print_rows(rows)

@@ -50,7 +50,7 @@ def _row(**kw) -> dict:
 
 
 def test_result_row_has_the_required_keys(run_all):
-    from _common import result_row
+    from _common import memory_row, result_row
 
     row = result_row(
         workload="reward (pairs)",
@@ -65,18 +65,10 @@ def test_result_row_has_the_required_keys(run_all):
     run_all.check_row(row)
     assert set(run_all.REQUIRED_KEYS) <= set(row)
     assert row["ratio"] == pytest.approx(2.0) and row["met"] is True
-    mem = result_row(
-        workload="ppo",
-        size="tiny",
-        peer="TRL",
-        peer_settings="x",
-        metric="MiB",
-        rlfm=[90.0],
-        peer_value=[100.0],
-        target=0.8,
-        lower_is_better=True,
-    )
-    assert mem["met"] is False and mem["target"] == "≤ 0.8×"
+    side = [{"peak_mib": 90.0}], [{"peak_mib": 100.0}]
+    mem = memory_row(*side, workload="ppo", size="tiny", peer="TRL", peer_settings="x", target=0.8)
+    assert mem["met"] is False and mem["target"] == "≤ 0.8×"  # 0.9× is above the ceiling
+    run_all.check_row(mem)
 
 
 def test_render_one_table_with_every_row(run_all):
