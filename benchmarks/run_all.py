@@ -4,9 +4,9 @@
         [--only sft,reward,...] [--sizes tiny,small,100m]
 
 Workloads (``--only``; default all, in this order): ``pretrain`` (pretrain_throughput.py),
-``sft`` (sft_vs_trl.py), ``reward`` (reward_vs_trl.py), ``ppo`` (ppo_vs_trl.py, parts a and b),
-``generation`` (ppo_vs_trl.py, part c), ``control`` (control_ppo_vs_sb3.py) and ``dt``
-(dt_speed.py); the last two have no model size and run once. Sizes (``--sizes``): see
+``sft`` (sft_vs_trl.py), ``reward`` (reward_vs_trl.py), ``ppo`` (ppo_vs_trl.py, part a: full
+fine-tuning), ``ppo-lora`` (part b: LoRA memory), ``generation`` (part c), ``control``
+(control_ppo_vs_sb3.py) and ``dt`` (dt_speed.py); the last two have no model size and run once. Sizes (``--sizes``): see
 ``_common.SIZES``; each workload runs at each size with the step counts of ``JOBS`` (the ~100M
 model with a few steps).
 
@@ -57,7 +57,7 @@ REQUIRED_KEYS = (
 )
 """Keys every row of the ``--out`` file has (issue 15)."""
 
-WORKLOADS = ("pretrain", "sft", "reward", "ppo", "generation", "control", "dt")
+WORKLOADS = ("pretrain", "sft", "reward", "ppo", "ppo-lora", "generation", "control", "dt")
 SIZE_NAMES = ("tiny", "small", "100m")
 UNSIZED = ("control", "dt")
 """Workloads without a model size: run once, their rows keep the size they give."""
@@ -121,11 +121,21 @@ JOBS: list[Job] = [
     *_sized(
         "ppo",
         "ppo_vs_trl.py",
-        ["--parts", "a", "b", "--rounds", "2", "--epochs", "4"],
+        ["--parts", "a", "--rounds", "2", "--epochs", "4"],
         {
-            "tiny": (["--updates", "2", "--warmup", "1"], 1500),
-            "small": (["--updates", "2", "--warmup", "1"], 1800),
+            "tiny": (["--updates", "2", "--warmup", "1"], 900),
+            "small": (["--updates", "2", "--warmup", "1"], 1200),
             "100m": (["--updates", "1", "--warmup", "1", "--prompts", "8"], 1800),
+        },
+    ),
+    *_sized(
+        "ppo-lora",
+        "ppo_vs_trl.py",
+        ["--parts", "b", "--rounds", "2", "--epochs", "4"],
+        {
+            "tiny": (["--warmup", "1"], 900),
+            "small": (["--warmup", "1"], 1200),
+            "100m": (["--warmup", "1", "--prompts", "8", "--lora-micro-batch", "2"], 1800),
         },
     ),
     *_sized(
