@@ -152,7 +152,15 @@ def main() -> None:
     p.add_argument("--new-tokens", default="16,32,64", help="PPO response lengths")
     p.add_argument("--budget", type=float, default=1800, help="seconds for all points")
     p.add_argument("--timeout", type=float, default=600, help="seconds per point at most")
+    p.add_argument("--plot-only", action="store_true", help="plot OUT.json again, run nothing")
     a = p.parse_args()
+    if a.plot_only:
+        result = json.loads(a.out.with_suffix(".json").read_text())
+        for workload in a.workloads.split(","):
+            plot(
+                result["points"], result["peaks_gflops"], workload, Path(f"{a.out}-{workload}.png")
+            )
+        return
     start = time.perf_counter()
     load0 = os.getloadavg()[0]
     peaks = matmul_peaks()
