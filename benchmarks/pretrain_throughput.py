@@ -85,6 +85,7 @@ from _common import (
     MemoryAboveImports,
     StepStamps,
     matmul_flops,
+    memory_row,
     print_rows,
     result_row,
     run_child,
@@ -380,15 +381,7 @@ def summarise(
                 note=f"peak fp32 {peak['fp32'] / 1e9:.0f}, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s",
             )
         )
-        rows.append(
-            result_row(
-                **common,
-                metric="peak MiB above imports",
-                rlfm=[x["peak_mib"] for x in runs["rlfm"]],
-                peer_value=[x["peak_mib"] for x in runs[peer]],
-                lower_is_better=True,
-            )
-        )
+        rows.append(memory_row(runs["rlfm"], runs[peer], **common))
     return rows, peak
 
 
