@@ -71,6 +71,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Table 1 of the CDT paper from several `rlfm cdt eval` results.",
     ),
     "cdt demo": ("rlfm.stages.cdt_demo", "run", "Constrained DT end to end on a small dataset."),
+    "eval citations": (
+        "rlfm.stages.eval_citations",
+        "run",
+        "Citation recall and precision of judged responses (verifiability).",
+    ),
     "models": ("rlfm.models.presets", "list_presets", "List model presets and parameter counts."),
     "label serve": ("rlfm.feedback.commands.serve", "run", "Serve the labelling web app."),
     "label admin create": (
