@@ -61,7 +61,7 @@ from rlfm.tracking import console
 
 StageSettings = Annotated[dict[str, Any], tyro.conf.Suppress]
 """A mapping of a stage's fields, given in the --config YAML only."""
-STAGES = ("pretrain", "sft", "labels", "reward", "ppo")
+STAGES = ("pretrain", "sft", "labels", "reward", "ppo", "eval")
 
 
 @settings(Runtime)
@@ -69,7 +69,8 @@ class Config:
     """Run the whole recipe: pre-training, SFT, labels, reward model, PPO, evaluation, report."""
 
     config: Path | None = None
-    """YAML file of field values (and one mapping per stage: pretrain, sft, labels, reward, ppo)."""
+    """YAML file of field values (and one mapping per stage: pretrain, sft, labels, reward, ppo,
+    eval)."""
     out: Path = Path("runs/demo")
     """Run directory; each stage writes into <out>/<stage>/."""
     quick: bool = False
@@ -97,6 +98,9 @@ class Config:
     """The reward model's settings (YAML only)."""
     ppo: StageSettings = field(default_factory=dict)
     """PPO's settings (YAML only)."""
+    eval: StageSettings = field(default_factory=dict)
+    """The evaluation's settings (YAML only): held-out prompts compared, best-of-n, red-team
+    replies and labelers."""
 
     def __post_init__(self) -> None:
         check(
@@ -122,6 +126,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "ppo": dict(
         updates=6, rollout_batch=16, minibatch=8, eval_every=3, save_every=3, max_new_tokens=24
     ),
+    "eval": dict(n_prompts=8, best_of=4),
 }
 """--quick: every stage on the tiny preset for a few steps."""
 
@@ -135,6 +140,7 @@ class Stages:
     labels: labels.Config
     reward: reward.Config  # its --data and --val-data are the labelling step's exports
     ppo: ppo.Config  # its --gold is the labelling step's gold labeler (built-in prompts)
+    eval: compare.Config  # its PPO policy is <ppo>/best once PPO has run
 
 
 def stage_configs(cfg: Config) -> Stages:
@@ -164,7 +170,21 @@ def stage_configs(cfg: Config) -> Stages:
         defaults["pretrain"] = replace(defaults["pretrain"], steps=cfg.pretrain_steps)
     made: dict[str, Any] = {}
     for name in STAGES:
-        changes = (QUICK[name] if cfg.quick else {}) | getattr(cfg, name)
+        if name == "eval":  # it compares the models the stages before it make
+            rl = made["ppo"]
+            defaults["eval"] = compare.Config(
+                out=out / "eval",
+                base=base,
+                sft=rl.policy,
+                ppo=rl.out / ppo.BEST,
+                reward=rl.reward,
+                prompts=rl.prompts,
+                val_fraction=rl.val_fraction,
+                max_new_tokens=rl.max_new_tokens,
+                temperature=rl.temperature,
+                **common,
+            )
+        changes = (QUICK.get(name, {}) if cfg.quick else {}) | getattr(cfg, name)
         source = f"{cfg.config or 'pipeline'}: {name}"
         made[name] = from_dict(type(defaults[name]), changes, defaults[name], source=source)
     if cfg.model is not None:
@@ -198,8 +218,9 @@ def run(cfg: Config) -> dict[str, float]:
     rl = replace(st.ppo, gold=gold_file) if cfg.prompts is None else st.ppo
     stage("ppo", rl.out / SUMMARY, lambda: ppo.train(rl))
     if cfg.report:
-        evaluation = compare.for_pipeline(cfg.out, rl, base=st.sft.model, gold=gold_file)
-        stage("eval", compare.done(evaluation), lambda: compare.run(evaluation))
+        best = rl.out / ppo.BEST
+        ev = replace(st.eval, ppo=best if best.is_dir() else rl.out, gold=gold_file)
+        stage("eval", compare.done(ev), lambda: compare.run(ev))
         from rlfm.evaluate.report import write_report
 
         html, md = write_report(cfg.out)

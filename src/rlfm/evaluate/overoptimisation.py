@@ -43,14 +43,10 @@ def best_of_n_weights(N: int, n: int) -> torch.Tensor:
     """P(the i-th lowest of N samples is the best of a random n-subset), i = 1..N:
     C(i−1, n−1) / C(N, n). (N,) float64, sums to 1."""
     assert 1 <= n <= N, f"need 1 ≤ n ≤ N, got n={n}, N={N}"
-    i = torch.arange(1, N + 1, dtype=torch.float64)
-    log_c = lambda a, b: torch.lgamma(a + 1) - torch.lgamma(b + 1) - torch.lgamma(a - b + 1)  # noqa: E731
-    valid = i >= n
-    w = torch.zeros(N, dtype=torch.float64)
-    num = log_c(i[valid] - 1, torch.tensor(float(n - 1), dtype=torch.float64))
-    den = log_c(torch.tensor(float(N), dtype=torch.float64), torch.tensor(float(n)))
-    w[valid] = (num - den).exp()
-    return w
+    total = math.comb(N, n)  # exact integers: no cancellation for large N
+    return torch.tensor(
+        [math.comb(i - 1, n - 1) / total for i in range(1, N + 1)], dtype=torch.float64
+    )
 
 
 def best_of_n_expectation(proxy: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:

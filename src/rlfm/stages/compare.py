@@ -19,7 +19,6 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,9 +26,6 @@ from rlfm.config import Runtime, check, settings
 from rlfm.data.preferences import write_rankings
 from rlfm.stages import eval_safety
 from rlfm.tracking import console
-
-if TYPE_CHECKING:
-    from rlfm.stages.ppo import Config as PPOConfig
 
 COMPARE, SAFETY = "compare.jsonl", "safety.json"
 
@@ -81,27 +77,6 @@ class Entry:
     n: int  # samples per prompt; the reward model keeps the best
 
 
-def for_pipeline(run: Path, ppo_cfg: PPOConfig, base: Path, gold: Path | None) -> Config:
-    """The evaluation step of the pipeline run in ``run``."""
-    ppo_out = Path(ppo_cfg.out)
-    best = ppo_out / "best"
-    return Config(
-        out=run / "eval",
-        base=base,
-        sft=Path(ppo_cfg.policy),
-        ppo=best if best.is_dir() else ppo_out,
-        reward=Path(ppo_cfg.reward),
-        gold=gold,
-        prompts=ppo_cfg.prompts,
-        val_fraction=ppo_cfg.val_fraction,
-        max_new_tokens=ppo_cfg.max_new_tokens,
-        temperature=ppo_cfg.temperature,
-        device=ppo_cfg.device,
-        precision=ppo_cfg.precision,
-        seed=ppo_cfg.seed,
-    )
-
-
 def done(cfg: Config) -> Path:
     """The file written last (the step is finished when it exists)."""
     return cfg.out / SAFETY
@@ -121,7 +96,7 @@ def held_out_prompts(cfg: Config) -> list[str]:
 @torch.no_grad()
 def run(cfg: Config) -> dict[str, float]:
     """Answer, score, write compare.jsonl and safety.json; returns mean gold and proxy scores
-    per model."""
+    per model (a finished evaluation — safety.json written — is not run again)."""
     from rlfm.builtin_task import load_policy, sample_replies
     from rlfm.checkpoint import resolve_model_dir
     from rlfm.engine import Engine
@@ -129,6 +104,9 @@ def run(cfg: Config) -> dict[str, float]:
     from rlfm.gold import load_gold
     from rlfm.models.heads import RewardModel
 
+    if done(cfg).is_file():
+        console.print(f"rlfm eval: {cfg.out} already finished; nothing to do")
+        return {}
     engine = Engine.create(cfg.device, cfg.precision)
     prompts = held_out_prompts(cfg)
     gold = load_gold(cfg.gold, engine.device)

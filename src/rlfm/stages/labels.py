@@ -220,7 +220,8 @@ def _ask_people(cfg: Config, db_path: Path, missing: dict[str, tuple[int, int]])
         f"  labelers:           rlfm label invite --db {db_path} --email ada@example.org "
         f"--role labeler --project {TRAIN}   (and --project {VAL})\n"
         f"  progress:           rlfm label stats --db {db_path} --project {TRAIN}\n"
-        "then run the same `rlfm pipeline` command again: it continues from here"
+        "then run the same `rlfm pipeline` command again: it continues from here",
+        soft_wrap=True,  # commands to copy: never broken across lines
     )
 
 

@@ -24,7 +24,7 @@ from rlfm.tracking import console
 class Config:
     """Rebuild report.html and report.md of a pipeline run or an over-optimisation study."""
 
-    run: Annotated[Path, tyro.conf.Positional] = Path("runs/demo")
+    run: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")] = Path("runs/demo")
     """The run directory (`rlfm pipeline --out` or `rlfm overopt --out`)."""
 
 
