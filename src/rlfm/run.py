@@ -67,7 +67,7 @@ from rlfm import __version__, checkpoint
 from rlfm.config import renamed_values, resumable_fields, save_yaml, to_dict
 from rlfm.engine import Engine
 from rlfm.errors import ConfigError, Interrupted, RlfmError, RunError
-from rlfm.tracking import Tracker, keep_rows_until, read_metrics
+from rlfm.tracking import Meter, Tracker, keep_rows_until, read_metrics
 
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
@@ -376,6 +376,20 @@ class Run:
             for row in read_metrics(self.out / "metrics.jsonl"):
                 merged |= {k: v for k, v in row.items() if k != "step"}
         return self.engine.broadcast_object(merged)
+
+    def train_row(
+        self, loss: float, grad_norm: float, scheduler: Any, data: Any, meter: Meter
+    ) -> dict[str, float]:
+        """What a training step logs (collective): the loss (already reduced over processes by
+        the stage), the learning rate, the gradient norm, the throughput since the last row
+        (``meter``) and the epochs of the data seen."""
+        return {
+            "loss": loss,
+            "lr": scheduler.get_last_lr()[0],
+            "grad_norm": grad_norm,
+            **meter.rates(self.engine),
+            "epoch": data.epochs,
+        }
 
     def due(self, step: int, every: int) -> bool:
         """True every ``every`` steps and at the last step."""

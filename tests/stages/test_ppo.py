@@ -409,3 +409,30 @@ def test_two_process_ddp_matches_one_process(policy_dir, reward_dir, tmp_path):
         assert abs(x["kl"] - y["kl"]) < 1e-3, (x["step"], x["kl"], y["kl"])
         for key in ("score", "value_loss", "response_length", "beta"):
             assert math.isclose(x[key], y[key], rel_tol=1e-3, abs_tol=1e-5), (x["step"], key)
+
+
+def test_lora_at_its_default_rate_learns_about_as_fast_as_full_ppo(policy_dir, tmp_path):
+    """At their default learning rates (full 1e-5, LoRA 2e-4: an adapter that starts at B = 0
+    needs the larger step), 30 updates raise the mean score of the last 10 updates over the
+    first 10 by about as much with LoRA as with full fine-tuning (measured on this model over
+    3 seeds: full +0.14..+0.18, LoRA +0.14..+0.20). At the old shared default, 1e-5, LoRA
+    barely moved (KL ≈ 0)."""
+    gains = {}
+    for adapter in ("full", "lora"):
+        out = tmp_path / adapter
+        cfg = config(
+            policy_dir,
+            out,
+            adapter=adapter,
+            lr=None,
+            value_lr=None,
+            updates=30,
+            eval_every=30,
+            save_every=30,
+        )
+        ppo.train(cfg, reward_fn=romeo_count)
+        rows = [r for r in read_metrics(out / "metrics.jsonl") if r["step"] > 0]
+        first, last = rows[:10], rows[-10:]
+        gains[adapter] = (sum(r["score"] for r in last) - sum(r["score"] for r in first)) / 10
+    # here: full +0.156, LoRA +0.194 (at the old 1e-5 LoRA gained +0.088: this fails)
+    assert gains["full"] > 0.07 and gains["lora"] > 0.8 * gains["full"], gains

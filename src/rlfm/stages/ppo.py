@@ -108,7 +108,7 @@ VERDICT = "gold_verdict.jsonl"
 """<out>/gold_verdict.jsonl: per held-out prompt, the SFT, best and last policies' replies and
 their gold (and proxy) scores: what the win rates are computed from."""
 
-DEFAULT_LR = {"full": (1e-5, 5e-5), "lora": (1e-4, 5e-4)}
+DEFAULT_LR = {"full": (1e-5, 5e-5), "lora": (2e-4, 1e-3)}
 """(policy, value model) peak learning rates per adapter when --lr / --value-lr are not given."""
 
 
@@ -160,10 +160,10 @@ class Config:
     """Sampling temperature; log-probs are computed with the same temperature."""
     lr: float | None = None
     """Peak learning rate of the policy (annealed linearly to 0). Default: 1e-5 (full),
-    1e-4 (lora)."""
+    2e-4 (lora)."""
     value_lr: float | None = None
     """Peak learning rate of the value model (annealed linearly to 0). Default: 5e-5 (full),
-    5e-4 (lora)."""
+    1e-3 (lora)."""
     kl_coef: float = 0.05
     """Initial β, the weight of the KL penalty."""
     kl_target: float | None = 6.0
