@@ -22,6 +22,7 @@ probability C(i−1, n−1) / C(N, n) (:func:`best_of_n_expectation`).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from typing import Any
 
 import torch
 
+from rlfm.evaluate.plots import pyplot
 from rlfm.tracking import read_metrics
 
 
@@ -100,15 +102,6 @@ def fit(form: str, d: Sequence[float], r: Sequence[float]) -> Fit:
 # ---------------------------------------------------------------------------- plots
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def ppo_curve(metrics_path: str | Path) -> list[dict[str, float]]:
     """A PPO run's evaluations: update, d = √KL, proxy and gold score (relative to update 0)."""
     rows = [
@@ -135,7 +128,7 @@ def plot_overoptimisation(metrics_path: str | Path, png: str | Path) -> Path | N
     pts = ppo_curve(metrics_path)
     if len(pts) < 2:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=130)
@@ -163,3 +156,174 @@ def plot_overoptimisation(metrics_path: str | Path, png: str | Path) -> Path | N
     fig.savefig(png)
     plt.close(fig)
     return png
+
+
+def fmt(x: float | None) -> str:
+    """A coefficient for a table: three significant digits, "–" for none or a non-number."""
+    return "–" if x is None or not math.isfinite(x) else f"{x:.3g}"
+
+
+# ---------------------------------------------------------------------------- a study's figure and report
+
+
+def plot_study(study: dict[str, Any], png: Path) -> Path:
+    """Two panels, best-of-n and RL: gold (solid, with its fit dotted) and proxy (dashed) score
+    against d, one colour per proxy size."""
+    plt = pyplot()
+    colours = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"]
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8), dpi=150, sharey=False)
+    for (size, p), colour in zip(study["proxies"].items(), colours):
+        b = p["best_of_n"]
+        ax = axes[0]
+        ax.plot(
+            study["bon_d"], b["gold"], "o-", color=colour, markersize=3.5, label=f"gold, {size}"
+        )
+        ax.plot(
+            study["bon_d"],
+            b["proxy"],
+            "^--",
+            color=colour,
+            markersize=3.5,
+            alpha=0.7,
+            label=f"proxy, {size}",
+        )
+        if b["fit"]:
+            f = Fit("bon", b["fit"]["alpha"], b["fit"]["beta"])
+            xs = [i * max(study["bon_d"]) / 60 for i in range(61)]
+            ax.plot(xs, [f(x) for x in xs], ":", color=colour, linewidth=1)
+        r = p["rl"]
+        ax = axes[1]
+        d = [q["d"] for q in r["points"]]
+        ax.plot(
+            d,
+            [q["gold"] for q in r["points"]],
+            "o-",
+            color=colour,
+            markersize=3.5,
+            label=f"gold, {size}",
+        )
+        ax.plot(
+            d,
+            [q["proxy"] for q in r["points"]],
+            "^--",
+            color=colour,
+            markersize=3.5,
+            alpha=0.7,
+            label=f"proxy, {size}",
+        )
+        if r["fit"] and d:
+            f = Fit("rl", r["fit"]["alpha"], r["fit"]["beta"])
+            xs = [i * max(d) / 60 for i in range(61)]
+            ax.plot(xs, [f(x) for x in xs], ":", color=colour, linewidth=1)
+        if r["peak"]:
+            ax.plot([r["peak"]["d"]], [r["peak"]["gold"]], "*", color=colour, markersize=12)
+    for ax, title in zip(axes, ("best-of-n (n = 1 … N)", "PPO (★ gold peak)")):
+        ax.axhline(0, color="#999", linewidth=0.6)
+        ax.set_xlabel("d = √KL(π ‖ π_SFT)")
+        ax.set_title(title)
+    axes[0].set_ylabel("score − score of the SFT policy")
+    axes[1].legend(ncol=2, title="proxy trained on … comparisons", title_fontsize=7.5)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
+    plt.close(fig)
+    return png
+
+
+def write_study_report(out: Path) -> tuple[Path, Path]:
+    """report.html and report.md of a study (from overopt.json and its plot)."""
+    from rlfm.evaluate.render import Figures, Heading, Table, Text, write
+    from rlfm.evaluate.report import clip, prompt_cell
+
+    out = Path(out)
+    study = json.loads((out / "overopt.json").read_text(encoding="utf-8"))
+    s = study["settings"]
+    blocks: list[Any] = [
+        Text(
+            f"The gold labeler of `{s['run']}` plays the gold reward model; proxy reward models "
+            f"are trained for {s['rm_steps']} steps on the first {', '.join(map(str, study['sizes']))} "
+            "comparisons of its simulated labelers' noisy rankings. Best-of-n picks the proxy's "
+            f"favourite of n SFT samples on {s['bon_prompts']} held-out prompts (expected scores "
+            f"for n = 1 … {study['bon_n'][-1]}, KL = log n − (n−1)/n); PPO optimises each proxy "
+            f"for {s['ppo_updates']} updates with a fixed β = {s['kl_coef']} and learning rate "
+            f"{s['lr']:g}, evaluated on {s['eval_size']} held-out prompts."
+        ),
+        Figures(
+            [out / "plots" / "overoptimisation.png"],
+            [
+                "Gold (solid) and proxy (dashed) score against d = √KL; dotted: the fitted functional forms."
+            ],
+        ),
+        Heading("Fits and peaks"),
+    ]
+    rows = []
+    for size, p in study["proxies"].items():
+        b, r = p["best_of_n"]["fit"] or {}, p["rl"]["fit"] or {}
+        peak = p["rl"]["peak"] or {}
+        last = p["rl"]["last"] or {}
+        rows.append(
+            [
+                size,
+                fmt(b.get("alpha")),
+                fmt(b.get("beta")),
+                fmt(b.get("peak_d")),
+                fmt(r.get("alpha")),
+                fmt(r.get("beta")),
+                fmt(r.get("peak_d")),
+                f"{peak.get('update', '–')} (d {fmt(peak.get('d'))}, gold {fmt(peak.get('gold'))})",
+                f"gold {fmt(last.get('gold'))}, proxy {fmt(last.get('proxy'))}",
+                "yes" if p["rl"]["over_optimised"] else "no",
+            ]
+        )
+    blocks.append(
+        Table(
+            [
+                "comparisons",
+                "BoN α",
+                "BoN β",
+                "BoN peak d",
+                "RL α",
+                "RL β",
+                "RL peak d",
+                "RL gold peak (observed)",
+                "RL last",
+                "over-optimised",
+            ],
+            rows,
+            numeric=(1, 2, 3, 4, 5, 6),
+            caption="R_bon(d) = d(α − βd) and R_RL(d) = d(α − β log d) fitted to the gold scores "
+            "(relative to SFT); 'over-optimised': at the last update the proxy is higher and the "
+            "gold lower than at the gold peak.",
+        )
+    )
+    if study["samples"]:
+        blocks += [
+            Heading("Both sides of the peak"),
+            Text(
+                f"PPO against the proxy trained on {study['samples_from']} comparisons: replies to the same held-out prompts at the gold peak and at the last update."
+            ),
+            Table(
+                ["prompt", "at the peak", "gold", "proxy", "last update", "gold", "proxy"],
+                [
+                    [
+                        prompt_cell(x["prompt"]),
+                        clip(x["peak"]),
+                        x["peak_gold"],
+                        x["peak_proxy"],
+                        clip(x["last"]),
+                        x["last_gold"],
+                        x["last_proxy"],
+                    ]
+                    for x in study["samples"]
+                ],
+                wide_text=True,
+                numeric=(2, 3, 5, 6),
+            ),
+        ]
+    return write(
+        out,
+        "report",
+        f"rlfm over-optimisation study: {out.name}",
+        f"`{out}` · rebuild with `rlfm report {out}`",
+        blocks,
+    )

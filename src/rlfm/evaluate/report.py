@@ -26,11 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from rlfm import __version__
+from rlfm.evaluate.plots import pyplot
 from rlfm.evaluate.render import Block, Figures, Heading, Headline, Table, Text, write
 from rlfm.tracking import read_metrics
 
 SIDE_BY_SIDE = 20
 """Held-out prompts shown with the SFT and the best PPO reply."""
+COMPARE, SAFETY = "compare.jsonl", "safety.json"
+"""The evaluation's files (in <run>/eval): the models' replies side by side, the safety table."""
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -65,41 +68,18 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float:
     return sum(vals) / len(vals) if vals else math.nan
 
 
-def _clip(text: str, n: int = 220) -> str:
+def clip(text: str, n: int = 220) -> str:
     text = text.strip()
     return text if len(text) <= n else text[: n - 1].rstrip() + "…"
 
 
-def _prompt_cell(prompt: str) -> str:
+def prompt_cell(prompt: str) -> str:
     """A dialogue prompt as the reader needs it: the speech and who answers."""
     parts = prompt.rstrip("\n").split("\n\n")
-    return (
-        _clip(prompt.strip(), 200) if len(parts) < 2 else f"{_clip(parts[0], 200)}\n→ {parts[-1]}"
-    )
+    return clip(prompt.strip(), 200) if len(parts) < 2 else f"{clip(parts[0], 200)}\n→ {parts[-1]}"
 
 
 # ---------------------------------------------------------------------------- figures
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update(
-        {
-            "font.size": 8.5,
-            "axes.titlesize": 9,
-            "axes.spines.top": False,
-            "axes.spines.right": False,
-            "axes.grid": True,
-            "grid.alpha": 0.25,
-            "legend.frameon": False,
-            "legend.fontsize": 7.5,
-        }
-    )
-    return plt
 
 
 def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -125,7 +105,7 @@ def stage_curves(run: Path, png: Path) -> Path | None:
     panels = [p for p in panels if (p[1] / "metrics.jsonl").is_file()]
     if not panels:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 2.5), dpi=150)
     for ax, (title, folder, keys) in zip(axes if len(panels) > 1 else [axes], panels):
         rows = read_metrics(folder / "metrics.jsonl")
@@ -156,7 +136,7 @@ def ppo_curves(ppo_dir: Path, png: Path, best_update: float | None) -> Path | No
         ("entropy per token", [("entropy", "")]),
         ("response length (tokens)", [("response_length", "")]),
     ]
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(9.6, 4.8), dpi=150)
     for ax, (title, keys) in zip(axes.flat, panels):
         for key, label in keys:
@@ -424,10 +404,10 @@ def _pairs(
         ["prompt", a[1], "gold", b[1], "gold"],
         [
             [
-                _prompt_cell(r["prompt"]),
-                _clip(r[a[0]]),
+                prompt_cell(r["prompt"]),
+                clip(r[a[0]]),
                 r[f"{a[0]}_gold"],
-                _clip(r[b[0]]),
+                clip(r[b[0]]),
                 r[f"{b[0]}_gold"],
             ]
             for r in rows
@@ -456,9 +436,8 @@ def _side_by_side(run: Path) -> list[Block]:
 
 
 def _models(run: Path) -> list[Block]:
-    from rlfm.stages.compare import read
-
-    rows, safety = read(run / "eval")
+    rows = read_metrics(run / "eval" / COMPARE)
+    safety = _json(run / "eval" / SAFETY)
     blocks: list[Block] = []
     if rows:
         names = list(dict.fromkeys(r["model"] for r in rows))
@@ -480,9 +459,9 @@ def _models(run: Path) -> list[Block]:
                 r = next(r for r in by[n] if r["prompt"] == p)
                 table.append(
                     [
-                        _prompt_cell(p) if n == names[0] else "",
+                        prompt_cell(p) if n == names[0] else "",
                         n,
-                        _clip(r["reply"], 180),
+                        clip(r["reply"], 180),
                         r["gold"],
                         r["proxy"],
                     ]

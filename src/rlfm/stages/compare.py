@@ -15,7 +15,6 @@ answers once; every reply is scored by the gold labeler and by the reward model 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +23,9 @@ import torch
 
 from rlfm.config import Runtime, check, settings
 from rlfm.data.preferences import write_rankings
+from rlfm.evaluate.report import COMPARE, SAFETY
 from rlfm.stages import eval_safety
 from rlfm.tracking import console
-
-COMPARE, SAFETY = "compare.jsonl", "safety.json"
 
 
 @settings(Runtime)
@@ -169,12 +167,3 @@ def run(cfg: Config) -> dict[str, float]:
     )
     eval_safety.run(safety)
     return {k: v for k, v in summary.items() if math.isfinite(v)}
-
-
-def read(out: Path) -> tuple[list[dict], dict]:
-    """compare.jsonl rows and safety.json of an evaluation directory ([] / {} when absent)."""
-    from rlfm.tracking import read_metrics
-
-    rows = read_metrics(out / COMPARE)
-    safety = json.loads((out / SAFETY).read_text()) if (out / SAFETY).is_file() else {}
-    return rows, safety

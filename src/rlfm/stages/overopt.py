@@ -43,7 +43,10 @@ from rlfm.evaluate.overoptimisation import (
     best_of_n_expectation,
     bon_kl,
     fit,
+    fmt,
+    plot_study,
     ppo_curve,
+    write_study_report,
 )
 from rlfm.tracking import console, read_metrics
 
@@ -59,6 +62,8 @@ class Config:
     run: Path = Path("runs/demo")
     """The pipeline run whose pre-trained model, SFT policy, labels and gold labeler are used;
     its stages up to the labels are run first where missing."""
+    pipeline: Path | None = None
+    """The `rlfm pipeline --config` YAML --run was made with (default: none, the defaults)."""
     quick: bool = False
     """A few-minute study: two small proxies, n ≤ 8, short PPO runs (and a --quick pipeline
     where --run has none yet)."""
@@ -127,10 +132,18 @@ def prepare_run(cfg: Config) -> tuple[Any, Path, Path, Path]:
     """The pipeline run's stages up to the labels (run where missing): its stage configs, the
     training and validation rankings, and the gold labeler file."""
     from rlfm import pipeline
+    from rlfm.config import from_dict, load_yaml
     from rlfm.stages import labels, pretrain, sft
 
-    p = pipeline.Config(
-        out=cfg.run, quick=cfg.quick, device=cfg.device, precision=cfg.precision, seed=cfg.seed
+    given = load_yaml(cfg.pipeline) if cfg.pipeline is not None else {}
+    p = from_dict(pipeline.Config, given, source=str(cfg.pipeline or ""))
+    p = replace(
+        p,
+        out=cfg.run,
+        quick=cfg.quick or p.quick,
+        device=cfg.device,
+        precision=cfg.precision,
+        seed=cfg.seed,
     )
     st = pipeline.stage_configs(p)
     if st.pretrain is not None:
@@ -376,188 +389,16 @@ def summarise(cfg: Config, bon: dict[str, Any], rl: dict[str, Any]) -> dict[str,
     }
 
 
-def _fmt(x: float | None) -> str:
-    return "–" if x is None or not math.isfinite(x) else f"{x:.3g}"
-
-
 def _print(study: dict[str, Any]) -> None:
     lines = ["[bold]over-optimisation[/] (gold relative to SFT; d = √KL)"]
     for size, p in study["proxies"].items():
         b, r = p["best_of_n"]["fit"], p["rl"]["fit"]
         peak = p["rl"]["peak"] or {}
         lines.append(
-            f"proxy on {size} comparisons: best-of-n α {_fmt(b and b['alpha'])} β "
-            f"{_fmt(b and b['beta'])} (peak d {_fmt(b and b['peak_d'])}); RL α "
-            f"{_fmt(r and r['alpha'])} β {_fmt(r and r['beta'])} (peak d {_fmt(r and r['peak_d'])}); "
+            f"proxy on {size} comparisons: best-of-n α {fmt(b and b['alpha'])} β "
+            f"{fmt(b and b['beta'])} (peak d {fmt(b and b['peak_d'])}); RL α "
+            f"{fmt(r and r['alpha'])} β {fmt(r and r['beta'])} (peak d {fmt(r and r['peak_d'])}); "
             f"observed RL gold peak at update {peak.get('update', '–')} (d "
-            f"{_fmt(peak.get('d'))}){'; over-optimised' if p['rl']['over_optimised'] else ''}"
+            f"{fmt(peak.get('d'))}){'; over-optimised' if p['rl']['over_optimised'] else ''}"
         )
     console.print("\n".join(lines))
-
-
-# ---------------------------------------------------------------------------- plot and report
-
-
-def plot_study(study: dict[str, Any], png: Path) -> Path:
-    """Two panels, best-of-n and RL: gold (solid, with its fit dotted) and proxy (dashed) score
-    against d, one colour per proxy size."""
-    from rlfm.evaluate.report import _pyplot
-
-    plt = _pyplot()
-    colours = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"]
-    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8), dpi=150, sharey=False)
-    for (size, p), colour in zip(study["proxies"].items(), colours):
-        b = p["best_of_n"]
-        ax = axes[0]
-        ax.plot(
-            study["bon_d"], b["gold"], "o-", color=colour, markersize=3.5, label=f"gold, {size}"
-        )
-        ax.plot(
-            study["bon_d"],
-            b["proxy"],
-            "^--",
-            color=colour,
-            markersize=3.5,
-            alpha=0.7,
-            label=f"proxy, {size}",
-        )
-        if b["fit"]:
-            f = Fit("bon", b["fit"]["alpha"], b["fit"]["beta"])
-            xs = [i * max(study["bon_d"]) / 60 for i in range(61)]
-            ax.plot(xs, [f(x) for x in xs], ":", color=colour, linewidth=1)
-        r = p["rl"]
-        ax = axes[1]
-        d = [q["d"] for q in r["points"]]
-        ax.plot(
-            d,
-            [q["gold"] for q in r["points"]],
-            "o-",
-            color=colour,
-            markersize=3.5,
-            label=f"gold, {size}",
-        )
-        ax.plot(
-            d,
-            [q["proxy"] for q in r["points"]],
-            "^--",
-            color=colour,
-            markersize=3.5,
-            alpha=0.7,
-            label=f"proxy, {size}",
-        )
-        if r["fit"] and d:
-            f = Fit("rl", r["fit"]["alpha"], r["fit"]["beta"])
-            xs = [i * max(d) / 60 for i in range(61)]
-            ax.plot(xs, [f(x) for x in xs], ":", color=colour, linewidth=1)
-        if r["peak"]:
-            ax.plot([r["peak"]["d"]], [r["peak"]["gold"]], "*", color=colour, markersize=12)
-    for ax, title in zip(axes, ("best-of-n (n = 1 … N)", "PPO (★ gold peak)")):
-        ax.axhline(0, color="#999", linewidth=0.6)
-        ax.set_xlabel("d = √KL(π ‖ π_SFT)")
-        ax.set_title(title)
-    axes[0].set_ylabel("score − score of the SFT policy")
-    axes[1].legend(ncol=2, title="proxy trained on … comparisons", title_fontsize=7.5)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png)
-    plt.close(fig)
-    return png
-
-
-def write_study_report(out: Path) -> tuple[Path, Path]:
-    """report.html and report.md of a study (from overopt.json and its plot)."""
-    from rlfm.evaluate.render import Figures, Heading, Table, Text, write
-    from rlfm.evaluate.report import _clip, _prompt_cell
-
-    out = Path(out)
-    study = json.loads((out / "overopt.json").read_text(encoding="utf-8"))
-    s = study["settings"]
-    blocks: list[Any] = [
-        Text(
-            f"The gold labeler of `{s['run']}` plays the gold reward model; proxy reward models "
-            f"are trained for {s['rm_steps']} steps on the first {', '.join(map(str, study['sizes']))} "
-            "comparisons of its simulated labelers' noisy rankings. Best-of-n picks the proxy's "
-            f"favourite of n SFT samples on {s['bon_prompts']} held-out prompts (expected scores "
-            f"for n = 1 … {study['bon_n'][-1]}, KL = log n − (n−1)/n); PPO optimises each proxy "
-            f"for {s['ppo_updates']} updates with a fixed β = {s['kl_coef']} and learning rate "
-            f"{s['lr']:g}, evaluated on {s['eval_size']} held-out prompts."
-        ),
-        Figures(
-            [out / "plots" / "overoptimisation.png"],
-            [
-                "Gold (solid) and proxy (dashed) score against d = √KL; dotted: the fitted functional forms."
-            ],
-        ),
-        Heading("Fits and peaks"),
-    ]
-    rows = []
-    for size, p in study["proxies"].items():
-        b, r = p["best_of_n"]["fit"] or {}, p["rl"]["fit"] or {}
-        peak = p["rl"]["peak"] or {}
-        last = p["rl"]["last"] or {}
-        rows.append(
-            [
-                size,
-                _fmt(b.get("alpha")),
-                _fmt(b.get("beta")),
-                _fmt(b.get("peak_d")),
-                _fmt(r.get("alpha")),
-                _fmt(r.get("beta")),
-                _fmt(r.get("peak_d")),
-                f"{peak.get('update', '–')} (d {_fmt(peak.get('d'))}, gold {_fmt(peak.get('gold'))})",
-                f"gold {_fmt(last.get('gold'))}, proxy {_fmt(last.get('proxy'))}",
-                "yes" if p["rl"]["over_optimised"] else "no",
-            ]
-        )
-    blocks.append(
-        Table(
-            [
-                "comparisons",
-                "BoN α",
-                "BoN β",
-                "BoN peak d",
-                "RL α",
-                "RL β",
-                "RL peak d",
-                "RL gold peak (observed)",
-                "RL last",
-                "over-optimised",
-            ],
-            rows,
-            numeric=(1, 2, 3, 4, 5, 6),
-            caption="R_bon(d) = d(α − βd) and R_RL(d) = d(α − β log d) fitted to the gold scores "
-            "(relative to SFT); 'over-optimised': at the last update the proxy is higher and the "
-            "gold lower than at the gold peak.",
-        )
-    )
-    if study["samples"]:
-        blocks += [
-            Heading("Both sides of the peak"),
-            Text(
-                f"PPO against the proxy trained on {study['samples_from']} comparisons: replies to the same held-out prompts at the gold peak and at the last update."
-            ),
-            Table(
-                ["prompt", "at the peak", "gold", "proxy", "last update", "gold", "proxy"],
-                [
-                    [
-                        _prompt_cell(x["prompt"]),
-                        _clip(x["peak"]),
-                        x["peak_gold"],
-                        x["peak_proxy"],
-                        _clip(x["last"]),
-                        x["last_gold"],
-                        x["last_proxy"],
-                    ]
-                    for x in study["samples"]
-                ],
-                wide_text=True,
-                numeric=(2, 3, 5, 6),
-            ),
-        ]
-    return write(
-        out,
-        "report",
-        f"rlfm over-optimisation study: {out.name}",
-        f"`{out}` · rebuild with `rlfm report {out}`",
-        blocks,
-    )

@@ -34,7 +34,7 @@ def run(cfg: Config) -> tuple[Path, Path]:
     if not folder.is_dir():
         raise RunError(f"run: {folder} is not a directory (give an `rlfm pipeline --out` folder)")
     if (folder / "overopt.json").is_file():
-        from rlfm.stages.overopt import write_study_report
+        from rlfm.evaluate.overoptimisation import write_study_report
 
         html, md = write_study_report(folder)
     else:
