@@ -70,6 +70,22 @@ MICRO = {
 }
 
 
+OVEROPT = dict(
+    sizes=[60, 120],
+    rm_steps=6,
+    bon_n=4,
+    bon_prompts=3,
+    ppo_updates=4,
+    eval_every=2,
+    eval_size=3,
+    rollout_batch=8,
+    max_new_tokens=8,
+    device="cpu",
+    precision="fp32",
+)
+"""rlfm overopt on the micro run: two proxies, best-of-4, two evaluations per PPO run."""
+
+
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
     """A pipeline YAML on the micro config and a corpus cache of fake plays."""
@@ -97,6 +113,35 @@ def test_a_stage_section_names_its_bad_field(micro, tmp_path):
         pipeline.stage_configs(cfg)
 
 
+def test_a_pipeline_of_your_own(tmp_path):
+    """`model:` skips pre-training: SFT starts from it and it is the gold labeler's fluency
+    model; `prompts:` are labelled and PPO trains on them (no gold judgement of its own then);
+    `label_source` reaches the labelling step; a stage's section still applies."""
+    model = tmp_path / "my-base"
+    model.mkdir()
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
+    own = tmp_path / "own.yaml"
+    own.write_text(
+        yaml.safe_dump(
+            {
+                "out": str(tmp_path / "mine"),
+                "model": str(model),
+                "prompts": str(prompts),
+                "label_source": "human",
+                "labels": {"num_prompts": 50, "overlap": 2},
+                "sft": {"data": str(prompts)},
+            }
+        )
+    )
+    st = pipeline.stage_configs(parse(pipeline.Config, ["--config", str(own)]))
+    assert st.pretrain is None and st.sft.model == model and st.sft.data == prompts
+    assert st.labels.gold_model == model and st.labels.source == "human"
+    assert (st.labels.num_prompts, st.labels.overlap, st.labels.prompts) == (50, 2, prompts)
+    assert st.ppo.prompts == prompts and st.eval.base == model
+    assert st.reward.out == tmp_path / "mine" / "rm"
+
+
 def stage_files(out):
     return {
         p: p.stat().st_mtime_ns
@@ -112,9 +157,10 @@ def test_human_labels_report_skips_finished_stages_and_resumes_after_sigkill(mic
     pipeline saved), it continues to the end: every stage's model, metrics, plots and summary,
     the labels exported from the app, PPO's best update, the evaluation and a report with
     every figure inline and no remote resource. Run again it skips every stage and changes
-    none of their files; `rlfm report` rebuilds the report. SIGKILLed in the middle (after the
-    SFT stage's first checkpoint) and started again, the simulated-label pipeline ends with
-    the same numbers as the human-label run: the same labels took the same path."""
+    none of their files; `rlfm report` rebuilds the report; `rlfm overopt` studies its
+    proxies. SIGKILLed in the middle (after the SFT stage's first checkpoint) and started
+    again, the simulated-label pipeline ends with the same numbers as the human-label run: the
+    same labels took the same path."""
     root, config, env = micro
     ref = tmp_path / "ref"
     cmd = ["pipeline", "--config", str(config), "--out", str(ref)]
@@ -166,6 +212,31 @@ def test_human_labels_report_skips_finished_stages_and_resumes_after_sigkill(mic
     html.unlink()
     rebuilt = rlfm("report", str(ref), env=env)
     assert rebuilt.returncode == 0 and html.is_file(), rebuilt.stderr[-2000:]
+
+    study = tmp_path / "overopt"
+    oo = root / "overopt.yaml"
+    oo.write_text(yaml.safe_dump(OVEROPT))
+    r = rlfm(
+        "overopt",
+        "--config",
+        str(oo),
+        "--run",
+        str(ref),
+        "--pipeline",
+        str(config),
+        "--out",
+        str(study),
+        env=env,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((study / "overopt.json").read_text())
+    assert list(result["proxies"]) == ["60", "120"] and result["bon_n"] == [1, 2, 4]
+    for p in result["proxies"].values():
+        assert len(p["best_of_n"]["gold"]) == 3 and p["best_of_n"]["fit"] is not None
+        assert [q["update"] for q in p["rl"]["points"]] == [0, 2, 4]
+    assert (study / "plots" / "overoptimisation.png").is_file()
+    assert "Fits and peaks" in (study / "report.html").read_text()
 
     out = tmp_path / "run"
     cmd = ["pipeline", "--config", str(config), "--out", str(out)]
