@@ -24,6 +24,10 @@ replies to dialogue prompts (training plays for training, held-out plays for val
 simulated labelers — the gold rule of data/labelers.py plus noise and biases — rank them; the
 set is written to ``<out>/preferences/{train,val}.jsonl``.
 
+The checkpoints are one-label ``AutoModelForSequenceClassification`` directories (a peft adapter
+onto one with LoRA) that transformers loads on its own; models/heads.py says how the
+normalisation is stored.
+
 Reports (``<out>/eval.json``, plots/): held-out pairwise accuracy and loss, agreement with the
 gold labeler (when the data carries gold scores, as the built-in set does), calibration
 (plots/calibration.png), reward histograms of chosen vs rejected (plots/rewards.png), the
