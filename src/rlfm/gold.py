@@ -84,10 +84,16 @@ class GoldLabeler:
         tok, model = self.tokenizer, self.model
         assert tok is not None and model is not None
         start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        context = getattr(model.config, "n_positions", None) or getattr(
+            model.config, "max_position_embeddings", None
+        )
         rows, lengths = [], []
         for prompt, reply in pairs:
             x = tok(prompt, add_special_tokens=False)["input_ids"][-self.max_prompt_tokens :]
             y = tok(reply, add_special_tokens=False)["input_ids"] if reply.strip() else []
+            if context is not None:  # the model's context holds the reply and what is left of x
+                y = y[: context - 1]
+                x = x[len(x) - min(len(x), context - len(y)) :]
             rows.append((x or [start]) + y)
             lengths.append(len(y))
         T = max(len(r) for r in rows)
