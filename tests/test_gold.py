@@ -65,7 +65,7 @@ def test_logprobs_are_those_of_the_reply_tokens_alone(lm):
 def test_a_prompt_and_reply_longer_than_the_context_are_cut_to_fit(lm):
     """The model's context (128 positions) holds the reply and the end of the prompt: a reply
     of 100 tokens after a long prompt is scored after the prompt's last 28 tokens, one of over
-    300 on its first 127 tokens after the start token."""
+    300 on its first 127 tokens after the prompt's last one."""
     _, model, tok = lm
     long_prompt = PROMPT * 20
     x = tok(long_prompt, add_special_tokens=False)["input_ids"]
@@ -74,7 +74,6 @@ def test_a_prompt_and_reply_longer_than_the_context_are_cut_to_fit(lm):
     assert len(x) > 96 and len(y) > 300
     fits = tok.decode(y[:100])
     assert tok(fits, add_special_tokens=False)["input_ids"] == y[:100]
-    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
 
     def mean_logprob(context, reply_ids):
         with torch.no_grad():
@@ -86,7 +85,7 @@ def test_a_prompt_and_reply_longer_than_the_context_are_cut_to_fit(lm):
 
     got = GoldLabeler(model, tok).logprobs([long_prompt, long_prompt], [fits, reply])
     assert got[0] == pytest.approx(mean_logprob(x[-28:], y[:100]), abs=1e-5)
-    assert got[1] == pytest.approx(mean_logprob([start], y[:127]), abs=1e-5)
+    assert got[1] == pytest.approx(mean_logprob(x[-1:], y[:127]), abs=1e-5)
 
 
 def test_calibration_centres_fluency_and_the_range_clips_it(lm):

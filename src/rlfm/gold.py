@@ -91,7 +91,7 @@ class GoldLabeler:
         for prompt, reply in pairs:
             x = tok(prompt, add_special_tokens=False)["input_ids"][-self.max_prompt_tokens :]
             y = tok(reply, add_special_tokens=False)["input_ids"] if reply.strip() else []
-            if context is not None:  # the model's context holds the reply and what is left of x
+            if context is not None:  # the context holds the reply, then as much of x as fits
                 y = y[: context - 1]
                 x = x[len(x) - min(len(x), context - len(y)) :]
             rows.append((x or [start]) + y)
