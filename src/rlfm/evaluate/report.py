@@ -55,12 +55,10 @@ def _num(x: float | None, digits: int = 3) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
-def _duration(seconds: float) -> str:
-    return (
-        f"{int(seconds // 60)} min {int(round(seconds % 60)):02d} s"
-        if seconds >= 60
-        else f"{seconds:.0f} s"
-    )
+def duration(seconds: float) -> str:
+    """Whole seconds as "42 s" or "2 min 05 s" (119.5 s is "2 min 00 s", not "1 min 60 s")."""
+    s = round(seconds)
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
 
 
 def _mean(rows: list[dict[str, Any]], key: str) -> float:
@@ -187,9 +185,9 @@ def _timings(run: Path) -> list[Block]:
             speed = f"{value:,.0f} {what}" if math.isfinite(value) else ""
         mem = t.get("peak_memory_mb", {})
         mem_text = ", ".join(f"{v:,.0f} MiB ({k})" for k, v in mem.items())
-        rows.append([name, _duration(t["seconds"]), speed, mem_text])
+        rows.append([name, duration(t["seconds"]), speed, mem_text])
     total = sum(t["seconds"] for t in timings.values())
-    rows.append(["**total**", f"**{_duration(total)}**", "", ""])
+    rows.append(["**total**", f"**{duration(total)}**", "", ""])
     return [
         Heading("Time and memory"),
         Table(
@@ -541,7 +539,7 @@ def build(run: Path) -> tuple[str, str, list[Block]]:
                         "past the gold peak" if ppo_s["best_update"] < _last_update(run) else "",
                     ),
                     (
-                        _duration(total) if math.isfinite(total) else "–",
+                        duration(total) if math.isfinite(total) else "–",
                         "wall time, all stages",
                         "see Time and memory",
                     ),
