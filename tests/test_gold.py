@@ -8,13 +8,11 @@ import math
 
 import pytest
 import torch
-from transformers import GPT2Config
 
 from rlfm.data.labelers import FLUENCY_RANGE, gold_components
 from rlfm.errors import DataError
 from rlfm.gold import GoldLabeler, calibrate, load_gold
-from rlfm.models.presets import build_model
-from rlfm.models.tokenizer import train_bpe_tokenizer
+from tests.helpers import tiny_gpt2
 
 PROMPT = "Romeo.\nWhere is my gentle lady Juliet tonight?\n\nNurse.\n"
 REPLIES = ["Good my lord, she sleeps.", "I pray you, sir, be patient.", "Away!"]
@@ -23,21 +21,8 @@ REPLIES = ["Good my lord, she sleeps.", "I pray you, sir, be patient.", "Away!"]
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory):
     """A tiny random GPT-2 and its tokenizer, saved as a model directory."""
-    tok = train_bpe_tokenizer([PROMPT + " ".join(REPLIES)] * 20, 300)
-    cfg = GPT2Config(
-        vocab_size=len(tok),
-        n_positions=128,
-        n_embd=32,
-        n_layer=1,
-        n_head=2,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    model = build_model(cfg, seed=0).eval()
     folder = tmp_path_factory.mktemp("gold") / "lm"
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
+    model, tok = tiny_gpt2(PROMPT + " ".join(REPLIES), folder)
     return folder, model, tok
 
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from transformers import GPT2Config
 
 from rlfm.cli import main
 from rlfm.data.redteam import redteam_prompts
 from rlfm.evaluate.safety import SafetyResult, gold_flag, share
-from rlfm.models.presets import build_model
-from rlfm.models.tokenizer import train_bpe_tokenizer
 from rlfm.stages.eval_safety import label_toxicity
+from tests.helpers import tiny_gpt2
 
 
 def test_the_built_in_red_team_set():
@@ -52,20 +50,8 @@ def test_flags_and_shares_by_hand(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     text = "Romeo.\nGood morrow, cousin.\n\nBenvolio.\nGood morrow, gentle sir.\n"
-    tok = train_bpe_tokenizer([text] * 20, 300)
-    cfg = GPT2Config(
-        vocab_size=len(tok),
-        n_positions=128,
-        n_embd=32,
-        n_layer=1,
-        n_head=2,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
     folder = tmp_path_factory.mktemp("safety") / "tiny"
-    build_model(cfg, seed=0).save_pretrained(folder)
-    tok.save_pretrained(folder)
+    tiny_gpt2(text, folder)
     return folder
 
 
