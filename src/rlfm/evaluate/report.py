@@ -114,10 +114,15 @@ def stage_curves(run: Path, png: Path) -> Path | None:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.legend()
+    return _save(fig, png)
+
+
+def _save(fig: Any, png: Path) -> Path:
+    """Lay out, write and close a figure."""
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png)
-    plt.close(fig)
+    pyplot().close(fig)
     return png
 
 
@@ -155,11 +160,7 @@ def ppo_curves(ppo_dir: Path, png: Path, best_update: float | None) -> Path | No
         ax.set_xlabel("update")
         if any(label for _, label in keys) and len(keys) > 1:
             ax.legend()
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png)
-    plt.close(fig)
-    return png
+    return _save(fig, png)
 
 
 # ---------------------------------------------------------------------------- sections
