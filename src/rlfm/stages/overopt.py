@@ -67,8 +67,8 @@ class Config:
     quick: bool = False
     """A few-minute study: two small proxies, n ≤ 8, short PPO runs (and a --quick pipeline
     where --run has none yet)."""
-    sizes: tuple[int, ...] = (250, 1000, 3600)
-    """Proxy training-set sizes, in comparisons."""
+    sizes: tuple[int, ...] = (250, 1000, 3000)
+    """Proxy training-set sizes, in comparisons (a ranking of K = 4 replies holds 6)."""
     rm_steps: int = 100
     """Optimizer steps of each proxy (batch 16 rankings)."""
     bon_n: int = 64
@@ -102,7 +102,7 @@ class Config:
 
 
 QUICK: dict[str, Any] = dict(
-    sizes=(60, 240),
+    sizes=(120, 480),  # 20 and 80 rankings: at least a batch, at most a --quick run's 96
     rm_steps=30,
     bon_n=8,
     bon_prompts=16,
