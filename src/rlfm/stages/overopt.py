@@ -63,7 +63,7 @@ class Config:
     """The pipeline run whose pre-trained model, SFT policy, labels and gold labeler are used;
     its stages up to the labels are run first where missing."""
     pipeline: Path | None = None
-    """The `rlfm pipeline --config` YAML --run was made with (default: none, the defaults)."""
+    """The `rlfm pipeline --config` YAML --run was made with (none: the defaults)."""
     quick: bool = False
     """A few-minute study: two small proxies, n ≤ 8, short PPO runs (and a --quick pipeline
     where --run has none yet)."""
