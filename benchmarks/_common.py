@@ -7,6 +7,11 @@ this machine's matmul peak, and a plain-text table.
 - :func:`matmul_flops` measures what this machine's matrix multiply reaches (FLOP/s) in a given
   dtype with all the threads torch uses: the denominator of a model-FLOPs utilisation.
 - :func:`table` formats rows as aligned columns.
+- ``SIZES``: the model sizes every benchmark runs at (tiny, small, ~100M).
+- :class:`MemoryAboveImports`: the one memory method (peak RSS above the RSS after all imports).
+- :class:`StepStamps`: the one way training is timed (the end of every optimizer step).
+- :func:`wait_for_idle`, :func:`cpu_busy_s`: what else the machine was doing.
+- :func:`result_row`: one row of the results table (medians of the rounds, ratio, target).
 
 Benchmarks report ratios measured in one run: on a shared machine absolute figures drift.
 """
@@ -110,3 +115,246 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         )
 
     return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths), *map(line, cells[1:])])
+
+
+# ---------------------------------------------------------------------------- sizes
+
+
+@dataclass(frozen=True)
+class Size:
+    """A model size every benchmark can run at: an rlfm preset at a vocabulary and context."""
+
+    name: str
+    """The name ``--size`` takes: tiny, small, 100m."""
+    preset: str
+    """The rlfm preset whose shape (layers, width, heads) the model has."""
+    vocab: int
+    """BPE vocabulary trained for it."""
+    context: int
+    """Positions of the model (and pre-training's window)."""
+    about: str
+    """One line: its shape, for tables."""
+
+
+SIZES: dict[str, Size] = {
+    s.name: s
+    for s in [
+        Size("tiny", "tiny", 4096, 256, "2 layers × 128, vocabulary 4,096 (~0.6M parameters)"),
+        Size("small", "small", 8192, 256, "4 layers × 256, vocabulary 8,192 (~5.3M parameters)"),
+        # GPT-3 Small's shape (Brown et al. 2020, Table 2.1: 12 layers × 768, 12 heads) with a
+        # shorter context and a smaller vocabulary: 85M in the blocks + 12.6M embedding ≈ 98M
+        Size("100m", "gpt3-small", 16384, 256, "GPT-3 Small shape, 12 layers × 768, "
+             "vocabulary 16,384, context 256 (~98M parameters)"),
+    ]
+}  # fmt: skip
+
+
+def size_config(size: Size | str, tokenizer, context: int | None = None, dropout: float = 0.0):
+    """The Hugging Face config of ``size`` for ``tokenizer`` (its vocabulary and special ids)."""
+    from rlfm.models.presets import model_config
+
+    size = SIZES[size] if isinstance(size, str) else size
+    return model_config(
+        size.preset,
+        vocab_size=len(tokenizer),
+        context=context or size.context,
+        dropout=dropout,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+# ---------------------------------------------------------------------------- memory
+
+
+def proc_status_mib(field: str) -> float:
+    """A ``/proc/self/status`` memory field of this process (VmRSS: now, VmHWM: peak), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+class MemoryAboveImports:
+    """The one memory method of every benchmark: peak resident memory (VmHWM) minus the
+    resident memory right after all imports (VmRSS), both read by the contender's own process.
+
+    Create it after the imports; :meth:`peak` reads the figure at the end of the run.
+    """
+
+    def __init__(self) -> None:
+        self.baseline = proc_status_mib("VmRSS")
+
+    def peak(self) -> float:
+        """MiB the run added to the process at its peak."""
+        return proc_status_mib("VmHWM") - self.baseline
+
+
+# ---------------------------------------------------------------------------- timing
+
+
+class StepStamps:
+    """Stamps the end of every optimizer step of any ``torch.optim.Optimizer`` in this process
+    (a global post-step hook), so that every contender is timed the same way, from outside its
+    training loop: ``rate`` is the work of the steps after the warm-up over the time from the
+    end of the last warm-up step to the end of the last step (data loading, forward, backward,
+    clipping and the step itself are all inside it; so is any per-step logging a contender does).
+    """
+
+    def __init__(self) -> None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self.ends: list[float] = []
+        register_optimizer_step_post_hook(lambda *_: self.ends.append(time.perf_counter()))
+
+    def seconds(self, warmup: int) -> tuple[int, float]:
+        """(timed steps, their seconds) after ``warmup`` steps."""
+        if len(self.ends) <= warmup:
+            raise RuntimeError(f"{len(self.ends)} optimizer steps, need more than {warmup}")
+        return len(self.ends) - warmup, self.ends[-1] - self.ends[warmup - 1]
+
+    def rate(self, warmup: int, work_per_step: float) -> float:
+        """Total work over total time after ``warmup`` steps (work per second)."""
+        steps, seconds = self.seconds(warmup)
+        return steps * work_per_step / seconds
+
+
+# ---------------------------------------------------------------------------- the machine
+
+
+def cpu_busy_s() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine since boot, CPU seconds of this process's waited-for
+    children): the difference over a benchmark is the CPU time other work took meanwhile."""
+    import resource
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (sum(fields[:8]) - idle) / ticks, children.ru_utime + children.ru_stime
+
+
+def others_share(before: tuple[float, float], after: tuple[float, float], wall_s: float) -> float:
+    """Share of the machine's CPUs (0..1) that work other than this process's children used
+    between two :func:`cpu_busy_s` readings ``wall_s`` seconds apart."""
+    busy = after[0] - before[0]
+    ours = after[1] - before[1]
+    return max(0.0, busy - ours) / (wall_s * (os.cpu_count() or 1))
+
+
+def wait_for_idle(threshold: float, budget_s: float, poll_s: float = 15.0) -> dict:
+    """Wait until the 1-minute load average is below ``threshold``, for at most ``budget_s``.
+
+    Returns what was seen: the load at the start and at the end of the wait, the seconds waited
+    and whether the machine was idle when the wait ended.
+    """
+    start = time.perf_counter()
+    first = os.getloadavg()[0]
+    load = first
+    while load >= threshold and time.perf_counter() - start < budget_s:
+        time.sleep(min(poll_s, max(0.0, budget_s - (time.perf_counter() - start))))
+        load = os.getloadavg()[0]
+    return {
+        "load_at_start": first,
+        "load": load,
+        "waited_s": time.perf_counter() - start,
+        "idle": load < threshold,
+        "threshold": threshold,
+    }
+
+
+# ---------------------------------------------------------------------------- results
+
+
+def spread(values: Sequence[float]) -> dict:
+    """Median (the typical run) and range of one contender's figure over the rounds."""
+    import statistics
+
+    vals = [float(v) for v in values]
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def result_row(
+    *,
+    workload: str,
+    size: str,
+    peer: str,
+    peer_settings: str,
+    metric: str,
+    rlfm: Sequence[float],
+    peer_value: Sequence[float],
+    target: float | None = None,
+    lower_is_better: bool = False,
+    kind: str = "like-for-like",
+    precision: str = "",
+    note: str = "",
+) -> dict:
+    """One row of ``benchmarks/results/*.json``: the median of each side's rounds, their ratio
+    (rlfm / peer), the target and whether it is met. ``lower_is_better``: a memory figure,
+    whose target is a ceiling on the ratio; otherwise the target is a floor. ``kind``:
+    "like-for-like" (the same work on both sides) or "recipe vs recipe" (each side's own
+    recipe, e.g. rlfm's LoRA value model against TRL's full one)."""
+    a, b = spread(rlfm), spread(peer_value)
+    ratio = a["median"] / b["median"] if b["median"] else float("nan")
+    met = None
+    if target is not None:
+        met = ratio <= target if lower_is_better else ratio >= target
+    return {
+        "workload": workload,
+        "size": size,
+        "peer": peer,
+        "peer_settings": peer_settings,
+        "metric": metric,
+        "rlfm": a["median"],
+        "peer_value": b["median"],
+        "ratio": ratio,
+        "target": None if target is None else f"{'≤' if lower_is_better else '≥'} {target:g}×",
+        "met": met,
+        "kind": kind,
+        "precision": precision,
+        "rlfm_rounds": [float(v) for v in rlfm],
+        "peer_rounds": [float(v) for v in peer_value],
+        "note": note,
+    }
+
+
+def memory_row(rlfm_runs: Sequence[dict], peer_runs: Sequence[dict], **common) -> dict:
+    """The memory row of a comparison: each round's ``peak_mib`` (peak RSS above the RSS after
+    imports, :class:`MemoryAboveImports`) on each side; lower is better."""
+    return result_row(
+        **common,
+        metric="peak MiB above imports",
+        rlfm=[x["peak_mib"] for x in rlfm_runs],
+        peer_value=[x["peak_mib"] for x in peer_runs],
+        lower_is_better=True,
+    )
+
+
+def write_rows(path: Path | None, rows: list[dict], details: dict | None = None) -> None:
+    """Write a script's rows (and anything else it measured) as JSON, for ``run_all.py``."""
+    import json
+
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"rows": rows, "details": details or {}}, indent=1, default=str))
+
+
+def print_rows(rows: list[dict]) -> None:
+    """The rows as a plain-text table (median of the rounds, with their range)."""
+
+    def fig(x: float) -> str:
+        return f"{x:,.3g}" if abs(x) < 100 else f"{x:,.0f}"
+
+    out = []
+    for r in rows:
+        ra, pa = r["rlfm_rounds"], r["peer_rounds"]
+        met = "" if r["met"] is None else ("met" if r["met"] else "NOT met")
+        out.append([
+            f"{r['workload']} ({r['kind']})", r["size"], r["peer"], r["metric"],
+            f"{fig(r['rlfm'])} [{fig(min(ra))}–{fig(max(ra))}]",
+            f"{fig(r['peer_value'])} [{fig(min(pa))}–{fig(max(pa))}]",
+            f"{r['ratio']:.2f}×", r["target"] or "", met,
+        ])  # fmt: skip
+    print(table(["workload", "size", "peer", "metric", "rlfm", "peer", "ratio", "target", ""], out))

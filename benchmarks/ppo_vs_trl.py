@@ -1,98 +1,77 @@
 """PPO: rlfm's ``ppo`` stage against TRL's ``PPOTrainer``, and rlfm's sampling loop against
 ``transformers``' ``generate``.
 
-Three measurements, side by side in one run, each contender in its own process:
+Three measurements, side by side in one run, each contender in its own process, at the
+``--size`` model (default ``small``):
 
-**(a) Seconds per PPO update** (rollout + scoring + training) with the same randomly initialised
-GPT-2 (the ``--model`` preset, default ``tiny``: 2 layers, 128 wide) as policy, reference, reward
-model and value model, the same prompts (``--prompts`` prompts per update, each exactly
-``--prompt-tokens`` tokens, so neither side pads), the same response length
-(``--new-tokens``), one PPO epoch over one minibatch of the whole rollout, no gradient
-accumulation (``--micro-batch`` sets one on both sides), fp32 on both sides (``--precision``),
-temperature 0.7, top_k 0, top_p 1.
+**(a) PPO updates/s, full fine-tuning, like-for-like.** The same randomly initialised GPT-2 as
+policy, reference, reward model and value model, the same prompts (``--prompts`` per update,
+each exactly ``--prompt-tokens`` tokens, so neither side pads), the same response length
+(``--new-tokens``), **4 PPO epochs** (``--epochs``; TRL's default ``num_ppo_epochs``) over one
+minibatch of the whole rollout (TRL's default ``num_mini_batches=1``), no gradient
+accumulation, the same precision on both sides (``--precision``, default fp32: see below),
+temperature 0.7, top_k 0, top_p 1, torch's default thread count (``--threads`` to change it).
 
-- rlfm: ``rlfm.stages.ppo.train`` (``--adapter full``, ``rollout_batch = minibatch = --prompts``,
-  ``ppo_epochs 1``), in-process in its child. The reward-model directory is
+- rlfm: ``rlfm.stages.ppo.train`` (``rollout_batch = minibatch = --prompts``,
+  ``ppo_epochs = --epochs``), in-process in its child. The reward-model directory is
   ``RewardModel.from_backbone(model).save_pretrained(...)``; the value model starts from it.
 - TRL: ``trl.experimental.ppo.PPOTrainer`` (trl 1.12, the last release with PPO) with
-  ``num_ppo_epochs=1, num_mini_batches=1, per_device_train_batch_size = --prompts,
-  gradient_accumulation_steps=1, local_rollout_forward_batch_size = --prompts``,
-  ``gradient_checkpointing=False`` (its default True recomputes activations in the backward
-  pass: slower, less memory; rlfm has no checkpointing; ``--trl-gradient-checkpointing`` turns
-  it on),
-  ``bf16=False`` (fp32), ``num_sample_generations=0``, ``stop_token="eos"`` and a missing-EOS
-  penalty as in rlfm. Policy and reference are ``AutoModelForCausalLM``, reward and value model
-  ``AutoModelForSequenceClassification`` (a ``score`` head on the same backbone) loaded from the
-  same directory.
+  ``num_ppo_epochs = --epochs, num_mini_batches=1, per_device_train_batch_size = --prompts,
+  gradient_accumulation_steps=1, local_rollout_forward_batch_size = --prompts`` (one batched
+  forward per rollout pass: its fastest), ``gradient_checkpointing=False`` (its default True
+  recomputes activations), ``num_sample_generations=0``, ``stop_token="eos"`` and a missing-EOS
+  penalty as in rlfm. Policy and reference are ``AutoModelForCausalLM``, reward and value
+  model ``AutoModelForSequenceClassification`` loaded from the same directory.
 
-An update's time is the wall time between the ends of two consecutive updates: rlfm's
-``Tracker.log`` and TRL's ``on_step_end`` callback are stamped (the only instrumentation: the
-child wraps them, and wraps each side's generation call to time it and count generated tokens;
-no library code is changed). The first ``--warmup`` updates are not timed. rlfm's last update
-(which also runs its held-out evaluation and writes the checkpoint) is run but not timed. Both
-sides sample until EOS; with a randomly initialised model EOS has probability ≈ 1/vocabulary
-per token, so responses are ``--new-tokens`` long up to a few tokens; the mean generated length
-of each side is reported.
+updates/s = timed updates ÷ the time from the end of the last warm-up update to the end of the
+last timed one (total work over total time), median over the rounds. The end of an update is
+the end of its last optimizer step, stamped by the same global optimizer post-step hook as
+every other benchmark (``_common.StepStamps``); rlfm's ``Tracker.log`` and TRL's
+``on_step_end`` only say which optimizer step was an update's last. rlfm's last update (which also evaluates
+and saves) is run but not timed. Work per update differs in one place by design: rlfm
+recomputes the policy's log-probs of the sampled tokens with one more forward pass (log-probs
+at the training temperature, from the training-mode forward); TRL takes them from
+``generate``'s scores. TRL also calls ``gc.collect()`` twice per update.
 
-Work per update differs by design: rlfm recomputes the policy's log-probs of the sampled
-tokens with one more forward pass (the issue requires recomputation at the training
-temperature); TRL takes them from ``generate``'s scores. Everything else (reference, value and
-reward forwards, one policy and one value forward + backward, an optimizer step) is the same.
-TRL also calls ``gc.collect()`` twice per update; with transformers, datasets, pandas and
-accelerate imported, each full collection takes a noticeable share of a small model's update.
-
-**(b) Model memory with LoRA** = peak RSS during the timed PPO updates minus the RSS right
-after imports (``/proc/self/status`` VmHWM and VmRSS), on a 6-layer, 384-wide GPT-2
-(``--lora-layers``, ``--lora-width``; 6 heads of 64). rlfm ``--adapter lora`` (policy + LoRA,
-reference = adapter disabled, value model = LoRA + head on the reward model's own weights: two
-models' weights in memory). TRL with ``peft_config=LoraConfig(...)`` (same rank, alpha and target
-modules as rlfm's policy adapter: GPT-2's ``c_attn`` and ``attn.c_proj``): its reference is the
-adapter-disabled policy, but it still loads a separate reward model and a full, fully trained
-value model (with its gradients and Adam moments). Both children import the same libraries
-(torch, transformers' GPT-2 classes, peft, and their own trainer) before the baseline is read.
-The rollout batch is ``--prompts`` as in (a), but both sides train in micro-batches of
-``--lora-micro-batch`` (default 4; TRL: ``per_device_train_batch_size`` 4 with gradient
-accumulation over the rollout): the saved activations of a backward pass grow with the
-micro-batch, the models' weights, gradients and optimizer moments do not, and this part is about
-the latter. ``--lora-micro-batch 32`` shows the whole-batch figure (activations then dominate
-both sides). The (b) children run with ``MALLOC_MMAP_THRESHOLD_=131072``: glibc then serves
-every block of 128 KiB or more (every tensor that matters) with its own ``mmap`` and returns it to
-the kernel when freed, so RSS follows the memory actually in use. With glibc's default (a
-threshold that moves up after large frees, so later tensors come from a fragmenting heap) the
-same peak varied by ±10% from one round to the next (351–430 MiB for rlfm), against
-±0.1 MiB with the fixed threshold. ``--default-malloc`` keeps glibc's default. Parts (a) and
-(c) measure time and keep the default allocator.
+**(b) LoRA.** The same model and batch, both policies with the same peft ``LoraConfig`` (rank
+``--lora-r``, α = 2r, GPT-2's ``c_attn`` and ``attn.c_proj``); both train in micro-batches of
+``--lora-micro-batch`` (TRL: gradient accumulation over the rollout), so the figure is about
+weights, gradients and optimizer moments rather than activations.
+- **like-for-like**: the value model is a LoRA adapter + scalar head on both sides. rlfm
+  ``--adapter lora`` (reference = adapter disabled; value model = LoRA + head on the reward
+  model's own, frozen weights); TRL with ``peft_config`` for the policy and a value model that
+  is itself a peft ``SEQ_CLS`` LoRA model (same rank and targets, trainable head): the
+  adapter-disabled policy as reference, and a separate reward model, as TRL loads it.
+- **recipe vs recipe**: TRL's own recipe, ``peft_config`` for the policy and a full, fully
+  trained value model (with its gradients and Adam moments), against rlfm's.
+Model memory = peak RSS during the run above the RSS right after imports (``_common``:
+``MemoryAboveImports``). The (b) children run with ``MALLOC_MMAP_THRESHOLD_=131072`` on both
+sides: glibc then serves every block of 128 KiB or more with its own ``mmap`` and returns it
+when freed, so RSS follows the memory in use (with glibc's default threshold the same peak
+varied by ±10% from round to round). ``--default-malloc`` keeps glibc's default.
 
 **(c) Generation tokens/s**: ``rlfm.rollout.sample`` (KV cache) against
-``model.generate(do_sample=True, temperature, top_k=0, top_p=1.0)`` on the ``--model`` model,
-same batch of prompts, same ``--new-tokens``, in no-grad mode. Lengths are forced equal: both
-sides are told no EOS (rlfm ``eos_token_id=-1``, an id never sampled; ``generate`` with the
-model's ``generation_config.eos_token_id = None``, so it also runs no min-length processor), and
-the script checks that every row got exactly ``--new-tokens`` tokens.
+``model.generate(do_sample=True, temperature, top_k=0, top_p=1.0)`` (KV cache, its default) on
+the ``--size`` model, same batch of prompts, same ``--new-tokens``, no-grad, the same precision.
+Lengths are forced equal: neither side may stop at EOS (rlfm ``eos_token_id=-1``, ``generate``
+with ``generation_config.eos_token_id = None``), and the script checks every row got exactly
+``--new-tokens`` tokens. tokens/s = all tokens of the timed calls ÷ their total time.
 
-Noise: the machine is shared, so every measurement is repeated over ``--rounds`` rounds, the
-contenders interleaved (the order reverses every other round), and the **median** over all
-timed updates / calls of all rounds is reported (with the spread). Child CPU time (user + sys)
-per update is reported too: it is less disturbed by other work than wall time. Each child runs
-with one OpenMP thread (``--threads``, default 1): on a 2-core machine shared with other jobs,
-two threads per process spend most of their time waiting for each other at every operator
-(measured here: the same PPO update took 7 to 21 s with two threads against 1.4 to 1.5 s
-with one), which buries any difference between the contenders; ``--threads 0`` keeps torch's
-default.
-
-TRL 1.12 with transformers 5.24: ``PPOTrainer`` runs as is in fp32. Its ``bf16=True`` does not
-reach the computation: the trainer builds its own ``Accelerator()`` without a
+Precision: TRL 1.12's ``PPOTrainer`` builds its own ``Accelerator()`` without a
 ``mixed_precision`` argument, and transformers 5 no longer exports
-``ACCELERATE_MIXED_PRECISION`` from ``TrainingArguments``, so the accelerator runs fp32. With
-``--precision bf16`` the TRL child sets ``ACCELERATE_MIXED_PRECISION=bf16`` itself (a shim, so
-that both sides really use bf16 autocast) and reports the accelerator's precision.
+``ACCELERATE_MIXED_PRECISION`` from ``TrainingArguments``, so its ``bf16=True`` does not reach
+the computation: as its users run it, it computes in fp32, hence fp32 on both sides by default.
+With ``--precision bf16`` the TRL child sets ``ACCELERATE_MIXED_PRECISION=bf16`` itself (so that
+both sides really use bf16 autocast) and reports the accelerator's precision.
 
-Run (from the repository root, after ``pip install -e '.[bench]'``):
-    python benchmarks/ppo_vs_trl.py                          # (a), (b), (c); about 6 minutes
-    python benchmarks/ppo_vs_trl.py --parts a c --rounds 3 --json runs/bench/ppo.json
-    python benchmarks/ppo_vs_trl.py --parts b --lora-micro-batch 32   # whole-batch memory
-Targets (issue 5): ≥ 2× TRL's updates/s; with LoRA ≤ 0.6× TRL's model memory;
-≥ 1.5× ``generate``'s tokens/s.
+Every contender runs ``--rounds`` times (default 2), interleaved (the order reverses every other
+round); tables give the median round and the range.
+
+Run (from the repository root, after ``bash scripts/setup.sh dev,bench``):
+    python benchmarks/ppo_vs_trl.py                          # (a), (b), (c) on the small size
+    python benchmarks/ppo_vs_trl.py --parts c --size 100m --json out.json
+Targets (issue 15): ≥ 2× TRL's updates/s on the small size at 4 epochs; like-for-like LoRA
+model memory ≤ 0.8× TRL's; generation ≥ 2× ``generate``'s tokens/s on the ~100M model.
 """
 
 from __future__ import annotations
@@ -109,7 +88,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import run_child, table  # noqa: E402
+from _common import (  # noqa: E402
+    SIZES,
+    MemoryAboveImports,
+    StepStamps,
+    print_rows,
+    proc_status_mib,
+    result_row,
+    run_child,
+    size_config,
+    write_rows,
+)
 
 TEMPERATURE = 0.7
 MMAP_THRESHOLD = 128 * 1024
@@ -121,20 +110,12 @@ LORA_TARGETS = ["c_attn", "attn.c_proj"]
 # ---------------------------------------------------------------------------- memory / time
 
 
-def proc_status_mib(field: str) -> float:
-    """A ``/proc/self/status`` memory field (VmRSS, VmHWM) in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
 def stamp() -> dict[str, float]:
     """Wall clock, this process's CPU time and its peak RSS so far."""
     return {
         "wall": time.perf_counter(),
         "cpu": time.process_time(),
-        "hwm": proc_status_mib("VmHWM"),
+        "hwm": proc_status_mib("VmHWM"),  # peak RSS so far
     }
 
 
@@ -171,23 +152,11 @@ def save_model(cfg, tok, directory: Path, rm_directory: Path | None) -> None:
 
 def make_assets(root: Path, a: argparse.Namespace) -> dict:
     """Tokenizer, the two models (+ reward-model directories) and the prompt set."""
-    from rlfm.models.presets import model_config
     from rlfm.models.tokenizer import train_bpe_tokenizer
 
     texts = corpus_texts()
-    tok = train_bpe_tokenizer(texts, a.vocab)
-    ids_kw = dict(
-        vocab_size=len(tok),
-        context=256,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    small = model_config(a.model, **ids_kw)
-    save_model(small, tok, root / "model", root / "rm")
-    lora = model_config("small", **ids_kw)  # GPT-2 family; the shape is set below
-    lora.n_layer, lora.n_embd, lora.n_head = a.lora_layers, a.lora_width, a.lora_width // 64
-    save_model(lora, tok, root / "model-lora", root / "rm-lora")
+    tok = train_bpe_tokenizer(texts, SIZES[a.size].vocab)
+    save_model(size_config(a.size, tok), tok, root / "model", root / "rm")
 
     # prompts of exactly --prompt-tokens tokens that encode back to the same ids
     ids = tok("\n".join(texts), add_special_tokens=False)["input_ids"]
@@ -208,8 +177,6 @@ def make_assets(root: Path, a: argparse.Namespace) -> dict:
     return {
         "model": str(root / "model"),
         "rm": str(root / "rm"),
-        "model_lora": str(root / "model-lora"),
-        "rm_lora": str(root / "rm-lora"),
         "prompts_file": str(file),
         "prompt_ids": [w for _, w in prompts],
         "vocab": len(tok),
@@ -244,7 +211,8 @@ def child_rlfm_ppo(spec: dict) -> dict:
     from rlfm.evaluate import plots  # noqa: F401
     from rlfm.stages import ppo
 
-    rss0 = proc_status_mib("VmRSS")
+    rss0 = MemoryAboveImports().baseline
+    opt = StepStamps()
     stamps: list[dict] = []
     gens: list[dict] = []
 
@@ -253,7 +221,7 @@ def child_rlfm_ppo(spec: dict) -> dict:
             if step == 0:  # the SFT policy's evaluation before update 1: not an update
                 gens.clear()
             else:
-                stamps.append(stamp())  # the update is complete when its row is logged
+                stamps.append(update_stamp(opt))  # the update is complete when its row is logged
             super().log(step, metrics, show=show)
 
     real_sample = rollout.sample
@@ -285,7 +253,7 @@ def child_rlfm_ppo(spec: dict) -> dict:
             rollout_batch=spec["batch"],
             minibatch=spec["batch"],
             micro_batch_size=spec["micro_batch"],
-            ppo_epochs=1,
+            ppo_epochs=spec["epochs"],
             max_prompt_tokens=spec["prompt_tokens"],
             max_new_tokens=spec["new_tokens"],
             temperature=TEMPERATURE,
@@ -297,6 +265,14 @@ def child_rlfm_ppo(spec: dict) -> dict:
         )
     )
     return {"rss_after_imports": rss0, "stamps": stamps[: spec["updates"]], "gens": gens}
+
+
+def update_stamp(opt: StepStamps) -> dict[str, float]:
+    """The end of the update just completed: the time of its last optimizer step (the shared
+    hook, ``_common.StepStamps``), this process's CPU time and peak RSS so far."""
+    if not opt.ends:
+        raise RuntimeError("an update ended without an optimizer step")
+    return stamp() | {"wall": opt.ends[-1], "optimizer_steps": len(opt.ends)}
 
 
 def child_trl_ppo(spec: dict) -> dict:
@@ -317,13 +293,14 @@ def child_trl_ppo(spec: dict) -> dict:
     from trl.experimental.ppo import PPOConfig, PPOTrainer
     from trl.experimental.ppo import ppo_trainer as trl_ppo
 
-    rss0 = proc_status_mib("VmRSS")
+    rss0 = MemoryAboveImports().baseline
+    opt = StepStamps()
     stamps: list[dict] = []
     gens: list[dict] = []
 
     class Stamp(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
-            stamps.append(stamp())
+            stamps.append(update_stamp(opt))
 
     real_generation = trl_ppo.batch_generation
 
@@ -357,6 +334,18 @@ def child_trl_ppo(spec: dict) -> dict:
     value = AutoModelForSequenceClassification.from_pretrained(d, num_labels=1, dtype=torch.float32)
     for m in (reward, value):
         m.config.pad_token_id = tok.pad_token_id
+    if spec.get("trl_value") == "lora":  # like-for-like: the value model is a LoRA adapter too
+        from peft import get_peft_model
+
+        value_lora = LoraConfig(
+            r=spec["lora_r"],
+            lora_alpha=2.0 * spec["lora_r"],
+            lora_dropout=0.0,
+            target_modules=LORA_TARGETS,
+            fan_in_fan_out=True,
+            task_type="SEQ_CLS",  # the score head stays trainable (modules_to_save)
+        )
+        value = get_peft_model(value, value_lora)
     B, n = spec["batch"], spec["updates"]
     micro = spec["micro_batch"] or B
     ds = Dataset.from_dict({"input_ids": spec["prompt_ids"]})
@@ -365,7 +354,7 @@ def child_trl_ppo(spec: dict) -> dict:
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=B // micro,
         num_mini_batches=1,
-        num_ppo_epochs=1,
+        num_ppo_epochs=spec["epochs"],
         local_rollout_forward_batch_size=B,
         total_episodes=B * n,
         response_length=spec["new_tokens"],
@@ -531,38 +520,20 @@ def ppo_samples(res: dict, warmup: int) -> dict:
     }
 
 
-def med(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
-def spread(xs: list[float]) -> str:
-    return f"{min(xs):.2f}–{max(xs):.2f}" if xs else "-"
-
-
-def pool(rounds: list[dict], key: str) -> list[float]:
-    return [x for r in rounds for x in (r[key] if isinstance(r[key], list) else [r[key]])]
-
-
-def verdict(ok: bool) -> str:
-    return "MET" if ok else "NOT MET"
-
-
 # ---------------------------------------------------------------------------- main
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--parts", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c"])
+    p.add_argument("--size", choices=list(SIZES), default="small", help="model size")
     p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions (≥ 2)")
     p.add_argument("--prompts", type=int, default=32, help="prompts per PPO update / gen batch")
     p.add_argument("--prompt-tokens", type=int, default=24, help="tokens per prompt")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens per response")
+    p.add_argument("--epochs", type=int, default=4, help="PPO epochs per update (both sides)")
     p.add_argument("--updates", type=int, default=3, help="timed PPO updates per run")
     p.add_argument("--warmup", type=int, default=1, help="untimed first PPO updates per run")
-    p.add_argument("--model", default="tiny", help="rlfm preset of the (a)/(c) model")
-    p.add_argument("--vocab", type=int, default=4096, help="BPE vocabulary size")
-    p.add_argument("--lora-layers", type=int, default=6, help="layers of the (b) model")
-    p.add_argument("--lora-width", type=int, default=384, help="width of the (b) model")
     p.add_argument("--lora-r", type=int, default=8, help="LoRA rank on both sides")
     p.add_argument("--lora-updates", type=int, default=1, help="timed PPO updates in (b)")
     p.add_argument("--gen-reps", type=int, default=3, help="timed generate calls per run in (c)")
@@ -572,11 +543,11 @@ def main() -> None:
     p.add_argument(
         "--trl-gradient-checkpointing", action="store_true", help="TRL's default (off here)"
     )
-    p.add_argument("--threads", type=int, default=1, help="OMP threads per child (0: torch's)")
+    p.add_argument("--threads", type=int, default=0, help="OMP threads per child (0: torch's)")
     p.add_argument(
         "--default-malloc", action="store_true", help="(b) without the fixed mmap threshold"
     )
-    p.add_argument("--timeout", type=float, default=900, help="seconds per child at most")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per child at most")
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
@@ -592,13 +563,11 @@ def main() -> None:
         if mb is not None and (mb < 1 or a.prompts % mb):
             p.error(f"{flag} {mb} must divide --prompts {a.prompts}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-    import transformers
     import trl
 
     t_start = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="ppo-bench-"))
-    print(f"building tokenizer, models and prompts in {root} ...", flush=True)
+    print(f"building tokenizer, {a.size} model and prompts in {root} ...", flush=True)
     assets = make_assets(root, a)
     common = {
         "prompt_ids": assets["prompt_ids"][: a.prompts],
@@ -608,21 +577,28 @@ def main() -> None:
         "new_tokens": a.new_tokens,
         "precision": a.precision,
         "lora_r": a.lora_r,
+        "epochs": a.epochs,
         "trl_checkpointing": a.trl_gradient_checkpointing,
         "pad": assets["pad"],
         "eos": assets["eos"],
+        "model": assets["model"],
+        "rm": assets["rm"],
     }
     jobs: dict[str, list[tuple[str, dict]]] = {}
     if "a" in a.parts:
-        spec = common | {"model": assets["model"], "rm": assets["rm"], "adapter": "full"}
-        spec |= {"updates": a.warmup + a.updates, "micro_batch": a.micro_batch}
+        spec = common | {"adapter": "full", "micro_batch": a.micro_batch}
+        spec |= {"updates": a.warmup + a.updates}
         jobs["a"] = [("rlfm", spec | {"kind": "rlfm-ppo"}), ("trl", spec | {"kind": "trl-ppo"})]
     if "b" in a.parts:
-        spec = common | {"model": assets["model_lora"], "rm": assets["rm_lora"], "adapter": "lora"}
-        spec |= {"updates": a.warmup + a.lora_updates, "micro_batch": a.lora_micro_batch}
-        jobs["b"] = [("rlfm", spec | {"kind": "rlfm-ppo"}), ("trl", spec | {"kind": "trl-ppo"})]
+        spec = common | {"adapter": "lora", "micro_batch": a.lora_micro_batch}
+        spec |= {"updates": a.warmup + a.lora_updates}
+        jobs["b"] = [
+            ("rlfm", spec | {"kind": "rlfm-ppo"}),
+            ("trl-lora-value", spec | {"kind": "trl-ppo", "trl_value": "lora"}),
+            ("trl-full-value", spec | {"kind": "trl-ppo", "trl_value": "full"}),
+        ]
     if "c" in a.parts:
-        spec = common | {"kind": "gen", "model": assets["model"], "reps": a.gen_reps}
+        spec = common | {"kind": "gen", "reps": a.gen_reps}
         jobs["c"] = [("rlfm", spec | {"impl": "rlfm"}), ("hf", spec | {"impl": "hf"})]
 
     part_env = {} if a.default_malloc else {"b": {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}}
@@ -634,181 +610,123 @@ def main() -> None:
                 label = f"{part}-{name}-r{r}"
                 t0 = time.perf_counter()
                 res = run_spec(root, label, spec, a.threads, a.timeout, part_env.get(part, {}))
+                if "error" in res:
+                    sys.exit(f"{label} failed:\n{res['error']}")
                 raw[part].setdefault(name, []).append(res)
-                dt = time.perf_counter() - t0
-                print(
-                    f"  round {r + 1}/{a.rounds}  ({part}) {name}: {dt:.0f} s",
-                    flush=True,
-                )
+                print(f"  round {r + 1}/{a.rounds}  ({part}) {name}: "
+                      f"{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
 
-    results: dict = {
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "trl": trl.__version__,
-        },
-        "settings": vars(a) | {"json": str(a.json), "child": None},
-        "raw": raw,
-    }
-    print(
-        f"\nPPO benchmark, CPU ({os.cpu_count()} cores, shared), {a.precision}, "
-        f"torch {torch.__version__}, transformers {transformers.__version__}, TRL {trl.__version__}"
+    trl_name = f"TRL {trl.__version__}"
+    base = dict(size=a.size, precision=a.precision)
+    shape = (
+        f"{a.prompts} prompts × {a.prompt_tokens} + {a.new_tokens} new tokens, {a.epochs} "
+        f"epochs × 1 minibatch, {a.precision}, {a.threads or 'default'} threads"
     )
-    print(
-        f"{a.prompts} prompts x {a.prompt_tokens} tokens, {a.new_tokens} new tokens, "
-        f"temperature {TEMPERATURE}; {a.threads or 'default'} thread(s) per process; medians over "
-        f"{a.rounds} interleaved rounds (the machine is shared: absolute figures drift, read the "
-        "ratios)"
-    )
-    verdicts: list[str] = []
-
-    # ---- (a)
+    rows: list[dict] = []
     if "a" in jobs:
-        summary, rows = {}, []
-        for name in ("rlfm", "trl"):
-            ok = [ppo_samples(x, a.warmup) for x in raw["a"][name] if "error" not in x]
-            if not ok:
-                summary[name] = None
-                rows.append([name, "failed", "", "", "", "", "", ""])
-                continue
-            wall, cpu, gen = pool(ok, "wall"), pool(ok, "cpu"), pool(ok, "gen")
-            s = {
-                "s_per_update": med(wall),
-                "updates_per_s": 1 / med(wall),
-                "cpu_s_per_update": med(cpu),
-                "gen_s_per_update": med(gen),
-                "mean_length": statistics.mean(pool(ok, "length")),
-                "peak_rss_mib": med(pool(ok, "peak_mib")),
-                "model_mib": med(pool(ok, "model_mib")),
-                "n_updates": len(wall),
-            }
-            summary[name] = s
-            rows.append([
-                "rlfm ppo" if name == "rlfm" else "TRL PPOTrainer",
-                f"{s['s_per_update']:.2f} ({spread(wall)})",
-                f"{s['updates_per_s']:.3f}",
-                f"{s['cpu_s_per_update']:.2f}",
-                f"{s['gen_s_per_update']:.2f}",
-                f"{s['mean_length']:.1f}",
-                f"{s['peak_rss_mib']:,.0f}",
-                f"{s['model_mib']:,.0f}",
-            ])  # fmt: skip
-        print(
-            "\n(a) one PPO update (rollout + scoring + training), full fine-tuning, "
-            f"{a.model} preset "
-            f"for policy, reference, reward and value model; 1 epoch, 1 minibatch of {a.prompts}, "
-            f"micro-batch {a.micro_batch or a.prompts}; {a.updates} timed updates per run after "
-            f"{a.warmup} warm-up"
-        )
-        print(table(
-            ["contender", "s/update (range)", "updates/s", "CPU s/upd", "gen s/upd", "gen len",
-             "peak MiB", "model MiB"],
-            rows,
-        ))  # fmt: skip
-        if summary.get("rlfm") and summary.get("trl"):
-            ratio = summary["rlfm"]["updates_per_s"] / summary["trl"]["updates_per_s"]
-            cpu_ratio = summary["trl"]["cpu_s_per_update"] / summary["rlfm"]["cpu_s_per_update"]
-            summary["speedup"], summary["cpu_speedup"] = ratio, cpu_ratio
-            line = f"updates/s rlfm / TRL = {ratio:.2f}x  (target >= 2x: {verdict(ratio >= 2)})"
-            print(f"{line}; by CPU time {cpu_ratio:.2f}x")
-            verdicts.append(f"(a) {line}")
-        results["a"] = summary
-
-    # ---- (b)
-    if "b" in jobs:
-        summary, rows = {}, []
-        for name in ("rlfm", "trl"):
-            ok = [ppo_samples(x, a.warmup) for x in raw["b"][name] if "error" not in x]
-            if not ok:
-                summary[name] = None
-                rows.append([name, "failed", "", "", "", ""])
-                continue
-            s = {
-                "rss_after_imports_mib": med(pool(ok, "rss_after_imports_mib")),
-                "peak_rss_mib": med(pool(ok, "peak_mib")),
-                "model_mib": med(pool(ok, "model_mib")),
-                "s_per_update": med(pool(ok, "wall")),
-                "mean_length": statistics.mean(pool(ok, "length")),
-            }
-            summary[name] = s
-            rows.append([
-                "rlfm ppo --adapter lora" if name == "rlfm" else "TRL PPOTrainer + peft LoRA",
-                f"{s['rss_after_imports_mib']:,.0f}",
-                f"{s['peak_rss_mib']:,.0f}",
-                f"{s['model_mib']:,.0f} ({spread(pool(ok, 'model_mib'))})",
-                f"{s['s_per_update']:.2f}",
-                f"{s['mean_length']:.1f}",
-            ])  # fmt: skip
-        print(
-            f"\n(b) LoRA r={a.lora_r}, GPT-2 {a.lora_layers} layers x {a.lora_width} wide, rollout "
-            f"batch {a.prompts}, micro-batch {a.lora_micro_batch}; model memory = peak RSS during "
-            "the PPO updates - RSS right after imports"
-            + ("" if a.default_malloc else " (glibc mmap threshold fixed at 128 KiB)")
-        )
-        print(table(
-            ["contender", "after imports MiB", "peak MiB", "model MiB (range)", "s/update",
-             "gen len"],
-            rows,
-        ))  # fmt: skip
-        if summary.get("rlfm") and summary.get("trl"):
-            ratio = summary["rlfm"]["model_mib"] / summary["trl"]["model_mib"]
-            summary["memory_ratio"] = ratio
-            line = (
-                f"model memory rlfm / TRL = {ratio:.2f}x  (target <= 0.6x: {verdict(ratio <= 0.6)})"
+        rl = [update_rate(x, a.warmup) for x in raw["a"]["rlfm"]]
+        tr = [update_rate(x, a.warmup) for x in raw["a"]["trl"]]
+        rows.append(
+            result_row(
+                **base,
+                workload="ppo (full)",
+                peer=trl_name,
+                peer_settings=f"PPOTrainer, gradient_checkpointing=False; {shape}",
+                metric="updates/s",
+                rlfm=rl,
+                peer_value=tr,
+                target=2.0,
             )
-            print(line)
-            verdicts.append(f"(b) {line}")
-        results["b"] = summary
-
-    # ---- (c)
-    if "c" in jobs:
-        summary, rows = {}, []
-        for name in ("rlfm", "hf"):
-            ok = [x for x in raw["c"][name] if "error" not in x]
-            if not ok:
-                summary[name] = None
-                rows.append([name, "failed", "", ""])
-                continue
-            rates = [x["tokens"] / t for x in ok for t in x["times"]]
-            cpu_rates = [x["tokens"] / t for x in ok for t in x["cpu"]]
-            s = {
-                "tokens_per_s": med(rates),
-                "tokens_per_cpu_s": med(cpu_rates),
-                "n_calls": len(rates),
-            }
-            summary[name] = s
-            rows.append([
-                "rlfm.rollout.sample" if name == "rlfm" else "model.generate",
-                f"{s['tokens_per_s']:,.0f} ({min(rates):,.0f}–{max(rates):,.0f})",
-                f"{s['tokens_per_cpu_s']:,.0f}",
-                str(len(rates)),
-            ])  # fmt: skip
-        print(
-            f"\n(c) generation, {a.model} preset, batch {a.prompts}, {a.prompt_tokens} prompt + "
-            f"{a.new_tokens} new tokens per row (no EOS on either side)"
         )
-        print(table(["contender", "tokens/s (range)", "tokens/CPU-s", "calls"], rows))
-        if summary.get("rlfm") and summary.get("hf"):
-            ratio = summary["rlfm"]["tokens_per_s"] / summary["hf"]["tokens_per_s"]
-            cpu_ratio = summary["rlfm"]["tokens_per_cpu_s"] / summary["hf"]["tokens_per_cpu_s"]
-            summary["speedup"], summary["cpu_speedup"] = ratio, cpu_ratio
-            ok_c = verdict(ratio >= 1.5)
-            line = f"tokens/s rlfm / generate = {ratio:.2f}x  (target >= 1.5x: {ok_c})"
-            print(f"{line}; by CPU time {cpu_ratio:.2f}x")
-            verdicts.append(f"(c) {line}")
-        results["c"] = summary
-
-    print("\nsummary (medians over all rounds):\n  " + "\n  ".join(verdicts or ["no ratios"]))
-    print(f"total {time.perf_counter() - t_start:.0f} s")
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(results, indent=2, default=str))
-        print(f"results written to {a.json}")
-    failed = any("error" in x for part in raw.values() for runs in part.values() for x in runs)
-    if not a.keep and not failed:
+        rows.append(
+            result_row(
+                **base,
+                workload="ppo (full)",
+                peer=trl_name,
+                peer_settings=f"PPOTrainer, gradient_checkpointing=False; {shape}",
+                metric="peak MiB above imports",
+                rlfm=[model_mib(x) for x in raw["a"]["rlfm"]],
+                peer_value=[model_mib(x) for x in raw["a"]["trl"]],
+                lower_is_better=True,
+            )
+        )
+    if "b" in jobs:
+        lshape = f"LoRA r={a.lora_r} policy, micro-batch {a.lora_micro_batch}; {shape}"
+        for name, kind, settings, target in (
+            ("trl-lora-value", "like-for-like", "peft_config + LoRA value model", 0.8),
+            ("trl-full-value", "recipe vs recipe", "peft_config + full value model", None),
+        ):
+            common_b = dict(
+                **base, workload="ppo (LoRA)", peer=trl_name, kind=kind,
+                peer_settings=f"PPOTrainer, {settings}; {lshape}",
+            )  # fmt: skip
+            rows.append(
+                result_row(
+                    **common_b,
+                    metric="peak MiB above imports",
+                    rlfm=[model_mib(x) for x in raw["b"]["rlfm"]],
+                    peer_value=[model_mib(x) for x in raw["b"][name]],
+                    target=target,
+                    lower_is_better=True,
+                )
+            )
+            if kind == "like-for-like":
+                rows.append(
+                    result_row(
+                        **common_b,
+                        metric="updates/s",
+                        rlfm=[update_rate(x, a.warmup) for x in raw["b"]["rlfm"]],
+                        peer_value=[update_rate(x, a.warmup) for x in raw["b"][name]],
+                        note="micro-batched for the memory figure: not the speed headline",
+                    )
+                )
+    if "c" in jobs:
+        rows.append(
+            result_row(
+                **base,
+                workload="generation",
+                peer=f"transformers {_version('transformers')} generate",
+                peer_settings=f"do_sample, KV cache, batch {a.prompts}, {a.prompt_tokens} + "
+                f"{a.new_tokens} tokens, {a.precision}",
+                metric="tokens/s",
+                rlfm=[x["tokens"] * len(x["times"]) / sum(x["times"]) for x in raw["c"]["rlfm"]],
+                peer_value=[
+                    x["tokens"] * len(x["times"]) / sum(x["times"]) for x in raw["c"]["hf"]
+                ],
+                target=2.0,
+            )
+        )
+    print(f"\nPPO benchmark, {a.size}: {shape}; {time.perf_counter() - t_start:.0f} s in all")
+    for part in raw:
+        for name, runs in raw[part].items():
+            if part in ("a", "b"):
+                gen = [statistics.median(ppo_samples(x, a.warmup)["gen"]) for x in runs]
+                print(f"  ({part}) {name}: generation s/update by round "
+                      + " / ".join(f"{g:.2f}" for g in gen))  # fmt: skip
+    print()
+    print_rows(rows)
+    write_rows(a.json, rows, {"settings": vars(a) | {"json": str(a.json)}, "raw": raw})
+    if not a.keep:
         shutil.rmtree(root, ignore_errors=True)
     else:
         print(f"child logs kept in {root}")
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def update_rate(res: dict, warmup: int) -> float:
+    """Timed PPO updates over their total time (updates/s) for one run."""
+    st = res["stamps"]
+    return (len(st) - warmup) / (st[-1]["wall"] - st[warmup - 1]["wall"])
+
+
+def model_mib(res: dict) -> float:
+    """Peak RSS during the run above the RSS after imports (MiB)."""
+    return res["stamps"][-1]["hwm"] - res["rss_after_imports"]
 
 
 if __name__ == "__main__":

@@ -2,17 +2,20 @@
 
 Same model, same data, same batch, same optimizer, same machine, in one run:
 
-- **rlfm** — the real ``rlfm pretrain`` command (``python -m rlfm pretrain``), with its default
-  precision (bf16 autocast where the CPU runs bf16 fast). Its throughput is the ``tokens_per_s``
-  it logs to ``metrics.jsonl`` (``--log-every 1`` here, so every step has its own figure),
-  which times data gathering, forward, backward, clipping and the optimizer step, and excludes
-  logging, evaluation and checkpoints. Evaluation and saving happen only after the last step.
-- **Trainer (fp32)** and **Trainer (bf16)** — ``transformers.Trainer`` with its defaults (fp32;
-  its default optimizer, which is ``adamw_torch_fused`` for torch ≥ 2.8) and once with
-  ``bf16=True`` (autocast through accelerate), no evaluation, no saving, ``report_to=[]``.
-  A ``TrainerCallback`` stamps the end of every optimizer step; the time from the end of the
-  last warm-up step to the end of the last step covers everything the Trainer does per step
-  (data loading and collation included).
+- **rlfm** — the real ``rlfm pretrain`` command line, run in-process by ``_stamped.py``, with
+  its default precision (bf16 autocast where the CPU runs bf16 fast, else fp32). Evaluation and
+  saving happen only after the last step; it logs only then.
+- **Trainer (bf16)** — ``transformers.Trainer`` with ``bf16=True`` (autocast through
+  accelerate: the same precision as rlfm, the headline ratio), its default optimizer
+  (``adamw_torch_fused`` for torch ≥ 2.8, the fused kernel its docs recommend for speed), no
+  evaluation, no saving, no logging, ``report_to=[]``, ``dataloader_num_workers=0``; and
+  **Trainer (fp32)**, its default precision, as an extra, recipe-vs-recipe row.
+
+Both are timed the same way, from outside their loops (``_common.StepStamps``): a global
+optimizer post-step hook stamps the end of every optimizer step; tokens/s is the tokens of the
+steps after ``--warmup`` over the time from the end of the last warm-up step to the end of the
+last step (data loading, collation, forward, backward, clipping, the step: everything each does
+per step). Memory is peak RSS above the RSS after all imports, read in each process.
 
 Both sides build the model with ``rlfm.models.presets.build_model`` from the same config (the
 preset at the tokenizer's vocabulary and ``--context``, seed 0; the script checks that the
@@ -24,13 +27,11 @@ predicts the window's next ``context`` tokens). Optimizer: AdamW, the preset's p
 (0.9, 0.95), weight decay 0.1 on matrices, gradients clipped to norm 1, linear warm-up over
 ``--warmup`` steps then cosine decay to 10% (``cosine_with_min_lr`` on the Trainer side).
 
-Each contender runs in its own process (peak RSS is that process's own, read with
-``os.wait4``), ``--rounds`` times, interleaved (the order reverses every other round). A run's
-tokens/s is all its timed tokens over all its timed step times, and the **best** round of each
-contender is reported: other work on a shared machine can only slow a run down, so the fastest
-round is the least disturbed one. The table also gives the tokens/s of the median step (less
-sensitive to a burst of load within a run). The matmul peak is measured at the start of every
-round and after the last one; its best is used. All runs are in the ``--json`` output.
+Each contender runs in its own process, ``--rounds`` times (default 2), interleaved (the order
+reverses every other round); the **median** round of each contender is reported with the range.
+The matmul peak is measured at the start of every round and after the last one; its best is the
+denominator of MFU (the hardware's capability; a lower peak would flatter MFU). All runs are in
+the ``--json`` output.
 
 Model-FLOPs utilisation (Kaplan et al. 2020; Chowdhery et al. 2022, PaLM, appendix B):
 
@@ -57,11 +58,11 @@ half of it). ``peak`` is this CPU's measured FLOP/s for large square matmuls (20
 best of three each, all threads) in the precision the contender computes in: bf16 for bf16
 autocast, fp32 otherwise.
 
-Run (from the repository root, after ``pip install -e '.[bench]'``):
-    python benchmarks/pretrain_throughput.py                    # small preset, built-in corpus
+Run (from the repository root, after ``bash scripts/setup.sh dev,bench``):
+    python benchmarks/pretrain_throughput.py                    # small size, built-in corpus
     python benchmarks/pretrain_throughput.py --synthetic --json runs/bench/pretrain.json
-    python benchmarks/pretrain_throughput.py --model tiny --steps 20 --rounds 3
-Targets (issue 2): rlfm ≥ 1.3× the Trainer's tokens/s, and MFU ≥ 35% on the small preset.
+    python benchmarks/pretrain_throughput.py --size 100m --steps 4 --warmup 2
+Target (issue 15): rlfm ≥ 1.5× the bf16 Trainer's tokens/s, at the same precision.
 """
 
 from __future__ import annotations
@@ -79,12 +80,21 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from _common import matmul_flops, run_child, table
+from _common import (
+    SIZES,
+    MemoryAboveImports,
+    StepStamps,
+    matmul_flops,
+    memory_row,
+    print_rows,
+    result_row,
+    run_child,
+    table,
+    write_rows,
+)
 
-TARGET_SPEEDUP = 1.3
-"""rlfm's tokens/s over the Trainer's (issue 2)."""
-TARGET_MFU = 0.35
-"""rlfm's model-FLOPs utilisation (6·N variant) on the small preset (issue 2)."""
+TARGET_SPEEDUP = 1.5
+"""rlfm's tokens/s over the bf16 Trainer's (issue 15)."""
 SEED = 0
 VAL_FRACTION = 0.05
 """rlfm's default share of --data documents held out (synthetic data only)."""
@@ -177,12 +187,14 @@ def flops_per_token(config) -> tuple[int, float, float]:
 def trainer_worker(spec_path: Path, precision: str, result_path: Path) -> None:
     """One ``transformers.Trainer`` run; writes its timed step times to ``result_path``."""
     import torch
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     from rlfm.data.blocks import BlockSampler, gather_windows, tokenize_stream
     from rlfm.models.presets import build_model
     from rlfm.models.tokenizer import load_tokenizer
 
+    memory = MemoryAboveImports()
+    stamps = StepStamps()
     spec = Spec(**json.loads(spec_path.read_text()))
     tokenizer = load_tokenizer(spec.tokenizer)
     stream = tokenize_stream(tokenizer, training_documents(spec.synthetic_dir))
@@ -199,13 +211,6 @@ def trainer_worker(spec_path: Path, precision: str, result_path: Path) -> None:
 
         def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
             return {"input_ids": inputs[i], "labels": inputs[i]}
-
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.ends: list[float] = []
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.ends.append(time.perf_counter())
 
     model = build_model(build_config(spec, tokenizer), seed=SEED)
     args = TrainingArguments(
@@ -231,13 +236,13 @@ def trainer_worker(spec_path: Path, precision: str, result_path: Path) -> None:
         dataloader_num_workers=0,
         seed=SEED,
     )
-    timer = StepTimer()
-    trainer = Trainer(model=model, args=args, train_dataset=Windows(), callbacks=[timer])
+    trainer = Trainer(model=model, args=args, train_dataset=Windows())
     trainer.train()
-    ends = timer.ends
+    ends = stamps.ends
     assert len(ends) == total, f"{len(ends)} steps timed, expected {total}"
     result = {
         "step_s": [b - a for a, b in zip(ends[spec.warmup - 1 :], ends[spec.warmup :])],
+        "peak_mib": memory.peak(),
         "optim": getattr(trainer.args.optim, "value", str(trainer.args.optim)),
         "threads": torch.get_num_threads(),
     }
@@ -247,31 +252,22 @@ def trainer_worker(spec_path: Path, precision: str, result_path: Path) -> None:
 # ------------------------------------------------------------------------------- the contenders
 
 
-def rlfm_command(spec: Spec, out: Path) -> list[str]:
-    """``rlfm pretrain`` as a user runs it, logging every step (rlfm times a step without its
-    logging); evaluation and saving only after the last step."""
+def rlfm_command(spec: Spec, out: Path, result: Path) -> list[str]:
+    """``rlfm pretrain`` as a user runs it, under ``_stamped.py`` (the same timing and memory
+    method as the Trainer's); it logs, evaluates and saves only after the last step."""
     total = spec.warmup + spec.steps
-    cmd = [sys.executable, "-m", "rlfm", "pretrain", "--out", str(out), "--model", spec.model]
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / "_stamped.py"), str(result)]
+    cmd += [str(spec.warmup), str(spec.batch_size * spec.context), "rlfm.stages.pretrain", "--"]
+    cmd += ["pretrain", "--out", str(out), "--model", spec.model]
     cmd += ["--tokenizer", spec.tokenizer, "--context", str(spec.context)]
     cmd += ["--batch-size", str(spec.batch_size), "--steps", str(total), "--lr", str(spec.lr)]
     cmd += ["--warmup-steps", str(spec.warmup), "--weight-decay", "0.1", "--max-grad-norm", "1.0"]
-    cmd += ["--log-every", "1", "--eval-every", str(total), "--save-every", str(total)]
+    cmd += ["--log-every", str(total), "--eval-every", str(total), "--save-every", str(total)]
     cmd += ["--eval-batches", "1", "--samples", "0", "--keep-checkpoints", "1"]
     cmd += ["--seed", str(SEED), "--precision", "auto"]
     if spec.synthetic_dir is not None:
         cmd += ["--data", spec.synthetic_dir, "--val-fraction", str(VAL_FRACTION)]
     return cmd
-
-
-def rlfm_step_times(out: Path, spec: Spec) -> list[float]:
-    """Seconds of each step after warm-up, from the tokens/s rlfm logged for it."""
-    from rlfm.tracking import read_metrics
-
-    rows = [r for r in read_metrics(out / "metrics.jsonl") if "tokens_per_s" in r]
-    timed = [r["tokens_per_s"] for r in rows if r["step"] > spec.warmup]
-    if len(timed) != spec.steps:
-        raise RuntimeError(f"{out}/metrics.jsonl: {len(timed)} timed steps, expected {spec.steps}")
-    return [spec.batch_size * spec.context / t for t in timed]
 
 
 def check_same_model(out: Path, config) -> None:
@@ -292,16 +288,18 @@ def run_contender(name: str, spec: Spec, work: Path, round_: int, env: dict[str,
     """Run one contender in its own process; its tokens/s, peak RSS and wall time."""
     tag = f"{name}-r{round_}"
     if name == "rlfm":
-        out = work / tag
+        out, result = work / tag, work / f"{tag}.json"
         child = run_child(
-            rlfm_command(spec, out),
+            rlfm_command(spec, out, result),
             work / f"{tag}.log",
             env=env,
             timeout_s=CHILD_TIMEOUT_S,
         )
         if child.returncode != 0:
             raise RuntimeError(f"rlfm pretrain failed ({child.returncode}):\n{child.tail()}")
-        extra = {"step_s": rlfm_step_times(out, spec), "out": str(out)}
+        extra = json.loads(result.read_text())
+        extra = {"step_s": extra["step_s"][spec.warmup - 1 :], "peak_mib": extra["peak_mib"]}
+        extra["out"] = str(out)
     else:
         precision = name.split("-")[1]
         result = work / f"{tag}.json"
@@ -342,96 +340,75 @@ def summarise(
     peaks: list[dict[str, float]],
     precision: dict[str, str],
     f6: float,
-    f_attn: float,
-) -> dict:
-    """Best round per contender, its MFU against the best measured peak, ratios, targets."""
+    size: str,
+) -> tuple[list[dict], dict]:
+    """The result rows (medians over the rounds) and the peaks used for MFU."""
     peak = {"fp32": max(p["float32"] for p in peaks), "bf16": max(p["bfloat16"] for p in peaks)}
-    summary = {}
-    for c, rs in runs.items():
-        best = max(rs, key=lambda x: x["tokens_per_s"])
-        tps = best["tokens_per_s"]
-        summary[c] = {
-            "precision": precision[c],
-            "tokens_per_s": tps,
-            "median_step_tokens_per_s": max(x["median_step_tokens_per_s"] for x in rs),
-            "mfu": f6 * tps / peak[precision[c]],
-            "mfu_attn": f_attn * tps / peak[precision[c]],
-            "peak_rss_mib": max(x["peak_rss_mib"] for x in rs),
-            "tokens_per_s_by_round": [x["tokens_per_s"] for x in rs],
-            "optimizer": best.get("optim", "rlfm.optim.adamw (torch.optim.AdamW)"),
-        }
-    ratios, targets = {}, {}
-    for p in ("fp32", "bf16"):
-        rlfm, peer = summary["rlfm"], summary[f"trainer-{p}"]
-        ratios[f"rlfm/trainer-{p}"] = rlfm["tokens_per_s"] / peer["tokens_per_s"]
-        ratios[f"rlfm/trainer-{p} (median step)"] = (
-            rlfm["median_step_tokens_per_s"] / peer["median_step_tokens_per_s"]
-        )
-        targets[f"rlfm >= {TARGET_SPEEDUP}x trainer-{p}"] = (
-            ratios[f"rlfm/trainer-{p}"] >= TARGET_SPEEDUP
-        )
-    targets[f"rlfm mfu >= {TARGET_MFU}"] = summary["rlfm"]["mfu"] >= TARGET_MFU
-    return {
-        "peak_flops_by_measurement": peaks,
-        "aggregate": "best round (highest tokens/s) per contender; peak FLOP/s: best "
-        "measurement; peak RSS: max over rounds",
-        "peak_flops": peak,
-        "summary": summary,
-        "ratios": ratios,
-        "targets_met": targets,
+    settings = {
+        "trainer-bf16": "transformers Trainer, bf16=True, adamw_torch_fused, no logging/eval",
+        "trainer-fp32": "transformers Trainer, fp32 (its default), adamw_torch_fused",
     }
+    rows = []
+    for peer, kind, target in (
+        ("trainer-bf16", "like-for-like", TARGET_SPEEDUP),
+        ("trainer-fp32", "recipe vs recipe (each at its default precision)", None),
+    ):
+        if precision[peer] == precision["rlfm"]:
+            kind = "like-for-like"
+        common = dict(
+            workload="pretrain",
+            size=size,
+            peer="transformers Trainer",
+            peer_settings=settings[peer],
+            kind=kind,
+            precision=f"rlfm {precision['rlfm']} / Trainer {precision[peer]}",
+        )
+        rows.append(
+            result_row(
+                **common,
+                metric="tokens/s",
+                rlfm=[x["tokens_per_s"] for x in runs["rlfm"]],
+                peer_value=[x["tokens_per_s"] for x in runs[peer]],
+                target=target if kind == "like-for-like" else None,
+            )
+        )
+        rows.append(
+            result_row(
+                **common,
+                metric="MFU (6·N) vs measured matmul peak",
+                rlfm=[f6 * x["tokens_per_s"] / peak[precision["rlfm"]] for x in runs["rlfm"]],
+                peer_value=[f6 * x["tokens_per_s"] / peak[precision[peer]] for x in runs[peer]],
+                note=f"peak fp32 {peak['fp32'] / 1e9:.0f}, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s",
+            )
+        )
+        rows.append(memory_row(runs["rlfm"], runs[peer], **common))
+    return rows, peak
 
 
-def print_report(results: dict, args: argparse.Namespace, n_matmul: int, f6, f_attn) -> None:
-    """The table, the ratio lines and the targets."""
-    summary, ratios, peak = results["summary"], results["ratios"], results["peak_flops"]
-    names = {"rlfm": "rlfm pretrain", "trainer-fp32": "Trainer", "trainer-bf16": "Trainer"}
-    headers = ["contender", "precision", "tokens/s", "MFU", "MFU+attn", "peak RSS MiB"]
-    headers += ["median step", "tokens/s by round"]
-    rows = [
-        [
-            names[c],
-            s["precision"],
-            f"{s['tokens_per_s']:,.0f}",
-            f"{100 * s['mfu']:.1f}%",
-            f"{100 * s['mfu_attn']:.1f}%",
-            f"{s['peak_rss_mib']:,.0f}",
-            f"{s['median_step_tokens_per_s']:,.0f}",
-            " / ".join(f"{t:,.0f}" for t in s["tokens_per_s_by_round"]),
-        ]
-        for c, s in summary.items()
-    ]
+def print_report(runs: dict[str, list[dict]], peak: dict, n_matmul: int, f6, f_attn) -> None:
+    """Each contender's rounds, MFU at the median round, and the peaks."""
+    headers = ["contender", "tokens/s (median)", "by round", "MFU", "MFU+attn", "peak MiB"]
+    rows = []
+    for c, rs in runs.items():
+        tps = statistics.median(x["tokens_per_s"] for x in rs)
+        p = peak["bf16" if c.endswith("bf16") else "fp32"] if c != "rlfm" else None
+        p = p or peak[rs[0]["precision"]]
+        rows.append(
+            [
+                c,
+                f"{tps:,.0f}",
+                " / ".join(f"{x['tokens_per_s']:,.0f}" for x in rs),
+                f"{100 * f6 * tps / p:.1f}%",
+                f"{100 * f_attn * tps / p:.1f}%",
+                f"{statistics.median(x['peak_mib'] for x in rs):,.0f}",
+            ]
+        )
     print()
     print(table(headers, rows))
     print(
-        f"\ntokens/s: all timed steps of the best of {args.rounds} round(s) (median step: "
-        f"tokens/s of the median step time, best round). MFU = 6·N·tokens/s / peak, N = "
-        f"{n_matmul:,}; MFU+attn adds 12·L·T·d = {f_attn - f6:,.0f} FLOPs/token. Peak (best "
-        f"measured): fp32 {peak['fp32'] / 1e9:.0f}, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s. "
-        f"Trainer optimizer: {summary['trainer-fp32']['optimizer']}.\n"
-    )
-    for p in ("fp32", "bf16"):
-        print(
-            f"rlfm / Trainer({p}) tokens/s = {ratios[f'rlfm/trainer-{p}']:.2f}×"
-            f"  (median step: {ratios[f'rlfm/trainer-{p} (median step)']:.2f}×)"
-        )
-    lows = [p["float32"] for p in results["peak_flops_by_measurement"]]
-    if min(lows) < 0.8 * max(lows):
-        print(
-            f"warning: the fp32 matmul peak ranged {min(lows) / 1e9:.0f}–{max(lows) / 1e9:.0f} "
-            "GFLOP/s over this run: other work shared the CPU, so ratios and MFU are uncertain "
-            "(compare the rounds, or run again on a quiet machine)."
-        )
-    met = ["not met", "met"]
-    t = results["targets_met"]
-    mfu_note = "" if args.model == "small" else " (set for the small preset)"
-    print(
-        f"target rlfm ≥ {TARGET_SPEEDUP}× Trainer(fp32, its default): "
-        f"{met[t[f'rlfm >= {TARGET_SPEEDUP}x trainer-fp32']]}\n"
-        f"target rlfm ≥ {TARGET_SPEEDUP}× Trainer(bf16, its best): "
-        f"{met[t[f'rlfm >= {TARGET_SPEEDUP}x trainer-bf16']]}\n"
-        f"target rlfm MFU ≥ {TARGET_MFU:.0%}{mfu_note}: {met[t[f'rlfm mfu >= {TARGET_MFU}']]} "
-        f"({summary['rlfm']['mfu']:.1%})"
+        f"\nMFU = 6·N·tokens/s / peak, N = {n_matmul:,}; MFU+attn adds 12·L·T·d = "
+        f"{f_attn - f6:,.0f} FLOPs/token. Peak (best measured this run): fp32 "
+        f"{peak['fp32'] / 1e9:.0f}, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s."
     )
 
 
@@ -443,7 +420,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Tokens/s and MFU of rlfm pretrain vs transformers.Trainer (same model, "
         "data, batch and optimizer; one run).",
     )
-    p.add_argument("--model", default="small", help="rlfm preset (default: small)")
+    p.add_argument("--size", choices=list(SIZES), default="small", help="model size")
     p.add_argument("--steps", type=int, default=30, help="timed steps per run (default: 30)")
     p.add_argument("--warmup", type=int, default=10, help="untimed first steps (default: 10)")
     p.add_argument("--rounds", type=int, default=2, help="runs per contender (default: 2)")
@@ -477,11 +454,11 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from rlfm.engine import bf16_supported
-    from rlfm.models.presets import PRESETS, get_preset
+    from rlfm.models.presets import PRESETS
     from rlfm.models.tokenizer import save_tokenizer, train_bpe_tokenizer
 
-    preset = get_preset(args.model)
-    context = args.context or min(preset.context, 1024)
+    size = SIZES[args.size]
+    context = args.context or size.context
     work = Path(tempfile.mkdtemp(prefix="rlfm-bench-pretrain-"))
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
@@ -492,15 +469,15 @@ def main(argv: list[str] | None = None) -> None:
             write_synthetic_corpus(Path(synthetic_dir))
         docs = training_documents(synthetic_dir)
         # the tokenizer rlfm pretrain would train itself, trained once and given to both sides
-        tokenizer = train_bpe_tokenizer((d.text for d in docs), preset.vocab_size)
+        tokenizer = train_bpe_tokenizer((d.text for d in docs), size.vocab)
         save_tokenizer(tokenizer, work / "tokenizer")
         spec = Spec(
-            model=args.model,
+            model=size.preset,
             context=context,
             batch_size=args.batch_size,
             warmup=args.warmup,
             steps=args.steps,
-            lr=PRESETS[args.model].lr,
+            lr=PRESETS[size.preset].lr,
             tokenizer=str(work / "tokenizer"),
             synthetic_dir=synthetic_dir,
         )
@@ -508,10 +485,10 @@ def main(argv: list[str] | None = None) -> None:
         config = build_config(spec, tokenizer)
         n_matmul, f6, f_attn = flops_per_token(config)
         rlfm_precision = "bf16" if bf16_supported(torch.device("cpu")) else "fp32"
-        contenders = ["rlfm", "trainer-fp32", "trainer-bf16"]
+        contenders = ["rlfm", "trainer-bf16", "trainer-fp32"]
         precision = {"rlfm": rlfm_precision, "trainer-fp32": "fp32", "trainer-bf16": "bf16"}
         print(
-            f"model {args.model}: {config.num_hidden_layers} layers × {config.hidden_size}, "
+            f"model {args.size}: {config.num_hidden_layers} layers × {config.hidden_size}, "
             f"vocabulary {config.vocab_size:,}, context {context}; N (matmul parameters) = "
             f"{n_matmul / 1e6:.2f}M; batch {args.batch_size} × {context} tokens; "
             f"{args.warmup} warm-up + {args.steps} timed steps; {args.rounds} round(s); data: "
@@ -529,23 +506,24 @@ def main(argv: list[str] | None = None) -> None:
                 runs[name].append(res)
                 print(
                     f"  {name:<13} {res['tokens_per_s']:>8,.0f} tokens/s  "
-                    f"{res['peak_rss_mib']:>6,.0f} MiB  ({res['wall_s']:.0f} s in all)",
+                    f"+{res['peak_mib']:>6,.0f} MiB  ({res['wall_s']:.0f} s in all)",
                     flush=True,
                 )
         peaks.append(measure_peaks("after the last round: "))
         check_same_model(Path(runs["rlfm"][0]["out"]), config)
 
-        results = summarise(runs, peaks, precision, f6, f_attn)
-        print_report(results, args, n_matmul, f6, f_attn)
+        for c in runs:
+            for x in runs[c]:
+                x["precision"] = precision[c]
+        rows, peak = summarise(runs, peaks, precision, f6, args.size)
+        print_report(runs, peak, n_matmul, f6, f_attn)
+        print()
+        print_rows(rows)
         print(f"({time.perf_counter() - started:.0f} s in all)")
-        if args.json is not None:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            settings = {**asdict(spec), "synthetic": args.synthetic, "rounds": args.rounds}
-            flops = {"n_matmul_params": n_matmul, "per_token_6N": f6, "per_token_6N_attn": f_attn}
-            results |= {"settings": settings, "flops": flops}
-            results["runs"] = runs
-            args.json.write_text(json.dumps(results, indent=2))
-            print(f"results: {args.json}")
+        settings = {**asdict(spec), "synthetic": args.synthetic, "rounds": args.rounds}
+        flops = {"n_matmul_params": n_matmul, "per_token_6N": f6, "per_token_6N_attn": f_attn}
+        details = {"settings": settings, "flops": flops, "peaks": peaks, "runs": runs}
+        write_rows(args.json, rows, details)
     finally:
         if args.keep:
             print(f"work directory kept: {work}")

@@ -1,6 +1,7 @@
 """Reward-model training throughput: rlfm's ``reward train`` against TRL's ``RewardTrainer``.
 
-Same model, same data, same machine, in one run, for three kinds of data:
+Same model, same comparisons per optimizer step, same precision, same machine, in one run, for
+three kinds of data:
 
 - **pairs** — ``{prompt, chosen, rejected}``; both sides train the same comparisons.
 - **K=4** and **K=8 rankings** — ``{prompt, completions, ranking}``. rlfm trains each ranking as
@@ -8,33 +9,40 @@ Same model, same data, same machine, in one run, for three kinds of data:
   rewards (InstructGPT). TRL has no ranking format, so it trains the C(K,2) expanded pairs
   (``{prompt, chosen, rejected}`` rows), two sequences each, as users of TRL must.
 
-Throughput is **comparisons per second** (one comparison = one labelled pair) while training:
-rlfm's is the ``comparisons_per_s`` it logs to ``metrics.jsonl`` (collation, forward, backward,
-clipping, optimizer step; not evaluation or checkpoints), averaged over the logged windows after
-the first (warm-up); TRL's is (pairs per step) × (steps) / (time from the end of the warm-up
-steps to the end of the last step), stamped by a ``TrainerCallback``. Both sides run about the
-same number of sequences per step (64): TRL 32 pairs, rlfm 32 pairs / 16 K=4 rankings / 8 K=8
-rankings. Both use bf16 autocast (TRL's ``RewardConfig`` default; rlfm's ``--precision auto``
-on a CPU with bf16 units), AdamW at the same learning rate, no dropout, gradient clipping at 1.
-TRL runs with ``gradient_checkpointing=False`` (its default is True, which recomputes
-activations and is slower): the comparison is against TRL's fastest setting.
+**Equal comparisons per optimizer step**: rlfm trains R rankings per step (``--rankings``;
+default 48 pairs, 8 K=4 rankings, 2 K=8 rankings), TRL R × C(K,2) pairs per step (48, 48, 56):
+both optimizer steps see the same comparisons, so the two runs are the same optimisation
+problem (one comparison = one labelled pair).
 
-Model and data: a BPE tokenizer (8,192 tokens) and a randomly initialised GPT-2 of the rlfm
-``small`` preset shape (4 layers, 256 wide) saved as a Hugging Face directory, loaded by both
-sides (TRL as ``AutoModelForSequenceClassification``, whose ``score`` head is the same scalar
-head). Prompts are dialogue prompts of the built-in Shakespeare corpus (cached by
-``rlfm pretrain``; synthetic sentences otherwise), completions are replies from the plays, at
-most 40 words each, as in the built-in preference task.
+Settings, each side at what its documentation recommends for speed:
+- rlfm: ``rlfm reward train`` as a user runs it (in-process, through ``rlfm.cli.main``), its
+  defaults, ``--precision`` as below.
+- TRL: ``RewardTrainer`` (trl 1.12) with ``RewardConfig`` defaults except
+  ``gradient_checkpointing=False`` (its default True recomputes activations: slower),
+  ``train_sampling_strategy="group_by_length"`` (batches of similar length, as rlfm's; the
+  script adds the ``length`` column the sampler reads, the longer sequence of each pair), no
+  evaluation, no saving, ``report_to=[]``, ``dataloader_num_workers=0``.
+- Both: the same precision, ``--precision`` (default: bf16 autocast where the CPU has bf16, else
+  fp32; TRL's ``bf16`` flag is set to match rather than left at its default), AdamW at the same
+  learning rate, constant schedule, no dropout, gradient clipping at 1.
 
-Each contender runs in its own process (peak RSS is that process's, read with ``os.wait4``),
-``--rounds`` times, interleaved (the order flips every round); the best round of each is
-reported, since other work on a shared machine can only slow a run down.
+Measured the same way on both sides (``_common``): **comparisons/s** = comparisons per step ×
+optimizer steps after ``--warmup`` ÷ the time from the end of the last warm-up step to the end of
+the last step (a global optimizer post-step hook stamps both: total work over total time), and
+**peak memory** above the RSS after all imports. Each contender runs in its own process,
+``--rounds`` times (default 2), interleaved (the order flips every round); the table gives the
+median round and the range.
 
-TRL version: trl 1.12.0 (``pip install -e '.[bench]'``) works with transformers 5.24 as is.
+Model and data: a BPE tokenizer and a randomly initialised GPT-2 of the ``--size`` shape saved
+as a Hugging Face directory, loaded by both sides (TRL as
+``AutoModelForSequenceClassification``, whose ``score`` head is the same scalar head). Prompts
+are dialogue prompts of the built-in Shakespeare corpus (synthetic sentences when it is not
+cached), completions are replies from the plays, at most 40 words each, as in the built-in
+preference task.
 
-Run (from the repository root, after ``pip install -e '.[bench]'``):
-    python benchmarks/reward_vs_trl.py                 # all three cases
-    python benchmarks/reward_vs_trl.py --cases pairs --steps 20
+Run (from the repository root, after ``bash scripts/setup.sh dev,bench``):
+    python benchmarks/reward_vs_trl.py --size small
+    python benchmarks/reward_vs_trl.py --cases pairs --steps 20 --json out.json
 """
 
 from __future__ import annotations
@@ -42,28 +50,41 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import random
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import run_child, table  # noqa: E402
+from _common import (  # noqa: E402
+    SIZES,
+    MemoryAboveImports,
+    StepStamps,
+    memory_row,
+    print_rows,
+    result_row,
+    run_child,
+    size_config,
+    write_rows,
+)
 
-SEQS_PER_STEP = 64
-"""Completion sequences per optimizer step on both sides."""
+HERE = Path(__file__).resolve()
 LR = 5e-5
 CASES = {"pairs": 2, "k4": 4, "k8": 8}
+RANKINGS = {"pairs": 48, "k4": 8, "k8": 2}
+"""rlfm's rankings per optimizer step (TRL: these × C(K,2) pairs)."""
+TARGETS = {"pairs": 2.0, "k4": 4.0, "k8": 8.0}
+"""rlfm's comparisons/s over TRL's (issue 15)."""
 
 
-def make_assets(root: Path, n_prompts: int, seed: int = 0) -> dict:
+def make_assets(root: Path, n_prompts: int, size: str, seed: int = 0) -> dict:
     """Tokenizer + model directory and the three data sets (rlfm files and TRL pair files)."""
     from rlfm.data.corpora import load_builtin_corpus
     from rlfm.data.dialogue import dialogue_pairs
     from rlfm.data.sft import render_dialogue_prompt
-    from rlfm.models.presets import build_model, model_config
+    from rlfm.models.presets import build_model
     from rlfm.models.tokenizer import save_tokenizer, train_bpe_tokenizer
 
     rng = random.Random(seed)
@@ -100,15 +121,8 @@ def make_assets(root: Path, n_prompts: int, seed: int = 0) -> dict:
             for _ in range(5000)
         ]
     replies = [p.reply for p in pairs]
-    tok = train_bpe_tokenizer([d.text for d in corpus.train], 8192)
-    cfg = model_config(
-        "small",
-        vocab_size=len(tok),
-        context=256,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    tok = train_bpe_tokenizer([d.text for d in corpus.train], SIZES[size].vocab)
+    cfg = size_config(size, tok)
     model_dir = root / "model"
     build_model(cfg, seed=0).save_pretrained(model_dir)
     save_tokenizer(tok, model_dir)
@@ -138,35 +152,32 @@ def make_assets(root: Path, n_prompts: int, seed: int = 0) -> dict:
 # ---------------------------------------------------------------------------- contenders
 
 
-def child_trl(model_dir: str, data: str, steps: int, warmup: int, out: str) -> None:
-    """TRL's RewardTrainer on expanded pairs; writes {comparisons_per_s} to ``out``."""
+def child_trl(spec: dict) -> None:
+    """TRL's RewardTrainer on expanded pairs; writes its rate and memory to ``spec["out"]``."""
     import torch
     from datasets import load_dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
+    memory = MemoryAboveImports()
+    stamps = StepStamps()
     torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    tok = AutoTokenizer.from_pretrained(spec["model"])
+    model = AutoModelForSequenceClassification.from_pretrained(spec["model"], num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
-    ds = load_dataset("json", data_files=data, split="train")
-    batch = SEQS_PER_STEP // 2
-    stamps: list[float] = []
-
-    class Stamp(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            stamps.append(time.perf_counter())
-
+    ds = load_dataset("json", data_files=spec["data"], split="train")
     args = RewardConfig(
-        output_dir=str(Path(out).parent / "trl-out"),
-        per_device_train_batch_size=batch,
-        max_steps=steps,
+        output_dir=str(Path(spec["out"]).parent / "trl-out"),
+        per_device_train_batch_size=spec["pairs_per_step"],
+        max_steps=spec["steps"],
         learning_rate=LR,
         weight_decay=0.0,
         max_grad_norm=1.0,
         lr_scheduler_type="constant",
         gradient_checkpointing=False,
-        bf16=True,
+        train_sampling_strategy="group_by_length",
+        remove_unused_columns=False,  # keep "length" for the sampler; the collator ignores it
+        bf16=spec["precision"] == "bf16",
         use_cpu=True,
         report_to=[],
         save_strategy="no",
@@ -174,109 +185,125 @@ def child_trl(model_dir: str, data: str, steps: int, warmup: int, out: str) -> N
         dataloader_num_workers=0,
         seed=0,
     )
-    trainer = RewardTrainer(
-        model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Stamp()]
+    trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    # LengthGroupedSampler reads a "length" column (a pair pads to its longer sequence)
+    trainer.train_dataset = trainer.train_dataset.map(
+        lambda r: {"length": max(len(r["chosen_ids"]), len(r["rejected_ids"]))}
     )
     trainer.train()
-    timed = len(stamps) - warmup
-    rate = timed * batch / (stamps[-1] - stamps[warmup - 1])
-    Path(out).write_text(json.dumps({"comparisons_per_s": rate, "steps": len(stamps)}))
+    Path(spec["out"]).write_text(
+        json.dumps(
+            {
+                "rate": stamps.rate(spec["warmup"], spec["pairs_per_step"]),
+                "steps": len(stamps.ends),
+                "peak_mib": memory.peak(),
+                "mixed_precision": str(trainer.accelerator.mixed_precision),
+            }
+        )
+    )
 
 
-def rlfm_command(
-    model_dir: str, data: str, k: int, steps: int, out: Path, log_every: int
-) -> list[str]:
-    rankings = SEQS_PER_STEP // k
+def rlfm_command(spec: dict) -> list[str]:
+    """``rlfm reward train`` as a user runs it, under ``_stamped.py`` (same timing and memory)."""
+    k = spec["k"]
     return [
-        sys.executable, "-m", "rlfm", "reward", "train",
-        "--model", model_dir, "--data", data, "--out", str(out),
-        "--steps", str(steps), "--batch-size", str(rankings), "--lr", str(LR),
-        "--warmup-steps", "0", "--max-length", "256", "--log-every", str(log_every),
-        "--eval-every", str(steps), "--save-every", str(steps), "--norm-samples", "2",
-        "--sample-tokens", "4", "--precision", "auto", "--device", "cpu",
+        sys.executable, str(HERE.parent / "_stamped.py"), spec["out"], str(spec["warmup"]),
+        str(spec["rankings"] * math.comb(k, 2)), "rlfm.stages.reward", "--",
+        "reward", "train", "--model", spec["model"], "--data", spec["data"],
+        "--out", str(Path(spec["out"]).parent / "rlfm-out"),
+        "--steps", str(spec["steps"]), "--batch-size", str(spec["rankings"]), "--lr", str(LR),
+        "--warmup-steps", "0", "--max-length", "256", "--log-every", str(spec["steps"]),
+        "--eval-every", str(spec["steps"]), "--save-every", str(spec["steps"]),
+        "--norm-samples", "2", "--sample-tokens", "4", "--precision", spec["precision"],
+        "--device", "cpu",
     ]  # fmt: skip
-
-
-def rlfm_rate(out: Path) -> float:
-    """Mean logged comparisons/s over the windows after the first (warm-up)."""
-    from rlfm.tracking import read_metrics
-
-    rates = [
-        r["comparisons_per_s"]
-        for r in read_metrics(out / "metrics.jsonl")
-        if "comparisons_per_s" in r
-    ]
-    return sum(rates[1:]) / len(rates[1:])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", choices=list(SIZES), default="small", help="model size")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--steps", type=int, default=25, help="optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=5, help="untimed first steps")
     parser.add_argument("--prompts", type=int, default=400, help="prompts per data set")
-    parser.add_argument("--rounds", type=int, default=2, help="runs per contender (best kept)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved runs per contender")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default=None)
+    parser.add_argument(
+        "--rankings", type=int, nargs=3, default=None, help="rlfm rankings per step: pairs K4 K8"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.child:
-        child_trl(a.child[0], a.child[1], int(a.child[2]), int(a.child[3]), a.child[4])
+        child_trl(json.loads(a.child.read_text()))
         return
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
     import trl
 
+    from rlfm.engine import bf16_supported
+
+    if a.precision is None:
+        a.precision = "bf16" if bf16_supported(torch.device("cpu")) else "fp32"
+    rankings = dict(zip(CASES, a.rankings)) if a.rankings else RANKINGS
     root = Path(tempfile.mkdtemp(prefix="reward-bench-"))
-    print(f"building model and data in {root} ...", flush=True)
-    assets = make_assets(root, a.prompts)
-    results, rows = {}, []
+    print(f"building the {a.size} model and data in {root} ...", flush=True)
+    assets = make_assets(root, a.prompts, a.size)
+    rows, details = [], {}
     for case in a.cases:
         k = CASES[case]
         rl_file, trl_file = assets["files"][case]
-        best = {"rlfm": (0.0, None), "trl": (0.0, None)}
-        for rnd in range(a.rounds):  # interleaved, order flipped every round; best round kept
+        per_step = rankings[case] * math.comb(k, 2)
+        spec = {"model": assets["model"], "steps": a.steps, "warmup": a.warmup, "k": k}
+        spec |= {"precision": a.precision, "rankings": rankings[case], "pairs_per_step": per_step}
+        got: dict[str, list[dict]] = {"rlfm": [], "trl": []}
+        for rnd in range(a.rounds):  # interleaved, order flipped every round
             for who in ("rlfm", "trl") if rnd % 2 == 0 else ("trl", "rlfm"):
+                run_dir = root / f"{who}-{case}-{rnd}"
+                run_dir.mkdir()
+                out = run_dir / "result.json"
                 if who == "rlfm":
-                    out = root / f"rlfm-{case}-{rnd}"
-                    cmd = rlfm_command(assets["model"], rl_file, k, a.steps, out, a.warmup)
+                    cmd = rlfm_command(spec | {"data": rl_file, "out": str(out)})
                 else:
-                    out = root / f"trl-{case}-{rnd}.json"
-                    cmd = [sys.executable, __file__, "--child", assets["model"], trl_file]
-                    cmd += [str(a.steps), str(a.warmup), str(out)]
-                r = run_child(cmd, root / f"{who}-{case}-{rnd}.log")
-                if r.returncode != 0:
+                    spec_file = run_dir / "spec.json"
+                    spec_file.write_text(json.dumps(spec | {"data": trl_file, "out": str(out)}))
+                    cmd = [sys.executable, str(HERE), "--child", str(spec_file)]
+                r = run_child(cmd, run_dir / "log.txt")
+                if r.returncode != 0 or not out.is_file():
                     sys.exit(f"{who} {case} failed:\n{r.tail()}")
-                rate = (
-                    rlfm_rate(out)
-                    if who == "rlfm"
-                    else json.loads(out.read_text())["comparisons_per_s"]
-                )
+                res = json.loads(out.read_text())
+                got[who].append(res)
                 print(
-                    f"  {case} round {rnd + 1} {who}: {rate:,.1f} comparisons/s, {r.peak_rss_mib:,.0f} MiB",
+                    f"  {case} round {rnd + 1} {who}: {res['rate']:,.1f} comparisons/s, "
+                    f"+{res['peak_mib']:,.0f} MiB",
                     flush=True,
                 )
-                if rate > best[who][0]:
-                    best[who] = (rate, r)
-        (rl, r1), (tr, r2) = best["rlfm"], best["trl"]
-        results[case] = {
-            "rlfm_comparisons_per_s": rl,
-            "trl_comparisons_per_s": tr,
-            "speedup": rl / tr,
-            "rlfm_peak_rss_mib": r1.peak_rss_mib,
-            "trl_peak_rss_mib": r2.peak_rss_mib,
-        }
-        rows.append([
-            case, f"{rl:,.1f}", f"{tr:,.1f}", f"{rl / tr:.2f}x",
-            f"{r1.peak_rss_mib:,.0f}", f"{r2.peak_rss_mib:,.0f}", f"{r2.peak_rss_mib / r1.peak_rss_mib:.2f}x",
-        ])  # fmt: skip
-        print(f"{case}: rlfm {rl:,.1f} vs TRL {tr:,.1f} comparisons/s ({rl / tr:.2f}x)", flush=True)
-    print(f"\nreward-model training, small GPT-2 (4 x 256), bf16, CPU, TRL {trl.__version__}")
-    print(table(
-        ["data", "rlfm cmp/s", "TRL cmp/s", "speed-up", "rlfm MiB", "TRL MiB", "TRL/rlfm mem"], rows
-    ))  # fmt: skip
-    print("targets: pairs >= 1.5x, K=4 >= 3x, K=8 >= 6x (comparisons/s)")
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(results, indent=2))
+        details[case] = got
+        settings = (
+            f"trl {trl.__version__} RewardTrainer, {a.precision}, gradient_checkpointing=False, "
+            f"group_by_length, {per_step} pairs/step"
+            + ("" if k == 2 else f" (C({k},2) pairs of {rankings[case]} rankings)")
+        )
+        common = dict(
+            workload=f"reward {'pairs' if k == 2 else f'K={k}'}",
+            size=a.size,
+            peer=f"TRL {trl.__version__}",
+            peer_settings=settings,
+            precision=a.precision,
+        )
+        rows.append(
+            result_row(
+                **common,
+                metric="comparisons/s",
+                rlfm=[x["rate"] for x in got["rlfm"]],
+                peer_value=[x["rate"] for x in got["trl"]],
+                target=TARGETS[case],
+            )
+        )
+        rows.append(memory_row(got["rlfm"], got["trl"], **common))
+    print()
+    print_rows(rows)
+    write_rows(a.json, rows, details)
 
 
 if __name__ == "__main__":

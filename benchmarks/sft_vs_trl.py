@@ -1,44 +1,45 @@
 """Supervised fine-tuning: ``rlfm sft`` against TRL's ``SFTTrainer``, side by side in one run.
 
-Same model, data, batch size, sequence length, precision and optimizer, on the same machine:
+Same model, data, batch size, sequence length, precision and optimizer, on the same machine,
+each side at the settings its documentation recommends for speed:
 
 - **rlfm** — ``rlfm.stages.sft.train`` (what ``rlfm sft`` runs) with its defaults: length-grouped
   batches, right padding to each batch's longest row (rounded up to a multiple of 16 under bf16
   on a CPU), vocabulary logits only from the batch's first position that carries loss onward,
-  the loss taken on the positions that carry it. Its throughput is the ``samples_per_s`` it logs, which
-  times batch assembly, forward, backward, clipping and the optimizer step, and excludes
-  logging, evaluation and checkpoints (both happen only at step 0 and after the last step).
-- **TRL** — ``trl.SFTTrainer`` with ``SFTConfig`` defaults for a prompt–completion data set
-  (loss on completion tokens only, EOS appended, no packing, padding to each batch's longest
-  row), no evaluation, no saving, ``report_to="none"``. A ``TrainerCallback`` stamps the end of
-  every optimizer step; the time between the stamps covers everything the trainer does per
-  step (data loading and collation included).
+  the loss taken on the positions that carry it. Its step-0 and final evaluations run outside
+  the timed steps.
+- **TRL** — ``trl.SFTTrainer`` (trl 1.12) with ``SFTConfig`` defaults for a prompt–completion
+  data set (loss on completion tokens only, EOS appended, no packing, padding to each batch's
+  longest row) except for speed: ``gradient_checkpointing=False`` (``SFTConfig`` turns it on,
+  which recomputes every activation in the backward pass), ``train_sampling_strategy=
+  "group_by_length"`` (transformers 5's name for ``group_by_length``: batches of similar length,
+  as rlfm's), ``loss_type`` = ``--trl-loss`` (default ``"nll"``; TRL's default ``"chunked_nll"``
+  drops the positions without loss before the LM head but checkpoints each chunk, recomputing it
+  in the backward pass; ``--trl-loss chunked_nll`` measures it), no evaluation, no saving,
+  ``report_to="none"``, ``dataloader_num_workers=0``. Not used, because they change the work or
+  do not run here: ``packing`` (other batches), ``padding_free`` (needs FlashAttention), Liger
+  kernels (GPU only).
 
-Both get the same HF model directory (a preset built with ``rlfm.models.presets.build_model``,
-seed 0, and a byte-level BPE trained here on the data) and the same prompt–completion rows:
-the built-in dialogue (context line → reply; synthetic rows when the Shakespeare texts are not
-cached), keeping only rows of at most ``--max-length`` tokens so that neither side truncates.
-rlfm also gets a small validation split (its step-0 and final evaluation); TRL trains on the
-same training split. Optimizer on both sides: AdamW, β = (0.9, 0.95), no weight decay,
-gradients clipped to norm 1, linear warm-up then cosine decay. ``--adapter lora`` gives both
-sides the same peft ``LoraConfig`` (r = 8, α = 16, dropout 0.05 on GPT-2's ``c_attn`` and
-``attn.c_proj``).
+Both get the same HF model directory (the ``--size`` model, seed 0, with a byte-level BPE trained
+here on the data) and the same prompt–completion rows: the built-in dialogue (context line →
+reply; synthetic rows when the Shakespeare texts are not cached), keeping only rows of at most
+``--max-length`` tokens so that neither side truncates. Optimizer on both sides: AdamW,
+β = (0.9, 0.95), no weight decay, gradients clipped to norm 1, linear warm-up then cosine decay;
+the same precision on both sides (bf16 autocast where the CPU has bf16, else fp32; TRL's bf16 on
+a CPU is accelerate's CPU autocast). ``--adapter lora`` gives both sides the same peft
+``LoraConfig`` (r = 8, α = 16, dropout 0.05 on GPT-2's ``c_attn`` and ``attn.c_proj``).
 
-Measures: **samples/s** over the steps after ``--warmup`` (the first steps create kernels and
-caches), and **peak memory** = the process's peak resident memory (``ru_maxrss``) minus its
-resident memory right after its imports (both import the same libraries first: torch,
-transformers, datasets, peft, accelerate, trl, TensorBoard, matplotlib, rlfm), the smallest
-over the rounds. Each contender runs in its own process, ``--rounds``
-times, interleaved (the order reverses every other round); the best round of each is reported:
-other work on a shared machine only slows a run down. Ratio = rlfm samples/s ÷ TRL samples/s.
+Measures, the same way on both sides (``_common``): **samples/s** = batch × steps after
+``--warmup`` ÷ the time from the end of the last warm-up optimizer step to the end of the last
+step (a global optimizer post-step hook stamps both), and **peak memory** = peak RSS above the
+RSS right after all imports (both processes import torch, transformers, datasets, peft,
+accelerate, trl's trainers, TensorBoard, matplotlib and rlfm's stage first). Each contender runs
+in its own process, ``--rounds`` times (default 2), interleaved (the order reverses every other
+round); the table gives the median round and the range.
 
-TRL version: ``trl==1.12.0`` (the ``bench`` extra) imports and trains with transformers 5.24,
-peft 0.21 and accelerate 1.15 as installed here, so no other release was needed. Its bf16 on a
-CPU is accelerate's CPU autocast, the same autocast rlfm uses.
-
-Run (from the repository root, after ``.venv/bin/pip install -e '.[bench]'``):
-    .venv/bin/python benchmarks/sft_vs_trl.py
-    .venv/bin/python benchmarks/sft_vs_trl.py --adapter lora
+Run (from the repository root, after ``bash scripts/setup.sh dev,bench``):
+    .venv/bin/python benchmarks/sft_vs_trl.py --size small
+    .venv/bin/python benchmarks/sft_vs_trl.py --size 100m --steps 8 --warmup 2 --json out.json
 """
 
 from __future__ import annotations
@@ -47,28 +48,27 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    SIZES,
+    MemoryAboveImports,
+    StepStamps,
+    memory_row,
+    print_rows,
+    result_row,
+    size_config,
+    write_rows,
+)
+
 HERE = Path(__file__).resolve()
-
-
-def rss_mib() -> float:
-    """This process's resident memory now, MiB (Linux /proc)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory so far, MiB (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+TARGET = 2.0
+"""rlfm's samples/s over TRL's (issue 15)."""
 
 
 # ---------------------------------------------------------------------------- preparation
@@ -79,7 +79,7 @@ def prepare(args: argparse.Namespace, work: Path) -> dict:
     from rlfm.data.corpora import load_builtin_corpus
     from rlfm.data.dialogue import dialogue_pairs
     from rlfm.data.sft import render_dialogue_prompt
-    from rlfm.models.presets import build_model, model_config
+    from rlfm.models.presets import build_model
     from rlfm.models.tokenizer import train_bpe_tokenizer
 
     rng = random.Random(0)
@@ -99,7 +99,7 @@ def prepare(args: argparse.Namespace, work: Path) -> dict:
             reply = " ".join(rng.choice(words) for _ in range(rng.randint(3, 40)))
             rows.append({"prompt": f"Romeo.\n{ctx}\n\nJuliet.\n", "completion": reply})
         source = "synthetic dialogue"
-    tok = train_bpe_tokenizer((r["prompt"] + r["completion"] for r in rows), args.vocab)
+    tok = train_bpe_tokenizer((r["prompt"] + r["completion"] for r in rows), SIZES[args.size].vocab)
     n_tokens = [  # prompt + completion + the EOS both sides append
         len(tok(r["prompt"], add_special_tokens=False)["input_ids"])
         + len(tok(r["completion"], add_special_tokens=False)["input_ids"])
@@ -117,14 +117,7 @@ def prepare(args: argparse.Namespace, work: Path) -> dict:
             "validation": datasets.Dataset.from_list(fit[:n_val]),
         }
     ).save_to_disk(str(work / "data"))
-    config = model_config(
-        args.preset,
-        vocab_size=len(tok),
-        context=args.max_length,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-    )
+    config = size_config(args.size, tok)
     model = build_model(config, seed=0)
     model.save_pretrained(work / "model")
     tok.save_pretrained(work / "model")
@@ -143,10 +136,9 @@ def prepare(args: argparse.Namespace, work: Path) -> dict:
 LORA = dict(r=8, alpha=16.0, dropout=0.05, targets=["c_attn", "attn.c_proj"])
 
 
-def run_rlfm(args: argparse.Namespace, work: Path) -> dict:
+def run_rlfm(args: argparse.Namespace, work: Path, stamps: StepStamps) -> dict:
     from rlfm.stages import sft
 
-    base = rss_mib()
     out = work / "rlfm_out"
     shutil.rmtree(out, ignore_errors=True)
     cfg = sft.Config(
@@ -166,7 +158,7 @@ def run_rlfm(args: argparse.Namespace, work: Path) -> dict:
         weight_decay=0.0,
         precision=args.precision,
         device="cpu",
-        log_every=args.warmup,
+        log_every=args.steps,
         eval_every=args.steps,
         save_every=args.steps,
         eval_examples=16,
@@ -174,38 +166,22 @@ def run_rlfm(args: argparse.Namespace, work: Path) -> dict:
         seed=0,
     )
     sft.train(cfg)
-    peak = peak_rss_mib()
     from rlfm.tracking import read_metrics
 
-    rows = [r for r in read_metrics(out / "metrics.jsonl") if "samples_per_s" in r]
-    # a row's samples_per_s covers the steps since the previous row; the first row (the
-    # warm-up) is left out
-    steps = [b["step"] - a["step"] for a, b in zip(rows, rows[1:])]
-    seconds = sum(n * args.batch_size / r["samples_per_s"] for n, r in zip(steps, rows[1:]))
-    return {
-        "samples_per_s": sum(steps) * args.batch_size / seconds,
-        "peak_mib": peak - base,
-        "loss": f"{rows[-1]['loss']:.3f} (last step)",
-    }
+    rows = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    return {"loss": f"{rows[-1]['loss']:.3f} (last step)"}
 
 
-def run_trl(args: argparse.Namespace, work: Path) -> dict:
+def run_trl(args: argparse.Namespace, work: Path, stamps: StepStamps) -> dict:
     import datasets
     import torch
     import trl
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = rss_mib()
     data = datasets.load_from_disk(str(work / "data"))["train"]
     model = AutoModelForCausalLM.from_pretrained(work / "model")
     tok = AutoTokenizer.from_pretrained(work / "model")
-    stamps: list[float] = []
-
-    class Stamp(TrainerCallback):
-        def on_step_end(self, *a, **k):
-            stamps.append(time.perf_counter())
-
     config = trl.SFTConfig(
         output_dir=str(work / "trl_out"),
         per_device_train_batch_size=args.batch_size,
@@ -218,6 +194,9 @@ def run_trl(args: argparse.Namespace, work: Path) -> dict:
         adam_beta2=0.95,
         max_grad_norm=1.0,
         max_length=args.max_length,
+        gradient_checkpointing=False,
+        train_sampling_strategy="group_by_length",
+        loss_type=args.trl_loss,
         bf16=args.precision == "bf16",
         use_cpu=not torch.cuda.is_available(),
         logging_steps=args.steps,
@@ -244,15 +223,9 @@ def run_trl(args: argparse.Namespace, work: Path) -> dict:
         train_dataset=data,
         processing_class=tok,
         peft_config=peft_config,
-        callbacks=[Stamp()],
     )
     result = trainer.train()
-    peak = peak_rss_mib()
-    steps = len(stamps) - 1 - (args.warmup - 1)  # intervals after the warm-up steps
-    seconds = stamps[-1] - stamps[args.warmup - 1]
     return {
-        "samples_per_s": args.batch_size * steps / seconds,
-        "peak_mib": peak - base,
         "loss": f"{result.training_loss:.3f} (mean of the run)",
         "trl": trl.__version__,
         "mixed_precision": str(trainer.accelerator.mixed_precision),
@@ -271,17 +244,23 @@ def child(args: argparse.Namespace) -> None:
     import torch
     import torch.utils.tensorboard  # noqa: F401
     import transformers  # noqa: F401
-    import trl  # noqa: F401
+    from trl import SFTConfig, SFTTrainer  # noqa: F401  (trl's modules load lazily)
 
     import rlfm.stages.sft  # noqa: F401
+    from rlfm.tracking import quiet_libraries
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from rlfm.tracking import quiet_libraries
-
     quiet_libraries()
+    memory = MemoryAboveImports()
+    stamps = StepStamps()
     work = Path(args.workdir)
-    result = (run_rlfm if args.child == "rlfm" else run_trl)(args, work)
+    result = (run_rlfm if args.child == "rlfm" else run_trl)(args, work, stamps)
+    result |= {
+        "samples_per_s": stamps.rate(args.warmup, args.batch_size),
+        "steps": len(stamps.ends),
+        "peak_mib": memory.peak(),
+    }
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -291,8 +270,7 @@ def child(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--adapter", choices=["full", "lora"], default="full")
-    p.add_argument("--preset", default="small", help="model preset (default: small, 4 × 256)")
-    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--size", choices=list(SIZES), default="small", help="model size")
     p.add_argument("--rows", type=int, default=3000, help="training rows (at most)")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
@@ -300,7 +278,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--lr", type=float, default=None, help="default: 3e-4 full, 2e-3 lora")
     p.add_argument("--precision", choices=["bf16", "fp32"], default=None)
-    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--trl-loss", choices=["nll", "chunked_nll"], default="nll")
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--workdir", default=None)
     p.add_argument("--json", default=None, help="also write every round's results here")
@@ -324,7 +303,7 @@ def main() -> None:
     info = prepare(args, work)
     print(
         f"data: {info['rows']} {info['source']} rows of ≤ {args.max_length} tokens "
-        f"(mean {info['mean_tokens']:.0f}), vocabulary {info['vocab']}; model: {args.preset} "
+        f"(mean {info['mean_tokens']:.0f}), vocabulary {info['vocab']}; model: {args.size} "
         f"({info['params'] / 1e6:.1f}M parameters), adapter {args.adapter}; batch "
         f"{args.batch_size}, {args.steps} steps ({args.warmup} warm-up, not timed), "
         f"{args.precision}, lr {args.lr:g}"
@@ -346,20 +325,32 @@ def main() -> None:
                 f"  round {r + 1} {name:4s}: {got['samples_per_s']:7.1f} samples/s, "
                 f"peak +{got['peak_mib']:6.0f} MiB, training loss {got['loss']}"
             )
-    best = {k: max(v, key=lambda x: x["samples_per_s"]) for k, v in results.items()}
-    mem = {k: min(x["peak_mib"] for x in v) for k, v in results.items()}
-    print(f"\n{'':6s}{'samples/s':>11s}{'peak memory above imports':>28s}")
-    for name in ("rlfm", "trl"):
-        label = name if name == "rlfm" else f"TRL {best['trl'].get('trl', '')}"
-        print(f"{label:10s}{best[name]['samples_per_s']:7.1f}{mem[name]:22.0f} MiB")
-    ratio = best["rlfm"]["samples_per_s"] / best["trl"]["samples_per_s"]
-    print(
-        f"ratio rlfm / TRL: {ratio:.2f}× samples/s at {mem['rlfm'] / mem['trl']:.2f}× the "
-        "peak memory (target: ≥ 1.5× at ≤ 1×)"
+    trl_version = results["trl"][0].get("trl", "")
+    settings = (
+        f"trl {trl_version} SFTTrainer, {args.precision}, gradient_checkpointing=False, "
+        f"group_by_length, loss_type={args.trl_loss}, batch {args.batch_size}, "
+        f"adapter {args.adapter}"
     )
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"args": vars(args), "info": info, **results}))
+    common = dict(
+        workload=f"sft ({args.adapter})",
+        size=args.size,
+        peer=f"TRL {trl_version}",
+        peer_settings=settings,
+        precision=args.precision,
+    )
+    rows = [
+        result_row(
+            **common,
+            metric="samples/s",
+            rlfm=[x["samples_per_s"] for x in results["rlfm"]],
+            peer_value=[x["samples_per_s"] for x in results["trl"]],
+            target=TARGET,
+        ),
+        memory_row(results["rlfm"], results["trl"], **common),
+    ]
+    print()
+    print_rows(rows)
+    write_rows(Path(args.json) if args.json else None, rows, {"info": info, **results})
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 
