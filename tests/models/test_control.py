@@ -11,6 +11,7 @@ import torch
 
 from rlfm.errors import ModelError
 from rlfm.models.control import (
+    MLP,
     ActorCritic,
     RunningMeanStd,
     categorical_log_prob_entropy,
@@ -50,8 +51,8 @@ def test_running_mean_std_equals_the_whole_stream():
     batches = [rng.normal(3.0, 2.0, size=(n, 2)) for n in (1, 7, 30, 4)]
     rms = RunningMeanStd((2,), epsilon=0.0)
     rms.count.fill_(0.0)
-    for b in batches:
-        rms.update(torch.from_numpy(b))
+    for i, b in enumerate(batches):  # tensors and NumPy arrays alike
+        rms.update(torch.from_numpy(b) if i % 2 else b)
     everything = np.concatenate(batches)
     np.testing.assert_allclose(rms.mean.numpy(), everything.mean(0), rtol=1e-10)
     np.testing.assert_allclose(rms.var.numpy(), everything.var(0), rtol=1e-10)
@@ -88,3 +89,29 @@ def test_loading_another_kind_of_model_names_the_directory(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
     with pytest.raises(ModelError, match="not a control policy"):
         ActorCritic.from_pretrained(tmp_path)
+
+
+def test_mlp_forward_equals_the_sequential_it_is():
+    """MLP skips the layers' __call__ bookkeeping, not their arithmetic: the same outputs as
+    nn.Sequential on the same layers, and the same state-dict keys."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)]
+    fast, plain = MLP(*layers), torch.nn.Sequential(*layers)
+    x = torch.randn(7, 5)
+    torch.testing.assert_close(fast(x), plain(x), rtol=0, atol=0)
+    assert list(fast.state_dict()) == list(plain.state_dict())
+
+
+def test_sample_and_log_prob_are_act():
+    """act = sample from the policy network's output, then its log-prob (same RNG draws)."""
+    for kind, dim in (("continuous", 2), ("discrete", 4)):
+        model = ActorCritic(3, kind, dim, hidden=(8,))
+        x = torch.randn(6, 3)
+        torch.manual_seed(1)
+        actions, logp = model.act(x)
+        torch.manual_seed(1)
+        out = model.pi(x)
+        again = model.sample(out)
+        torch.testing.assert_close(again, actions)
+        torch.testing.assert_close(model.log_prob(out, again), logp)
+        torch.testing.assert_close(logp, model.log_prob_entropy(x, actions)[0].detach())

@@ -80,26 +80,50 @@ class RunningMeanStd(nn.Module):
         self.register_buffer("count", torch.tensor(epsilon, dtype=torch.float64))
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        """Fold a batch (n, *shape) into the statistics (NumPy on the buffers' memory: this runs
-        at every environment step, where torch's per-op overhead would dominate)."""
-        batch = x.detach().cpu().numpy().astype(np.float64).reshape(-1, *self.mean.shape)
+    def update(self, x: torch.Tensor | np.ndarray) -> None:
+        """Fold a batch (n, *shape) into the statistics (Chan et al.'s parallel update):
+
+            δ = x̄_B − μ,   n' = n + n_B,   μ' = μ + δ·n_B / n',
+            σ'² = (σ²·n + σ_B²·n_B + δ²·n·n_B / n') / n'
+
+        NumPy on the buffers' memory, with plain ufuncs (no ``np.mean``/``np.var`` wrappers):
+        this runs at every environment step, where per-call overhead is most of the cost."""
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
         mean, var, count = self.mean.numpy(), self.var.numpy(), self.count.numpy()
+        batch = np.asarray(x, dtype=np.float64).reshape(-1, *mean.shape)
         n = batch.shape[0]
-        delta = batch.mean(0) - mean
+        if n == 1:  # one vector: its own mean, variance 0
+            batch_mean, batch_m2 = batch[0], 0.0
+        else:
+            batch_mean = np.add.reduce(batch, 0) / n
+            batch_m2 = np.add.reduce(np.square(batch - batch_mean), 0)  # = σ_B²·n_B
+        delta = batch_mean - mean
         total = count + n
-        m2 = var * count + batch.var(0) * n + delta**2 * count * n / total
-        mean += delta * n / total
+        m2 = var * count + batch_m2 + np.square(delta) * (count * n / total)
+        mean += delta * (n / total)
         var[...] = m2 / total
         count[...] = total
 
     def normalize(self, x: torch.Tensor, clip: float, eps: float = 1e-8) -> torch.Tensor:
         """clip((x − μ) / √(σ² + ε), −clip, clip) in x's dtype."""
-        out = (x - self.mean.to(x.dtype)) / torch.sqrt(self.var.to(x.dtype) + eps)
-        return out.clamp(-clip, clip)
+        std = (self.var + eps).sqrt_()  # in float64, as the statistics
+        return ((x - self.mean.to(x.dtype)) / std.to(x.dtype)).clamp_(-clip, clip)
 
 
-def mlp(sizes: list[int], activation: str, out_gain: float, ortho: bool) -> nn.Sequential:
+class MLP(nn.Sequential):
+    """Linear layers with an activation between them. The forward pass calls each layer's
+    ``forward`` directly, without ``nn.Module.__call__`` (no hooks on the layers): for a
+    control policy's small batches the per-call bookkeeping of the layers cost as much as their
+    arithmetic. Parameters and state-dict keys are those of the ``nn.Sequential``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self:
+            x = layer.forward(x)
+        return x
+
+
+def mlp(sizes: list[int], activation: str, out_gain: float, ortho: bool) -> MLP:
     """Linear layers of ``sizes`` with ``activation`` between them (none after the last)."""
     act = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
     layers: list[nn.Module] = []
@@ -112,7 +136,7 @@ def mlp(sizes: list[int], activation: str, out_gain: float, ortho: bool) -> nn.S
         layers.append(linear)
         if not last:
             layers.append(act())
-    return nn.Sequential(*layers)
+    return MLP(*layers)
 
 
 class ActorCritic(nn.Module):
@@ -201,23 +225,33 @@ class ActorCritic(nn.Module):
         """Actions and their log-probs for normalised observations. (B, obs_dim) -> (B,) or
         (B, A), and (B,). Deterministic: the most likely action (the mean, the arg-max)."""
         out = self.pi(obs)
+        actions = self.sample(out, deterministic)
+        return actions, self.log_prob(out, actions)
+
+    @torch.no_grad()
+    def sample(self, out: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """Actions from the policy network's output ``out`` = π-MLP(s): logits (B, K) -> (B,)
+        indices; means (B, A) -> (B, A) vectors μ + σ·ε, ε ~ N(0, I) (the mean itself when
+        ``deterministic``; the arg-max for logits)."""
         if self.action_kind == "discrete":
             if deterministic:
-                actions = out.argmax(-1)
-            else:
-                actions = torch.multinomial(torch.softmax(out, -1), 1).squeeze(-1)
-            return actions, categorical_log_prob_entropy(out, actions)[0]
-        actions = out if deterministic else out + torch.randn_like(out) * self.log_std.exp()
-        return actions, gaussian_log_prob(actions, out, self.log_std)
+                return out.argmax(-1)
+            return torch.multinomial(torch.softmax(out, -1), 1).squeeze(-1)
+        return out if deterministic else out + torch.randn_like(out) * self.log_std.exp()
+
+    def log_prob(self, out: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """log π(a|s) from the policy network's output (logits or means, see :meth:`sample`).
+        -> (B,)."""
+        if self.action_kind == "discrete":
+            return categorical_log_prob_entropy(out, actions)[0]
+        return gaussian_log_prob(actions, out, self.log_std)
 
     def env_actions(self, actions: torch.Tensor) -> np.ndarray:
         """What the environment is given: discrete indices as they are, continuous actions
         clipped to the action space's bounds."""
         if self.action_kind == "discrete":
             return actions.cpu().numpy()
-        return (
-            torch.maximum(torch.minimum(actions, self.action_high), self.action_low).cpu().numpy()
-        )
+        return actions.clamp(self.action_low, self.action_high).cpu().numpy()
 
     @torch.no_grad()
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:

@@ -59,6 +59,7 @@ from rlfm.control import (
     Collector,
     ReturnNormalizer,
     UpdateSettings,
+    adam,
     evaluate,
     make_model,
     one_thread,
@@ -278,7 +279,7 @@ def train(cfg: Config) -> dict[str, float]:
             model = make_model(probe, **model_settings(cfg, lagrangian))
         probe.close()
         model.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-5)
+        optimizer = adam(model.parameters(), cfg.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda u: max(0.0, 1.0 - u / updates) if cfg.anneal_lr else 1.0
         )

@@ -44,6 +44,7 @@ from rlfm.config import RunSettings, check, from_dict, load_yaml, settings
 from rlfm.control import (
     Collector,
     ReturnNormalizer,
+    adam,
     evaluate,
     make_model,
     one_thread,
@@ -322,7 +323,7 @@ def train(cfg: Config) -> dict[str, float]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + 1)
             ensemble = RewardEnsemble(n_features, cfg.ensemble, cfg.hidden)
-        optimizer = torch.optim.Adam(model.parameters(), lr=ppo.lr, eps=1e-5)
+        optimizer = adam(model.parameters(), ppo.lr)
         updates = total // batch
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda u: max(0.0, 1.0 - u / updates) if ppo.anneal_lr else 1.0
