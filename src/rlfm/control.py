@@ -26,7 +26,7 @@ import torch
 
 from rlfm.engine import Engine
 from rlfm.losses.ppo import explained_variance, minibatch_normalized, policy_loss, value_loss
-from rlfm.models.control import ActorCritic, RunningMeanStd
+from rlfm.models.control import ActorCritic, PolicyOutput, RunningMeanStd
 from rlfm.offline.envs import env_state, make_env, set_env_state, step_costs
 
 
@@ -99,10 +99,17 @@ class Collector:
     ``record``: keep every step of every episode (raw observation, the action the environment
     got, reward, termination, truncation, cost) and hand finished ones out through
     :meth:`take_recorded` — the training episodes a medium-replay dataset is made of.
+
+    ``sde_sample_freq``: with a gSDE policy, new exploration matrices every this many steps
+    (and at the start of every rollout, so no noise state outlives a rollout); −1: once per
+    rollout (Stable-Baselines3's convention).
     """
 
-    def __init__(self, envs: Any, seed: int, record: bool = False) -> None:
+    def __init__(
+        self, envs: Any, seed: int, record: bool = False, sde_sample_freq: int = -1
+    ) -> None:
         self.envs, self.n = envs, envs.num_envs
+        self.sde_sample_freq = sde_sample_freq
         self.obs, _ = envs.reset(seed=seed)
         self.ep_return = np.zeros(self.n)
         self.ep_cost = np.zeros(self.n)
@@ -125,7 +132,8 @@ class Collector:
         model does not change while it collects)."""
         N = self.n
         O = self.obs.shape[-1]  # noqa: E741  (observation size)
-        xs, raws, outs, acts = [], [], [], []
+        xs, raws, outs, acts = [], [], [], []  # outs: PolicyOutput per step
+        exploration = None
         rewards = np.zeros((T, N), dtype=np.float32)
         terminated = np.zeros((T, N), dtype=bool)
         truncated = np.zeros((T, N), dtype=bool)
@@ -140,8 +148,12 @@ class Collector:
                 model.obs_rms.update(raw_np)
             raw = torch.from_numpy(raw_np)
             x = model.normalize(raw)
-            out = model.pi(x)  # logits or means
-            actions = model.sample(out)
+            if model.sde and (
+                t == 0 or (self.sde_sample_freq > 0 and t % self.sde_sample_freq == 0)
+            ):
+                exploration = model.exploration(N)  # gSDE's θ, held until the next draw
+            out = model.policy(x)
+            actions = model.sample(out, exploration=exploration)
             xs.append(x)
             raws.append(raw)
             outs.append(out)
@@ -192,7 +204,7 @@ class Collector:
         self.finished += episodes
         x_all = torch.stack(xs)  # (T, N, O)
         actions_all = torch.stack(acts)  # (T, N) or (T, N, A)
-        logprobs = model.log_prob(torch.stack(outs).flatten(0, 1), actions_all.flatten(0, 1))
+        logprobs = model.log_prob(PolicyOutput.cat(outs), actions_all.flatten(0, 1))
         x_last = model.normalize(torch.as_tensor(self.obs, dtype=torch.float32).reshape(N, O))
         # V of every observation and of the one after the last step, in one batch: (T + 1, N)
         v = model.value(torch.cat([x_all.flatten(0, 1), x_last])).view(T + 1, N)

@@ -26,6 +26,10 @@ info carries "cost": a cost critic V_c, cost advantages Â_c by the same GAE, an
 λ ≥ 0 that follows the mean episode cost J_c of each rollout, λ ← max(0, λ + lr_λ·(J_c − d));
 the policy uses Â = (Â_r − λ·Â_c) / (1 + λ). λ is logged as ``lagrange_multiplier``.
 
+**gSDE** (``--sde``; Raffin, Kober & Stulp 2022): exploration noise that is a linear function
+of the policy's last hidden features, with the matrix held for ``--sde-sample-freq`` steps
+(models/control.py). The Pendulum preset uses it, as the rl-baselines3-zoo's does.
+
 Deviation: steps are environment steps; ``--steps`` and the eval/save/log intervals are rounded
 up to whole updates of N × T steps (the banner says so).
 
@@ -138,6 +142,11 @@ class Config:
     """Initial log-std of a Gaussian policy."""
     ortho_init: bool = True
     """Orthogonal initialisation (gain √2 hidden, 0.01 policy output, 1 value output)."""
+    sde: bool = False
+    """Generalised state-dependent exploration (gSDE; Box actions): noise θᵀz(s) from the
+    policy's last hidden features, θ held for --sde-sample-freq steps."""
+    sde_sample_freq: int = -1
+    """gSDE: draw new exploration matrices every this many steps (−1: once per rollout)."""
     eval_episodes: int = 10
     """Deterministic evaluation episodes at every evaluation."""
     cost_limit: float | None = None
@@ -183,6 +192,11 @@ class Config:
             self.cost_limit is None or self.cost_limit >= 0,
             "cost_limit",
             f"must be ≥ 0, got {self.cost_limit}",
+        )
+        check(
+            self.sde_sample_freq == -1 or self.sde_sample_freq >= 1,
+            "sde_sample_freq",
+            f"must be ≥ 1 or −1 (once per rollout), got {self.sde_sample_freq}",
         )
         check(self.lagrange_lr > 0, "lagrange_lr", f"must be > 0, got {self.lagrange_lr}")
         check(self.lagrange_init >= 0, "lagrange_init", f"must be ≥ 0, got {self.lagrange_init}")
@@ -238,6 +252,7 @@ def model_settings(cfg: Config, cost_critic: bool) -> dict:
         ortho_init=cfg.ortho_init,
         cost_critic=cost_critic,
         normalize_obs=cfg.normalize_obs,
+        sde=cfg.sde,
     )
 
 
@@ -286,7 +301,10 @@ def train(cfg: Config) -> dict[str, float]:
         normalizer = ReturnNormalizer(cfg.n_envs, cfg.gamma)
         multiplier = LagrangeMultiplier(cfg.lagrange_init)
         collector = Collector(
-            make_vector_env(cfg.env, cfg.n_envs), cfg.seed, record=cfg.record_episodes
+            make_vector_env(cfg.env, cfg.n_envs),
+            cfg.seed,
+            record=cfg.record_episodes,
+            sde_sample_freq=cfg.sde_sample_freq,
         )
         step = run.track(
             model,

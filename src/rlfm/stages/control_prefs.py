@@ -331,7 +331,9 @@ def train(cfg: Config) -> dict[str, float]:
         reward_optimizer = torch.optim.Adam(ensemble.parameters(), lr=cfg.reward_lr)
         normalizer = ReturnNormalizer(ppo.n_envs, ppo.gamma)
         labels = Labels(cfg.pool, cfg.seed)
-        collector = Collector(make_vector_env(cfg.env, ppo.n_envs), cfg.seed)
+        collector = Collector(
+            make_vector_env(cfg.env, ppo.n_envs), cfg.seed, sde_sample_freq=ppo.sde_sample_freq
+        )
         step = run.track(
             model,
             optimizer=optimizer,

@@ -116,3 +116,27 @@ def test_ppo_update_equals_a_plain_loop():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
     moved = [not torch.equal(a, b) for a, b in zip(model.parameters(), start.parameters())]
     assert all(moved)
+
+
+def test_sde_exploration_is_held_for_sde_sample_freq_steps():
+    """A gSDE rollout draws exploration matrices θ at steps 0, 4, 8 (sde_sample_freq 4) and
+    every action is μ(s_t) + θᵀz(s_t) with the θ of its block of 4 steps."""
+    torch.manual_seed(0)
+    envs = make_vector_env("Pendulum-v1", 2)
+    model = make_model(envs.envs[0], hidden=(8, 8), sde=True)
+    drawn = []
+    original = model.exploration
+
+    def spy(n: int) -> torch.Tensor:
+        drawn.append(original(n))
+        return drawn[-1]
+
+    model.exploration = spy
+    ro = Collector(envs, seed=0, sde_sample_freq=4).collect(model, 12)
+    assert len(drawn) == 3 and drawn[0].shape == (2, 8, 1)
+    with torch.no_grad():
+        for t in range(12):
+            mean, z = model.pi.forward_features(ro.obs[t])
+            theta = drawn[t // 4]
+            expected = mean + torch.bmm(z[:, None], theta)[:, 0]
+            torch.testing.assert_close(ro.actions[t], expected)
