@@ -110,3 +110,34 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         )
 
     return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths), *map(line, cells[1:])])
+
+
+def curve_plot(
+    png: Path,
+    series: dict[str, tuple[Sequence[float], Sequence[float], tuple | None]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    hline: tuple[float, str] | None = None,
+) -> Path:
+    """Lines y(x) into a PNG, one per ``series`` entry ``name: (xs, ys, band)``, where ``band``
+    is None or (lows, highs) shaded around the line; ``hline`` = (y, label) is drawn dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for name, (xs, ys, band) in series.items():
+        (line,) = ax.plot(xs, ys, marker="o", markersize=2, label=name)
+        if band is not None:
+            ax.fill_between(xs, band[0], band[1], color=line.get_color(), alpha=0.2)
+    if hline is not None:
+        ax.axhline(hline[0], color="grey", linestyle="--", label=hline[1])
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png

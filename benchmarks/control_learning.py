@@ -77,25 +77,24 @@ def curve(run_dir: Path) -> dict:
 
 
 def plot(task: str, curves: dict[int, dict], png: Path) -> None:
-    import matplotlib
+    from _common import curve_plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for seed, c in curves.items():
-        xs = [p["step"] for p in c["points"]]
-        ys = [p["eval_return"] for p in c["points"]]
-        ax.plot(xs, ys, marker="o", markersize=2, label=f"seed {seed}")
-    ax.axhline(TARGETS[task], color="grey", linestyle="--", label="target")
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("eval return (deterministic)")
-    ax.set_title(f"rlfm control ppo, configs/control/{task}.yaml")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png)
-    plt.close(fig)
+    series = {
+        f"seed {seed}": (
+            [p["step"] for p in c["points"]],
+            [p["eval_return"] for p in c["points"]],
+            None,
+        )
+        for seed, c in curves.items()
+    }
+    curve_plot(
+        png,
+        series,
+        f"rlfm control ppo, configs/control/{task}.yaml",
+        "environment steps",
+        "eval return (deterministic)",
+        hline=(TARGETS[task], "target"),
+    )
 
 
 def main() -> None:

@@ -49,28 +49,17 @@ def curve(run_dir: Path) -> list[dict]:
 
 
 def plot(curves: dict[str, list[list[dict]]], png: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Mean over seeds of each method's curve, shaded between the seeds' min and max."""
     import numpy as np
+    from _common import curve_plot
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    series = {}
     for name, runs in curves.items():
-        steps = [p["step"] for p in runs[0]]
         n = min(len(r) for r in runs)
         ys = np.array([[p["eval_return"] for p in r[:n]] for r in runs])
-        (line,) = ax.plot(steps[:n], ys.mean(0), marker="o", markersize=2, label=name)
-        if len(runs) > 1:
-            ax.fill_between(steps[:n], ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("true eval return (deterministic)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png)
-    plt.close(fig)
+        band = (ys.min(0), ys.max(0)) if len(runs) > 1 else None
+        series[name] = ([p["step"] for p in runs[0][:n]], ys.mean(0), band)
+    curve_plot(png, series, title, "environment steps", "true eval return (deterministic)")
 
 
 def main() -> None:
