@@ -314,7 +314,7 @@ def cdt_loss(model: torch.nn.Module, w: Windows, cfg: Config) -> tuple[torch.Ten
         pred = step_prediction_loss(out.reward, w.rewards / mc.return_scale, w.mask)
         pred = pred + step_prediction_loss(out.cost, w.costs / mc.cost_scale, w.mask)
         loss = loss + cfg.prediction_weight * pred
-        parts["prediction_loss"] = float(pred)
+        parts["prediction_loss"] = float(pred.detach())
     return loss, parts
 
 
