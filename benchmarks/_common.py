@@ -141,3 +141,48 @@ def curve_plot(
     fig.savefig(png)
     plt.close(fig)
     return png
+
+
+def ratio_row(
+    workload: str,
+    size: str,
+    peer: str,
+    peer_settings: str,
+    metric: str,
+    rlfm: float,
+    peer_value: float | None,
+    target: float | None = None,
+    *,
+    higher_is_better: bool = True,
+) -> dict:
+    """One result row: rlfm's figure, the peer's, their ratio (rlfm / peer) and whether the
+    target is met. ``target`` is a floor on the ratio (a ceiling when ``higher_is_better`` is
+    False); with no peer (``peer_value`` None) it is a floor (or ceiling) on rlfm's figure.
+    The ratio is None unless both figures are positive (a ratio of negative returns misleads)."""
+    ratio = rlfm / peer_value if peer_value is not None and peer_value > 0 < rlfm else None
+    x = ratio if peer_value is not None else rlfm
+    met = None
+    if target is not None and x is not None:
+        met = bool(x >= target) if higher_is_better else bool(x <= target)
+    return {
+        "workload": workload,
+        "size": size,
+        "peer": peer,
+        "peer_settings": peer_settings,
+        "metric": metric,
+        "rlfm": rlfm,
+        "peer_value": peer_value,
+        "ratio": ratio,
+        "target": target,
+        "met": met,
+    }
+
+
+def write_row_list(path: Path | None, rows: list[dict]) -> None:
+    """Write result rows (:func:`ratio_row`) to ``path`` as a JSON list, if a path is given."""
+    import json
+
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")

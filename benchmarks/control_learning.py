@@ -9,8 +9,12 @@ on where it stopped when the script is started again; ``--max-minutes`` stops a 
 the time the rest would take can be projected. Training time is the sum of the logged
 steps/s intervals (evaluation and checkpoints excluded).
 
-    python benchmarks/control_learning.py --out runs/learning                 # both presets
+    python benchmarks/control_learning.py --workdir runs/learning             # both presets
     python benchmarks/control_learning.py --tasks hopper --seeds 0 1 --max-minutes 120
+    python benchmarks/control_learning.py --tasks pendulum --out learning.json  # result rows
+
+``--out`` writes one result row per task and seed (the last evaluation return against the
+issue's target) as a JSON list.
 
 The runs keep their policy snapshots, so a Hopper medium dataset can be made from one:
 ``rlfm offline make --env Hopper-v5 --kind medium --policy runs/learning/hopper-seed0 ...``.
@@ -101,25 +105,39 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", nargs="+", default=["pendulum", "hopper"], choices=list(TARGETS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--out", type=Path, default=Path("runs/learning"))
+    p.add_argument("--workdir", type=Path, default=Path("runs/learning"), help="run directories")
+    p.add_argument("--out", type=Path, help="write the result rows here (JSON list)")
     p.add_argument("--steps", type=int, help="override the presets' steps")
     p.add_argument("--max-minutes", type=float, default=600.0, help="per task and seed")
     a = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from _common import table
+    from _common import ratio_row, table, write_row_list
 
-    result = {}
+    result, rows_out = {}, []
     for task in a.tasks:
         curves = {}
         for seed in a.seeds:
-            run_dir = a.out / f"{task}-seed{seed}"
+            run_dir = a.workdir / f"{task}-seed{seed}"
             rc = run_task(task, seed, run_dir, a.steps, a.max_minutes)
             curves[seed] = curve(run_dir) | {"exit_status": rc}
-        plot(task, curves, a.out / f"{task}.png")
+        plot(task, curves, a.workdir / f"{task}.png")
         result[task] = curves
         rows = []
         for seed, c in curves.items():
             pts = c["points"]
+            if pts:
+                rows_out.append(
+                    ratio_row(
+                        f"control PPO learning, configs/control/{task}.yaml",
+                        f"{c['steps']} steps, seed {seed}",
+                        "",
+                        "",
+                        "last eval return (deterministic)",
+                        pts[-1]["eval_return"],
+                        None,
+                        TARGETS[task],
+                    )
+                )
             best = max(pts, key=lambda x: x["eval_return"]) if pts else None
             rows.append(
                 [
@@ -139,8 +157,9 @@ def main() -> None:
                 f"seed {seed}: "
                 + ", ".join(f"{x['step'] // 1000}k {x['eval_return']:.0f}" for x in c["points"])
             )
-    (a.out / "curves.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\ncurves: {a.out / 'curves.json'}, plots: {a.out}/<task>.png")
+    (a.workdir / "curves.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\ncurves: {a.workdir / 'curves.json'}, plots: {a.workdir}/<task>.png")
+    write_row_list(a.out, rows_out)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,10 @@ The return is the mean of 10 deterministic episodes after training, with the sam
 on both sides.
 
     pip install -e '.[bench]'
-    python benchmarks/control_ppo_vs_sb3.py --steps 100000 --rounds 3
+    python benchmarks/control_ppo_vs_sb3.py --steps 100000 --rounds 3 --out sb3.json
+
+``--out`` writes the result rows (steps/s and return, rlfm against SB3, with their ratios and
+targets) as a JSON list.
 """
 
 from __future__ import annotations
@@ -108,20 +111,20 @@ def sb3_child(steps: int, seed: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=100_000)
-    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (seed = round)")
-    p.add_argument("--child", choices=["rlfm", "sb3"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path)
-    p.add_argument("--json", type=Path, help="write the results here too")
+    p.add_argument("--steps", type=int, default=20_000, help="environment steps per run")
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (seed = round)")
+    p.add_argument("--child", choices=["rlfm", "sb3"], help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--out", "--json", type=Path, help="write the result rows here (JSON list)")
     a = p.parse_args()
     if a.child == "rlfm":
-        print("RESULT " + json.dumps(rlfm_child(a.steps, a.seed, a.out)))
+        print("RESULT " + json.dumps(rlfm_child(a.steps, a.seed, a.run_dir)))
         return
     if a.child == "sb3":
         print("RESULT " + json.dumps(sb3_child(a.steps, a.seed)))
         return
-    from _common import run_child, table
+    from _common import ratio_row, run_child, table, write_row_list
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
     runs: list[dict] = []
@@ -130,7 +133,7 @@ def main() -> None:
             for side in ("rlfm", "sb3") if r % 2 == 0 else ("sb3", "rlfm"):
                 cmd = [sys.executable, __file__, "--child", side, "--steps", str(a.steps)]
                 cmd += ["--seed", str(r)]
-                cmd += ["--out", str(Path(tmp) / f"rlfm-{r}")] if side == "rlfm" else []
+                cmd += ["--run-dir", str(Path(tmp) / f"rlfm-{r}")] if side == "rlfm" else []
                 res = run_child(cmd, Path(tmp) / f"{side}-{r}.log", env=env)
                 lines = [x for x in res.log.read_text().splitlines() if x.startswith("RESULT ")]
                 if res.returncode != 0 or not lines:
@@ -167,10 +170,32 @@ def main() -> None:
             f"{s['return_mean']:.1f} ± {s['return_std']:.1f} (mean ± std over rounds)"
         )
     print(f"steps/s ratio rlfm / SB3: {ratio:.2f}× (target ≥ 1.5× at equal or better return)")
-    result = {"steps": a.steps, "runs": runs, "summary": summary, "ratio": ratio}
-    print(json.dumps(result))
-    if a.json:
-        a.json.write_text(json.dumps(result, indent=2) + "\n")
+    settings = f"PPO, rl-zoo Hopper hyperparameters, DummyVecEnv + VecNormalize, CPU, 1 thread, {a.rounds} round(s)"
+    ours, theirs = summary["rlfm"], summary["sb3"]
+    rows_out = [
+        ratio_row(
+            "control PPO, Hopper-v5",
+            f"{a.steps} steps",
+            "stable-baselines3",
+            settings,
+            "env steps/s",
+            ours["steps_per_s"],
+            theirs["steps_per_s"],
+            1.5,
+        ),
+        ratio_row(
+            "control PPO, Hopper-v5",
+            f"{a.steps} steps",
+            "stable-baselines3",
+            settings,
+            "eval return at equal steps (10 det. episodes)",
+            ours["return_mean"],
+            theirs["return_mean"],
+            1.0,
+        ),
+    ]
+    print(json.dumps({"steps": a.steps, "runs": runs, "summary": summary, "ratio": ratio}))
+    write_row_list(a.out, rows_out)
 
 
 if __name__ == "__main__":

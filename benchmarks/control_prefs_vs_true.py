@@ -11,6 +11,9 @@ directory that already holds a finished run is reused, a partial one resumed.
 
     python benchmarks/control_prefs_vs_true.py --env Pendulum-v1 \\
         --ppo-config configs/control/pendulum.yaml --labels 250 1000 --seeds 0 1
+
+``--out`` writes one result row per label budget (final true return of the preference runs
+against the true-reward runs', mean over seeds, and the labels used) as a JSON list.
 """
 
 from __future__ import annotations
@@ -70,22 +73,23 @@ def main() -> None:
     p.add_argument("--labels", type=int, nargs="+", default=[1000])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--eval-every", type=int, default=20_000)
-    p.add_argument("--out", type=Path, default=Path("runs/prefs_vs_true"))
+    p.add_argument("--workdir", type=Path, default=Path("runs/prefs_vs_true"))
+    p.add_argument("--out", type=Path, help="write the result rows here (JSON list)")
     a = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from _common import table
+    from _common import ratio_row, table, write_row_list
 
     common = ["--env", a.env, "--steps", str(a.steps), "--eval-every", str(a.eval_every)]
     curves: dict[str, list[list[dict]]] = {"true reward": []}
     for seed in a.seeds:
-        out = a.out / f"true-seed{seed}"
+        out = a.workdir / f"true-seed{seed}"
         run(["control", "ppo", "--config", str(a.ppo_config), *common, "--seed", str(seed)], out)
         curves["true reward"].append(curve(out))
     for labels in a.labels:
         name = f"preferences, {labels} labels"
         curves[name] = []
         for seed in a.seeds:
-            out = a.out / f"prefs{labels}-seed{seed}"
+            out = a.workdir / f"prefs{labels}-seed{seed}"
             args = ["control", "prefs", "--ppo-config", str(a.ppo_config), *common]
             run([*args, "--labels", str(labels), "--seed", str(seed)], out)
             curves[name].append(curve(out))
@@ -107,10 +111,33 @@ def main() -> None:
             )
     print(f"{a.env}, {a.steps:,} steps, PPO preset {a.ppo_config.name}; true eval return")
     print(table(["run", "halfway", "final", "best", "labels used"], rows))
-    png = a.out / "prefs_vs_true.png"
+    png = a.workdir / "prefs_vs_true.png"
     plot(curves, png, f"{a.env}: PPO on the true reward vs on learned preferences")
-    (a.out / "curves.json").write_text(json.dumps(curves, indent=2) + "\n")
-    print(f"plot: {png}; curves: {a.out / 'curves.json'}")
+    (a.workdir / "curves.json").write_text(json.dumps(curves, indent=2) + "\n")
+    print(f"plot: {png}; curves: {a.workdir / 'curves.json'}")
+    true_final = sum(r[-1]["eval_return"] for r in curves["true reward"]) / len(a.seeds)
+    rows_out = []
+    for labels in a.labels:
+        runs = curves[f"preferences, {labels} labels"]
+        final = sum(r[-1]["eval_return"] for r in runs) / len(runs)
+        used = max(r[-1]["labels"] for r in runs)
+        rows_out.append(
+            ratio_row(
+                f"control PPO from preferences, {a.env}",
+                f"{a.steps} steps, {labels} label budget ({used:.0f} used), seeds {a.seeds}",
+                "PPO on the true reward",
+                f"same preset ({a.ppo_config.name}), steps and seeds",
+                "final true eval return",
+                final,
+                true_final,
+                None,
+            )
+        )
+        print(
+            f"{labels} labels ({used:.0f} used): final true return {final:.1f} vs "
+            f"{true_final:.1f} with the true reward"
+        )
+    write_row_list(a.out, rows_out)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ rlfm one episode at a time too.
     rlfm offline make --env Hopper-v5 --kind medium --policy runs/learning/hopper-seed0 \\
         --dataset-id rlfm/hopper-medium-v0 --steps 100000
     python benchmarks/dt_speed.py --dataset rlfm/hopper-medium-v0 --steps 2000 --rounds 2
+
+``--out`` writes the result rows (training steps/s, evaluation episodes/s, normalised score;
+rlfm against the reference, with their ratios and targets) as a JSON list.
 """
 
 from __future__ import annotations
@@ -245,23 +248,23 @@ def reference_child(dataset: str, steps: int, warmup: int, episodes: int, seed: 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset", default="rlfm/hopper-medium-v0", help="a Hopper medium dataset")
-    p.add_argument("--steps", type=int, default=2000, help="training steps per run")
-    p.add_argument("--warmup", type=int, default=200, help="warm-up steps (both sides)")
-    p.add_argument("--episodes", type=int, default=10, help="evaluation episodes per run")
-    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (seed = round)")
-    p.add_argument("--child", choices=["rlfm", "reference"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path)
-    p.add_argument("--json", type=Path, help="write the results here too")
+    p.add_argument("--steps", type=int, default=1000, help="training steps per run")
+    p.add_argument("--warmup", type=int, default=100, help="warm-up steps (both sides)")
+    p.add_argument("--episodes", type=int, default=5, help="evaluation episodes per run")
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (seed = round)")
+    p.add_argument("--child", choices=["rlfm", "reference"], help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--out", "--json", type=Path, help="write the result rows here (JSON list)")
     a = p.parse_args()
     job = (a.dataset, a.steps, a.warmup, a.episodes, a.seed)
     if a.child == "rlfm":
-        print("RESULT " + json.dumps(rlfm_child(*job, a.out)))
+        print("RESULT " + json.dumps(rlfm_child(*job, a.run_dir)))
         return
     if a.child == "reference":
         print("RESULT " + json.dumps(reference_child(*job)))
         return
-    from _common import run_child, table
+    from _common import ratio_row, run_child, table, write_row_list
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
     runs: list[dict] = []
@@ -271,7 +274,7 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--child", side, "--dataset", a.dataset]
                 cmd += ["--steps", str(a.steps), "--warmup", str(a.warmup)]
                 cmd += ["--episodes", str(a.episodes), "--seed", str(r)]
-                cmd += ["--out", str(Path(tmp) / f"rlfm-{r}")] if side == "rlfm" else []
+                cmd += ["--run-dir", str(Path(tmp) / f"rlfm-{r}")] if side == "rlfm" else []
                 res = run_child(cmd, Path(tmp) / f"{side}-{r}.log", env=env)
                 lines = [x for x in res.log.read_text().splitlines() if x.startswith("RESULT ")]
                 if res.returncode != 0 or not lines:
@@ -322,10 +325,34 @@ def main() -> None:
         f"normalised score: rlfm {ours['score_mean']:.1f} ± {ours['score_std']:.1f}, reference "
         f"{ref['score_mean']:.1f} ± {ref['score_std']:.1f} (mean ± std over rounds)"
     )
-    result = {"args": vars(a) | {"out": None, "json": None}, "runs": runs, "summary": summary}
+    settings = (
+        "transformers.DecisionTransformerModel, the original code's sampler and get_action; "
+        f"K={K}, {H} wide, {L} layers, batch {B}, fp32, 1 thread, {a.rounds} round(s)"
+    )
+    size = f"{a.dataset}, {a.steps} steps, {a.episodes} episodes"
+
+    def row(metric: str, x: float, y: float, target: float | None) -> dict:
+        return ratio_row("Decision Transformer", size, "reference", settings, metric, x, y, target)
+
+    rows_out = [
+        row("training steps/s", ours["train_steps_per_s"], ref["train_steps_per_s"], 1.5),
+        row(
+            "eval episodes/s (one at a time)",
+            ours["like_for_like_eval_episodes_per_s"],
+            ref["eval_episodes_per_s"],
+            1.5,
+        ),
+        row(
+            "eval episodes/s (rlfm side by side)",
+            ours["eval_episodes_per_s"],
+            ref["eval_episodes_per_s"],
+            None,
+        ),
+        row("normalised score at target 3600", ours["score_mean"], ref["score_mean"], None),
+    ]
+    result = {"args": vars(a) | {"run_dir": None, "out": None}, "runs": runs, "summary": summary}
     print(json.dumps(result))
-    if a.json:
-        a.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_row_list(a.out, rows_out)
 
 
 if __name__ == "__main__":
