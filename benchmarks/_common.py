@@ -186,3 +186,38 @@ def write_row_list(path: Path | None, rows: list[dict]) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+
+
+from collections.abc import Callable  # noqa: E402  (interleaved_rounds' annotation)
+
+
+def interleaved_rounds(
+    script: str,
+    sides: tuple[str, str],
+    rounds: int,
+    args: Callable[[str, int, Path], list[str]],
+) -> list[dict]:
+    """Run ``python SCRIPT --child SIDE ...ARGS(side, round, tmp)`` for both sides in every
+    round, in alternating order (each side first in every other round), each in its own
+    process with one OpenMP thread. A child reports by printing ``RESULT {json}`` as its last
+    such line; returns one dict per run: side, round, the child's JSON and its peak RSS. A
+    failed child stops the benchmark with its output's tail."""
+    import json
+    import sys
+    import tempfile
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    runs: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for side in sides if r % 2 == 0 else sides[::-1]:
+                cmd = [sys.executable, script, "--child", side, *args(side, r, Path(tmp))]
+                res = run_child(cmd, Path(tmp) / f"{side}-{r}.log", env=env)
+                lines = [x for x in res.log.read_text().splitlines() if x.startswith("RESULT ")]
+                if res.returncode != 0 or not lines:
+                    print(f"{side} (round {r}) failed:\n{res.tail()}")
+                    raise SystemExit(1)
+                row = json.loads(lines[-1][7:]) | {"peak_rss_mib": res.peak_rss_mib}
+                runs.append({"side": side, "round": r, **row})
+                print(f"round {r} {side}: {row}", flush=True)
+    return runs

@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -264,25 +262,16 @@ def main() -> None:
     if a.child == "reference":
         print("RESULT " + json.dumps(reference_child(*job)))
         return
-    from _common import ratio_row, run_child, table, write_row_list
+    from _common import interleaved_rounds, ratio_row, table, write_row_list
 
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    runs: list[dict] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(a.rounds):
-            for side in ("rlfm", "reference") if r % 2 == 0 else ("reference", "rlfm"):
-                cmd = [sys.executable, __file__, "--child", side, "--dataset", a.dataset]
-                cmd += ["--steps", str(a.steps), "--warmup", str(a.warmup)]
-                cmd += ["--episodes", str(a.episodes), "--seed", str(r)]
-                cmd += ["--run-dir", str(Path(tmp) / f"rlfm-{r}")] if side == "rlfm" else []
-                res = run_child(cmd, Path(tmp) / f"{side}-{r}.log", env=env)
-                lines = [x for x in res.log.read_text().splitlines() if x.startswith("RESULT ")]
-                if res.returncode != 0 or not lines:
-                    print(f"{side} (round {r}) failed:\n{res.tail()}")
-                    raise SystemExit(1)
-                row = json.loads(lines[-1][7:]) | {"peak_rss_mib": res.peak_rss_mib}
-                runs.append({"side": side, "round": r, **row})
-                print(f"round {r} {side}: {row}", flush=True)
+    def args(side: str, r: int, tmp: Path) -> list[str]:
+        run_dir = ["--run-dir", str(tmp / f"rlfm-{r}")] if side == "rlfm" else []
+        return [
+            *["--dataset", a.dataset, "--steps", str(a.steps), "--warmup", str(a.warmup)],
+            *["--episodes", str(a.episodes), "--seed", str(r), *run_dir],
+        ]
+
+    runs = interleaved_rounds(__file__, ("rlfm", "reference"), a.rounds, args)
     rows = [
         [
             f"{x['side']} (round {x['round']})",
