@@ -52,7 +52,7 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -204,7 +204,13 @@ class Config:
 
 def fit_to_rollout(cfg: Config) -> tuple[Config, list[str]]:
     """``cfg`` with the step counts rounded up to whole updates, and a note per change."""
-    batch = cfg.n_envs * cfg.n_steps
+    return whole_updates(cfg, cfg.n_envs * cfg.n_steps)
+
+
+def whole_updates(cfg: Any, batch: int) -> tuple[Any, list[str]]:
+    """``cfg`` (a dataclass with ``steps``, ``eval_every``, ``save_every``, ``log_every``) with
+    those counts rounded up to whole updates of ``batch`` steps, and a note per change: the
+    loop only stops after whole updates, so a schedule that is not a multiple never fires."""
     changes, notes = {}, []
     for name in ("steps", "eval_every", "save_every", "log_every"):
         value = getattr(cfg, name)

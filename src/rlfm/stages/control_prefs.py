@@ -305,6 +305,8 @@ def train(cfg: Config) -> dict[str, float]:
     from gymnasium import spaces
 
     batch = ppo.n_envs * ppo.n_steps
+    cfg, own_notes = control_ppo.whole_updates(cfg, batch)  # its own eval/save/log schedule
+    notes += [n for n in own_notes if n not in notes]
     total = ppo.steps
     if isinstance(probe.action_space, spaces.Discrete) and cfg.segment_length > batch:
         raise ConfigError(f"segment_length: {cfg.segment_length} is longer than a rollout")
