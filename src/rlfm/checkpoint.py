@@ -4,6 +4,8 @@ Layout of ``<out>/checkpoints/step_N/``::
 
     config.json, model.safetensors, ...   save_pretrained weights (+ adapter files)
     tokenizer.json, ...                    the tokenizer, so the directory is a complete HF model
+    README.md                              the model card (model_card.py; not in the manifest:
+                                           it is rewritten with the final metrics)
     config.yaml                            the stage's resolved config
     trainer_state.pt                       step, optimizer, scheduler, data position, extras
     rng_rank{R}.pt                         RNG states of process R
@@ -35,6 +37,7 @@ import torch
 from rlfm.config import save_yaml
 from rlfm.engine import Engine
 from rlfm.errors import ModelError, RunError
+from rlfm.model_card import CARD, write_model_card
 
 _STEP = re.compile(r"^step_(\d+)$")
 STATE_FILE = "trainer_state.pt"
@@ -60,7 +63,7 @@ def _sha256(path: Path) -> str:
 
 
 def _files(ckpt: Path) -> list[Path]:
-    return sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name not in (MANIFEST, CARD))
 
 
 def write_manifest(ckpt: Path) -> None:
@@ -148,12 +151,14 @@ def save_checkpoint(
     config: Any,
     trainer_state: dict[str, Any],
     keep: int = 3,
+    card: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``out/checkpoints/step_{step}`` atomically with its manifest; prune to the newest
     ``keep``.
 
     Collective: every process must call it (each saves its RNG state). ``trainer_state`` holds
     whatever the stage needs to resume (optimizer and scheduler state dicts, data position, ...).
+    ``card``: the fields of its model card (:func:`rlfm.model_card.card_text`), if any.
     """
     root = Path(out) / "checkpoints"
     final = root / f"step_{step}"
@@ -180,6 +185,8 @@ def save_checkpoint(
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             save_yaml(config, tmp / "config.yaml")
+            if card is not None:
+                write_model_card(tmp, shown_as=final, **card)
             torch.save({"step": step, **trainer_state}, tmp / STATE_FILE)
             write_manifest(tmp)
             _fsync_tree(tmp)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -186,11 +187,13 @@ def _main(argv: Sequence[str] | None) -> None:
     module_name, fn_name, _ = COMMANDS[name]
     try:
         from rlfm.config import parse
+        from rlfm.run import COMMAND
         from rlfm.tracking import quiet_libraries
 
         quiet_libraries()
         module = importlib.import_module(module_name)
         cfg = parse(module.Config, rest, prog=f"rlfm {name}")
+        COMMAND.set(shlex.join(["rlfm", *name.split(), *rest]))  # for run.json, model cards
         getattr(module, fn_name)(cfg)
     except Interrupted as e:  # SIGINT / SIGTERM: a checkpoint was saved (run.py)
         print(f"rlfm {name}: {e}", file=sys.stderr)

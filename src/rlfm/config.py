@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import os
 import sys
 import textwrap
 import types
@@ -318,7 +319,7 @@ def _coerce(tp: Any, value: Any, field: str) -> Any:
             raise ConfigError(f"{field}: expected a string, got {value!r}")
         return str(value)
     if tp is Path:
-        if not isinstance(value, str):
+        if not isinstance(value, str | os.PathLike):  # a Path from Python (rlfm.api)
             raise ConfigError(f"{field}: expected a path, got {value!r}")
         return Path(value)
     return value

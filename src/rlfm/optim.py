@@ -8,6 +8,7 @@ Schedules are LambdaLR multipliers, so their state is a step count restored by a
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,3 +51,13 @@ def warmup_cosine(
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def supervised(
+    model: nn.Module, cfg: Any, lr: float, min_ratio: float = 0.1
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """The supervised stages' optimisation (GPT-3's): AdamW with β = (0.9, 0.95) and
+    ``cfg.weight_decay`` on matrices, ``cfg.warmup_steps`` of warm-up, cosine decay to
+    ``min_ratio`` × ``lr`` at ``cfg.steps``."""
+    optimizer = adamw(model, lr, cfg.weight_decay, betas=(0.9, 0.95))
+    return optimizer, warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps, min_ratio)

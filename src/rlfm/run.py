@@ -21,7 +21,8 @@ The directory::
     .lock           held by the one process writing the directory
     checkpoints/    checkpoint.py: atomic, verified by a manifest
     metrics.jsonl   one row per logged step; samples.jsonl: generated text; both carry "step"
-    summary.json    the final metrics, written when the run finishes
+    summary.json    the final metrics, written when the run finishes (they also go into the
+                    model card, README.md, of the newest checkpoint: model_card.py)
 
 Checks when a run opens, before any long work:
 
@@ -57,6 +58,7 @@ import signal
 import sys
 import threading
 import time
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +69,18 @@ from rlfm import __version__, checkpoint
 from rlfm.config import renamed_values, resumable_fields, save_yaml, to_dict
 from rlfm.engine import Engine
 from rlfm.errors import ConfigError, Interrupted, RlfmError, RunError
-from rlfm.tracking import Tracker, keep_rows_until, read_metrics
+from rlfm.model_card import write_model_card
+from rlfm.tracking import Meter, Tracker, keep_rows_until, read_metrics
+
+COMMAND: ContextVar[str | None] = ContextVar("rlfm_command", default=None)
+"""The command that started the runs of this context, as its user wrote it: set by the command
+line (``rlfm ppo --policy ...``) and the Python API (``rlfm.api.ppo(policy=...)``)."""
+
+
+def invocation() -> str:
+    """The command that started this run (:data:`COMMAND`, else the process's arguments)."""
+    return COMMAND.get() or " ".join(sys.argv)
+
 
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
@@ -293,7 +306,7 @@ class Run:
             info = {
                 "stage": self.stage,
                 "rlfm_version": __version__,
-                "command": " ".join(sys.argv),
+                "command": invocation(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             _write_json(self.out / RUN_FILE, info)
@@ -377,12 +390,27 @@ class Run:
                 merged |= {k: v for k, v in row.items() if k != "step"}
         return self.engine.broadcast_object(merged)
 
+    def train_row(
+        self, loss: float, grad_norm: float, scheduler: Any, data: Any, meter: Meter
+    ) -> dict[str, float]:
+        """What a training step logs (collective): the loss (already reduced over processes by
+        the stage), the learning rate, the gradient norm, the throughput since the last row
+        (``meter``) and the epochs of the data seen."""
+        return {
+            "loss": loss,
+            "lr": scheduler.get_last_lr()[0],
+            "grad_norm": grad_norm,
+            **meter.rates(self.engine),
+            "epoch": data.epochs,
+        }
+
     def due(self, step: int, every: int) -> bool:
         """True every ``every`` steps and at the last step."""
         return step % every == 0 or step == self.total
 
     def save(self, step: int) -> Path:
-        """Write a checkpoint of everything :meth:`track` registered (collective)."""
+        """Write a checkpoint of everything :meth:`track` registered, with its model card
+        (collective)."""
         return checkpoint.save_checkpoint(
             self.out,
             step,
@@ -392,6 +420,12 @@ class Run:
             config=self.cfg,
             trainer_state={name: obj.state_dict() for name, obj in self._state.items()},
             keep=self.cfg.keep_checkpoints,
+            card=self._card(metrics=None, final=False),
+        )
+
+    def _card(self, metrics: dict[str, Any] | None, final: bool) -> dict[str, Any]:
+        return dict(
+            stage=self.stage, cfg=self.cfg, command=invocation(), metrics=metrics, final=final
         )
 
     def checkpoint(self, step: int) -> None:
@@ -443,6 +477,8 @@ class Run:
         if self.engine.is_main:
             ckpt = checkpoint.latest_checkpoint(self.out)
             plain = {k: v for k, v in summary.items() if isinstance(v, int | float | str)}
+            if ckpt is not None:  # its model card, now with the final metrics
+                write_model_card(ckpt, **self._card(metrics=plain, final=True))
             _write_json(
                 self.out / SUMMARY_FILE,
                 {"step": _step_of(ckpt) if ckpt else 0, "metrics": plain, "model": str(ckpt)},

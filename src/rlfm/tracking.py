@@ -82,6 +82,42 @@ def keep_rows_until(path: str | Path, step: int) -> None:
     tmp.replace(path)
 
 
+class Meter:
+    """Work done by the training steps since the last log row, and their time: each logged rate
+    is total work over total time, summed over processes (never a mean of per-step rates).
+
+        meter.start()
+        ... one optimizer step ...
+        meter.stop(tokens=n, samples=b)          # this process's work in the step
+        meter.rates(engine) -> {"tokens_per_s": ..., "samples_per_s": ...}   (then reset)
+    """
+
+    def __init__(self) -> None:
+        self.seconds, self.work, self._t0 = 0.0, {}, 0.0
+        self.totals: dict[str, float] = {}  # the last rates' global work (e.g. for padding)
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def stop(self, **work: float) -> None:
+        self.seconds += time.perf_counter() - self._t0
+        for k, v in work.items():
+            self.work[k] = self.work.get(k, 0.0) + float(v)
+
+    def rates(self, engine: Any) -> dict[str, float]:
+        """``<work>_per_s`` over all processes since the last call (collective)."""
+        import torch
+
+        names = sorted(self.work)
+        summed = engine.all_reduce_sum(
+            torch.tensor([self.work[k] for k in names] or [0.0], dtype=torch.float64)
+        )
+        self.totals = {k: float(v) for k, v in zip(names, summed)}
+        seconds = max(engine.all_reduce_mean(self.seconds), 1e-9)  # processes step together
+        self.seconds, self.work = 0.0, {}
+        return {f"{k}_per_s": v / seconds for k, v in self.totals.items()}
+
+
 class Tracker:
     """Logs scalars to ``<out>/metrics.jsonl`` and ``<out>/tb``; shows a progress bar."""
 

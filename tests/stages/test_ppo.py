@@ -274,7 +274,8 @@ def test_value_model_can_start_from_the_policy(policy_dir, tmp_path, adapter):
             p.add_(0.1)
     rm.save_pretrained(rm_dir)
     cfg = config(policy_dir, tmp_path / "run", reward=rm_dir, adapter=adapter, value_from="policy")
-    models = ppo.load_models(cfg, resolve_model_dir(run), None, reward_fn=None)
+    tokenizer = rm.tokenizer  # the policy's
+    models = ppo.load_models(cfg, resolve_model_dir(run), None, reward_fn=None, tokenizer=tokenizer)
     value = models.value.backbone.get_input_embeddings().weight.detach()
     reward = models.reward.backbone.get_input_embeddings().weight.detach()
     policy = load_causal_lm(resolve_model_dir(run)).get_input_embeddings().weight.detach()
@@ -409,3 +410,175 @@ def test_two_process_ddp_matches_one_process(policy_dir, reward_dir, tmp_path):
         assert abs(x["kl"] - y["kl"]) < 1e-3, (x["step"], x["kl"], y["kl"])
         for key in ("score", "value_loss", "response_length", "beta"):
             assert math.isclose(x[key], y[key], rel_tol=1e-3, abs_tol=1e-5), (x["step"], key)
+
+
+# ---------------------------------------------------------------------------- reward models made
+# elsewhere: a one-label AutoModelForSequenceClassification with a tokenizer of its own
+
+
+def made_with_transformers(root, family: str, tokenizer=None):
+    """A reward model built with transformers alone (random weights): a GPT-2- or Llama-shaped
+    one-label sequence classifier with, by default, a BPE tokenizer of another vocabulary than
+    the policy's that pads with its EOS (as TRL sets one up)."""
+    from transformers import AutoModelForSequenceClassification, GPT2Config, LlamaConfig
+
+    from rlfm.models.tokenizer import train_bpe_tokenizer
+
+    if tokenizer is None:
+        tokenizer = train_bpe_tokenizer([synthetic_text(500, seed=7).upper()], 290)
+        tokenizer.pad_token = tokenizer.eos_token
+    ids = dict(
+        vocab_size=len(tokenizer),
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    if family == "gpt2":
+        cfg = GPT2Config(n_positions=64, n_embd=32, n_layer=2, n_head=2, **ids)
+    else:
+        cfg = LlamaConfig(
+            max_position_embeddings=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            **ids,
+        )
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_config(cfg).eval()
+    out = root / f"{family}-made-elsewhere"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out, model, tokenizer
+
+
+def transformers_scores(model, tokenizer, prompts, texts) -> torch.Tensor:
+    """What transformers alone gives for each text read as rlfm reads it (prompt tokens, text
+    tokens, EOS), one text at a time."""
+    from rlfm.models.heads import encode_sequence
+
+    with torch.no_grad():
+        return torch.stack(
+            [
+                model(input_ids=torch.tensor([encode_sequence(tokenizer, p, t, 64)])).logits[0, 0]
+                for p, t in zip(prompts, texts)
+            ]
+        )
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_reward_model_made_with_transformers_scores_ppo_and_reward_score(
+    policy_dir, tmp_path, family, capsys
+):
+    """A reward model built with transformers alone, with its own tokenizer: `rlfm reward score`
+    prints what transformers computes; `rlfm ppo --reward` runs against it, scoring each prompt
+    and decoded response re-tokenized for it (to 1e-5 of transformers' score), and its value
+    model starts from the policy (the reward model cannot read the policy's tokens)."""
+    from rlfm.checkpoint import resolve_model_dir
+    from rlfm.cli import main as cli_main
+    from rlfm.engine import Engine
+    from rlfm.models.heads import load_model_tokenizer
+
+    rm_dir, hf, rm_tok = made_with_transformers(tmp_path, family)
+    texts, prompt = ["ROMEO GREETS JULIET .", "romeo greets juliet ."], "LEAR WARNS VIOLA ."
+    cli_main(
+        ["reward", "score", "--model", str(rm_dir), "--prompt", prompt, "--jsonl"]
+        + ["--text", *texts]
+    )
+    printed = [json.loads(line)["reward"] for line in capsys.readouterr().out.splitlines()]
+    want = transformers_scores(hf, rm_tok, [prompt] * 2, texts)
+    torch.testing.assert_close(torch.tensor(printed), want, atol=1e-5, rtol=0)
+
+    run, prompts_file = policy_dir
+    cfg = config(policy_dir, tmp_path / "run", reward=rm_dir, updates=2, eval_every=2)
+    policy_tok = load_model_tokenizer(resolve_model_dir(run))
+    models = ppo.load_models(cfg, resolve_model_dir(run), None, None, policy_tok)
+    assert models.retokenize and not models.shared_weights
+    policy_emb = models.policy.get_input_embeddings().weight
+    assert torch.equal(models.value.body.get_input_embeddings().weight, policy_emb)
+    prompts = [f"{n} greets" for n in NAMES]
+    ro = ppo.collect(cfg, Engine.create("cpu", "fp32"), policy_tok, models, prompts, None)
+    ended = ro.samples.ended
+    assert ended.any()
+    direct = transformers_scores(hf, rm_tok, ro.prompts, ro.responses)
+    torch.testing.assert_close(ro.scores[ended], direct[ended], atol=1e-5, rtol=0)
+    summary = ppo.train(cfg)
+    assert "eval_score" in summary
+    banner = capsys.readouterr()
+    assert "has its own tokenizer" in banner.out + banner.err
+
+
+def test_a_reward_model_sharing_the_policy_tokenizer_reads_its_tokens(policy_dir, tmp_path):
+    """A reward model made with transformers on the policy's own tokenizer scores the sampled
+    token ids as they are (no re-tokenizing), and the value model starts from it."""
+    from rlfm.checkpoint import resolve_model_dir
+    from rlfm.engine import Engine
+    from rlfm.models.heads import load_model_tokenizer
+
+    run, _ = policy_dir
+    policy_tok = load_model_tokenizer(resolve_model_dir(run))
+    rm_dir, hf, _ = made_with_transformers(tmp_path, "gpt2", tokenizer=policy_tok)
+    cfg = config(policy_dir, tmp_path / "run", reward=rm_dir)
+    models = ppo.load_models(cfg, resolve_model_dir(run), None, None, policy_tok)
+    assert not models.retokenize
+    value_emb = models.value.body.get_input_embeddings().weight
+    assert torch.equal(value_emb, hf.base_model.get_input_embeddings().weight)
+    ro = ppo.collect(
+        cfg, Engine.create("cpu", "fp32"), policy_tok, models, [f"{n} greets" for n in NAMES], None
+    )
+    ids, mask, _ = ro.samples.sequences()
+    with torch.no_grad():
+        direct = hf(input_ids=ids, attention_mask=mask).logits[:, 0]
+    ended = ro.samples.ended
+    torch.testing.assert_close(ro.scores[ended], direct[ended], atol=1e-5, rtol=0)
+
+
+def test_best_of_n_with_a_reward_model_of_another_tokenizer(policy_dir, tmp_path):
+    """`rlfm sample --best-of` with a reward model whose tokenizer is not the policy's scores
+    each candidate's decoded text with that reward model's own tokenizer."""
+    from rlfm.stages import sample
+
+    rm_dir, hf, rm_tok = made_with_transformers(tmp_path, "gpt2")
+    run, _ = policy_dir
+    rows = sample.run(
+        sample.Config(
+            model=run,
+            reward=rm_dir,
+            prompt=("romeo greets", "lear warns"),
+            num_samples=3,
+            max_new_tokens=8,
+            jsonl=True,
+            device="cpu",
+        )
+    )
+    want = transformers_scores(hf, rm_tok, [r["prompt"] for r in rows], [r["sample"] for r in rows])
+    torch.testing.assert_close(torch.tensor([r["score"] for r in rows]), want, atol=1e-5, rtol=0)
+
+
+def test_lora_at_its_default_rate_learns_about_as_fast_as_full_ppo(policy_dir, tmp_path):
+    """At their default learning rates (full 1e-5, LoRA 2e-4: an adapter that starts at B = 0
+    needs the larger step), 30 updates raise the mean score of the last 10 updates over the
+    first 10 by about as much with LoRA as with full fine-tuning (measured on this model over
+    3 seeds: full +0.14..+0.18, LoRA +0.14..+0.20). At the old shared default, 1e-5, LoRA
+    barely moved (KL ≈ 0)."""
+    gains = {}
+    for adapter in ("full", "lora"):
+        out = tmp_path / adapter
+        cfg = config(
+            policy_dir,
+            out,
+            adapter=adapter,
+            lr=None,
+            value_lr=None,
+            updates=30,
+            eval_every=30,
+            save_every=30,
+        )
+        ppo.train(cfg, reward_fn=romeo_count)
+        rows = [r for r in read_metrics(out / "metrics.jsonl") if r["step"] > 0]
+        first, last = rows[:10], rows[-10:]
+        gains[adapter] = (sum(r["score"] for r in last) - sum(r["score"] for r in first)) / 10
+    # here: full +0.156, LoRA +0.194 (at the old 1e-5 LoRA gained +0.088: this fails)
+    assert gains["full"] > 0.07 and gains["lora"] > 0.8 * gains["full"], gains

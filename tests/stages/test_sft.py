@@ -205,6 +205,29 @@ def test_merge_refuses_a_plain_model(env, tmp_path):
         merge.run(merge.Config(adapter=env[2], out=tmp_path / "m"))
 
 
+def test_merge_never_overwrites_a_model(lora_run, env, tmp_path):
+    """`rlfm merge` refuses --out that is the adapter's base (it was overwritten, and a second
+    merge then applied LoRA twice), lies inside the adapter's run, or is not empty — unless
+    --overwrite, which replaces a non-empty unrelated directory; nothing is written first."""
+    from rlfm.errors import RunError
+
+    cfg, _ = lora_run
+    base = env[2]
+    base_files = {p.name: p.read_bytes() for p in base.iterdir()}
+    for out in (base, cfg.out / "merged", base / "sub"):
+        with pytest.raises(RunError, match="overlaps the input"):
+            merge.run(merge.Config(adapter=cfg.out, out=out, overwrite=True))
+    assert {p.name: p.read_bytes() for p in base.iterdir()} == base_files
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(RunError, match="is not empty.*--overwrite"):
+        merge.run(merge.Config(adapter=cfg.out, out=busy))
+    assert (busy / "notes.txt").read_text() == "mine"
+    merge.run(merge.Config(adapter=cfg.out, out=busy, overwrite=True))
+    assert (busy / "model.safetensors").is_file() and not (busy / "notes.txt").exists()
+
+
 def test_prefix_tuning_run_and_sample(env, tmp_path, monkeypatch):
     """A prefix-tuning run trains (validation loss falls), saves only the prefix, and
     `rlfm sample` decodes from base + prefix."""

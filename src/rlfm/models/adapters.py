@@ -115,7 +115,8 @@ def add_lora(
 
     ``targets`` are module names or suffixes (``"attn.c_proj"``), or ``("all-linear",)``.
     ``base_path`` is recorded (absolute) in the adapter's config, so a saved adapter finds its
-    base. Only the adapter's A and B matrices are trainable.
+    base. Only the adapter's A and B matrices are trainable. ``model`` may also be a
+    transformer without an LM head (a reward model's body, models/heads.py).
     """
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -133,8 +134,9 @@ def add_lora(
                 f"lora_targets: {type(model).__name__} has no module named {', '.join(missing)}"
             )
     conv1d = any(type(m).__name__ == "Conv1D" for m in model.modules())  # GPT-2 stores W^T
+    causal = model.get_output_embeddings() is not None  # a causal LM, not a bare transformer
     config = LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
+        task_type=TaskType.CAUSAL_LM if causal else None,
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
@@ -299,7 +301,7 @@ def load_model(path: str | Path, *, trainable: bool = False, merge: bool = False
 
     _quiet_peft()
     base = load_model(adapter_base_path(path), merge=True)
-    vocab = _tokenizer_size(path)
+    vocab = tokenizer_size(path)
     if vocab is not None:
         resize_embeddings(base, vocab)
     try:
@@ -309,7 +311,8 @@ def load_model(path: str | Path, *, trainable: bool = False, merge: bool = False
     return merge_adapter(model) if merge else model
 
 
-def _tokenizer_size(path: Path) -> int | None:
+def tokenizer_size(path: Path) -> int | None:
+    """The size of the tokenizer saved in ``path`` (None when it holds none)."""
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         return None
     from rlfm.models.tokenizer import load_tokenizer

@@ -77,6 +77,11 @@ def train_bpe_tokenizer(
     )
 
 
+def has_tokenizer(path: str | Path) -> bool:
+    """True when the directory ``path`` holds tokenizer files."""
+    return any((Path(path) / name).is_file() for name in _TOKENIZER_FILES)
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     """Load the tokenizer saved in the local directory ``path`` (never from the hub)."""
     path = Path(path)
@@ -84,7 +89,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
         raise ModelError(f"tokenizer directory {str(path)!r} does not exist")
     if not path.is_dir():
         raise ModelError(f"tokenizer path {str(path)!r} is not a directory")
-    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+    if not has_tokenizer(path):
         raise ModelError(
             f"tokenizer directory {str(path)!r} holds no tokenizer files "
             f"(looked for {', '.join(_TOKENIZER_FILES)})"

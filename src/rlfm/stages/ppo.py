@@ -37,6 +37,13 @@ reward model's own weights, whose score is read with that adapter disabled — t
 weights in memory instead of four. ``--value-from policy`` starts the value model from the SFT
 policy instead, with a new scalar head (with LoRA: an adapter on a copy of the policy's weights).
 
+The reward model (``--reward``) is an ``rlfm reward train`` run, or any local one-label
+``AutoModelForSequenceClassification`` directory (or LoRA adapter onto one) with its own tokenizer
+(models/heads.py). One that shares the policy's tokenizer scores the sampled token ids; one with
+another tokenizer scores each prompt and decoded response, re-tokenized, and the value model then
+starts from the policy (a value model on the reward model's weights could not read the policy's
+tokens).
+
 The learning rates default per adapter (``DEFAULT_LR``): a LoRA adapter starts at B = 0 and
 moves only through a low-rank update, so it needs a larger step than full fine-tuning to change
 the policy as fast.
@@ -67,7 +74,7 @@ from rlfm import checkpoint
 from rlfm.config import AdapterSettings, RunSettings, check, lora_alpha, settings
 from rlfm.data.order import EpochOrder
 from rlfm.engine import Engine
-from rlfm.errors import ConfigError, ModelError
+from rlfm.errors import ConfigError, ModelError, RunError
 from rlfm.evaluate.plots import plot_metrics
 from rlfm.losses.ppo import (
     AdaptiveKLController,
@@ -93,13 +100,20 @@ from rlfm.models.adapters import (
     load_model,
     sampling_model,
 )
-from rlfm.models.heads import RewardModel, ValueModel, load_model_tokenizer
+from rlfm.models.heads import (
+    ValueModel,
+    head_format,
+    load_model_tokenizer,
+    same_token_ids,
+    tokenizer_of,
+)
 from rlfm.rollout import Generation, Samples, generate, model_positions, prompt_budget
 from rlfm.run import Run
+from rlfm.stages.reward_score import load_reward_model
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
 
-DEFAULT_LR = {"full": (1e-5, 5e-5), "lora": (1e-4, 5e-4)}
+DEFAULT_LR = {"full": (1e-5, 5e-5), "lora": (2e-4, 1e-3)}
 """(policy, value model) peak learning rates per adapter when --lr / --value-lr are not given."""
 
 
@@ -119,7 +133,9 @@ class Config:
     policy: Path = Path("runs/demo/sft")
     """The SFT policy: an rlfm run or checkpoint, a Hugging Face model or an adapter directory."""
     reward: Path = Path("runs/demo/rm")
-    """The reward model (`rlfm reward train` output: a run or checkpoint directory)."""
+    """The reward model: an `rlfm reward train` run or checkpoint, or any local
+    AutoModelForSequenceClassification directory with one label (or a LoRA adapter onto one).
+    A reward model with another tokenizer than the policy's scores the decoded text."""
     out: Path = Path("runs/demo/ppo")
     """Output directory. Running again on the same directory resumes from its newest checkpoint."""
     prompts: Path | None = None
@@ -130,7 +146,9 @@ class Config:
     value_from: Literal["reward", "policy"] = "reward"
     """Where the value model starts: the reward model (its head already scores responses), or
     the SFT policy with a new scalar head. With --adapter lora it is a LoRA adapter on those
-    weights: on the reward model's own weights (no extra copy), or on a copy of the policy's."""
+    weights: on the reward model's own weights (no extra copy), or on a copy of the policy's.
+    A reward model with another tokenizer cannot read the policy's tokens: the value model then
+    starts from the policy."""
     updates: int = 40
     """PPO updates (rollout, then ppo_epochs of optimisation)."""
     rollout_batch: int = 32
@@ -149,10 +167,10 @@ class Config:
     """Sampling temperature; log-probs are computed with the same temperature."""
     lr: float | None = None
     """Peak learning rate of the policy (annealed linearly to 0). Default: 1e-5 (full),
-    1e-4 (lora)."""
+    2e-4 (lora)."""
     value_lr: float | None = None
     """Peak learning rate of the value model (annealed linearly to 0). Default: 5e-5 (full),
-    5e-4 (lora)."""
+    1e-3 (lora)."""
     kl_coef: float = 0.05
     """Initial β, the weight of the KL penalty."""
     kl_target: float | None = 6.0
@@ -265,12 +283,20 @@ class Models:
     reward: nn.Module | None  # frozen reward model; None when a reward function scores
     value: nn.Module  # trainable value model
     shared_weights: bool  # the value adapter sits on the reward model's weights
+    retokenize: bool = False  # the reward model has its own tokenizer: it scores decoded text
 
 
 def load_models(
-    cfg: Config, policy_dir: Path, resume: Path | None, reward_fn: RewardFn | None
+    cfg: Config,
+    policy_dir: Path,
+    resume: Path | None,
+    reward_fn: RewardFn | None,
+    tokenizer: PreTrainedTokenizerBase,
 ) -> Models:
-    """The policy (from the checkpoint when resuming), the reference, reward and value models."""
+    """The policy (from the checkpoint when resuming), the reference, reward and value models.
+    A reward model whose tokenizer is not the policy's (``tokenizer``) scores decoded text, and
+    the value model then starts from the policy; one saved without a tokenizer reads the
+    policy's tokens."""
     policy = (
         load_model(resume, trainable=True)
         if resume is not None
@@ -290,27 +316,30 @@ def load_models(
     reference = (
         None if cfg.adapter == "lora" else load_model(policy_dir, merge=True).requires_grad_(False)
     )
-    reward, value = _reward_and_value(cfg, reward_fn, policy_dir)
-    shared = cfg.adapter == "lora" and cfg.value_from == "reward" and reward_fn is None
-    return Models(policy, reference, reward, value, shared)
+    retokenize = False
+    if reward_fn is None:
+        reward_tok = tokenizer_of(checkpoint.resolve_model_dir(cfg.reward))
+        retokenize = reward_tok is not None and not same_token_ids(reward_tok, tokenizer)
+    value_from = "policy" if retokenize else cfg.value_from
+    reward, value = _reward_and_value(cfg, reward_fn, policy_dir, value_from)
+    shared = cfg.adapter == "lora" and value_from == "reward" and reward_fn is None
+    return Models(policy, reference, reward, value, shared, retokenize)
 
 
 def _reward_and_value(
-    cfg: Config, reward_fn: RewardFn | None, policy_dir: Path
+    cfg: Config, reward_fn: RewardFn | None, policy_dir: Path, value_from: str
 ) -> tuple[nn.Module | None, nn.Module]:
     """The frozen reward model (None with a reward function) and the trainable value model."""
     lora_r = cfg.lora_r if cfg.adapter == "lora" else 0
-    if reward_fn is not None or cfg.value_from == "policy":
+    if reward_fn is not None or value_from == "policy":
         value = ValueModel.from_backbone(
             policy_dir, lora_rank=lora_r, lora_alpha=lora_alpha(cfg), seed=cfg.seed
         )
         if reward_fn is not None:
             return None, value
-        reward = RewardModel.from_pretrained(checkpoint.resolve_model_dir(cfg.reward))
-        return reward.requires_grad_(False), value
+        return load_reward_model(cfg.reward), value
     reward_dir = checkpoint.resolve_model_dir(cfg.reward)
-    reward = RewardModel.from_pretrained(reward_dir)
-    reward.requires_grad_(False)
+    reward = load_reward_model(reward_dir)
     if cfg.adapter == "lora":
         backbone = add_lora(
             reward.backbone,
@@ -329,13 +358,6 @@ def _reward_and_value(
         return reward, value
     value = ValueModel.from_pretrained(reward_dir)
     value.requires_grad_(True)
-    for p in (
-        value.backbone.get_output_embeddings().parameters()
-        if value.backbone.get_output_embeddings() is not None
-        else []
-    ):
-        if p is not value.backbone.get_input_embeddings().weight:
-            p.requires_grad_(False)
     return reward, value
 
 
@@ -354,6 +376,12 @@ class TrainableState:
         }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = sorted(set(self.state_dict()) - set(state))
+        if missing:  # e.g. a value model saved under other module names by an earlier rlfm
+            raise RunError(
+                f"the checkpoint's value-model state lacks {', '.join(missing[:3])}: it was "
+                "written by another rlfm version; choose another --out"
+            )
         self.model.load_state_dict(state, strict=False)
 
 
@@ -421,18 +449,18 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
             return run.summary
         engine, resume = run.engine, run.resume
         policy_dir = checkpoint.resolve_model_dir(cfg.policy)
-        if (policy_dir / "head.json").is_file():
+        if head_format(policy_dir) is not None:
             raise ModelError(
-                f"policy: {policy_dir} is a reward or value model (it has head.json), not a "
+                f"policy: {policy_dir} is a reward or value model (a score head), not a "
                 "policy; give the SFT policy as --policy and the reward model as --reward"
             )
         tokenizer = load_model_tokenizer(policy_dir)
-        models = load_models(cfg, policy_dir, resume, reward_fn)
+        models = load_models(cfg, policy_dir, resume, reward_fn, tokenizer)
         for m in (models.policy, models.reference, models.reward, models.value):
             if m is not None:
                 m.eval()  # dropout off during RL; gradients still flow
                 m.to(engine.device)
-        _check_tokenizers(tokenizer, models, cfg, reward_fn, run)
+        _check_tokenizers(tokenizer, models, cfg, run)
         budget = prompt_budget(
             model_positions(models.policy), cfg.max_new_tokens, cfg.max_prompt_tokens
         )
@@ -605,6 +633,8 @@ def collect(
         values = response_values(models.value, s).float()
         if reward_fn is not None:
             raw = reward_fn(prompts, gen.texts).float().to(engine.device)
+        elif models.retokenize:  # its own tokenizer: the prompt and decoded response as text
+            raw = models.reward.score(gen.texts, prompts).float().to(engine.device)
         else:
             ids, mask, _ = s.sequences()
             if models.shared_weights:  # the reward model's weights carry the value's LoRA layers
@@ -645,28 +675,22 @@ def update_metrics(
 
 
 def _check_tokenizers(
-    tokenizer: PreTrainedTokenizerBase,
-    models: Models,
-    cfg: Config,
-    reward_fn: RewardFn | None,
-    run: Run,
+    tokenizer: PreTrainedTokenizerBase, models: Models, cfg: Config, run: Run
 ) -> None:
-    """The policy's tokenizer fits its vocabulary and has PAD ≠ EOS; the reward model reads
-    the same token ids."""
+    """The policy's tokenizer fits its vocabulary and has PAD ≠ EOS; notes on how the reward
+    model reads the responses."""
     note = fit_vocabulary(models.policy, tokenizer, what="policy")
     if note:
         run.notes.append(note)
     if tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise ConfigError("policy: its tokenizer's PAD token equals EOS; PPO needs them distinct")
-    reward_tok = getattr(models.reward, "tokenizer", None)
-    if (
-        reward_fn is None
-        and reward_tok is not None
-        and reward_tok.get_vocab() != tokenizer.get_vocab()
-    ):
-        raise ModelError(
-            f"reward: the reward model {cfg.reward} has another tokenizer than the policy "
-            f"{cfg.policy}; PPO scores the policy's token ids with it, so both must share one"
+    if models.reward is not None and models.reward.load_note:
+        run.notes.append(models.reward.load_note)
+    if models.retokenize:
+        run.notes.append(
+            f"the reward model {cfg.reward} has its own tokenizer: it scores each prompt and "
+            "decoded response, re-tokenized"
+            + ("; the value model starts from the policy" if cfg.value_from == "reward" else "")
         )
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -53,9 +52,10 @@ from rlfm.models.tokenizer import (
     save_tokenizer,
     train_bpe_tokenizer,
 )
-from rlfm.optim import adamw, warmup_cosine
+from rlfm.optim import supervised
 from rlfm.rollout import generate
 from rlfm.run import Run
+from rlfm.tracking import Meter
 
 DEFAULT_PROMPTS = ("Romeo.\n", "Juliet.\n", "First Citizen.\n")
 
@@ -345,10 +345,8 @@ def train(cfg: Config) -> dict[str, float]:
 
         preset = PRESETS.get(cfg.model)
         lr = cfg.lr or (preset.lr if preset else 3e-4)
-        model.train()
-        model = engine.prepare(model)
-        optimizer = adamw(model, lr, cfg.weight_decay, betas=(0.9, 0.95))
-        scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        model = engine.prepare(model.train())
+        optimizer, scheduler = supervised(model, cfg, lr, cfg.min_lr_ratio)
         head_weight = plain_head_weight(model)  # None: the model's own logits (see lm_loss)
         step = run.track(model, tokenizer, optimizer=optimizer, scheduler=scheduler, data=sampler)
         n_params = sum(p.numel() for p in model.parameters())
@@ -365,9 +363,9 @@ def train(cfg: Config) -> dict[str, float]:
         )
 
         metrics: dict[str, float] = run.logged()
-        train_time, timed_steps = 0.0, 0
+        meter = Meter()
         while step < cfg.steps:
-            t0 = time.perf_counter()
+            meter.start()
             batch = gather_windows(train_stream, sampler.next_batch()[rows], block + 1)
             loss_sum = 0.0
             for i in range(n_micro):
@@ -378,17 +376,11 @@ def train(cfg: Config) -> dict[str, float]:
                 loss_sum += loss.item() / n_micro
             grad_norm = engine.step(model, optimizer, scheduler, cfg.max_grad_norm)
             step += 1
-            train_time, timed_steps = train_time + time.perf_counter() - t0, timed_steps + 1
+            meter.stop(tokens=batch.shape[0] * block)
             row: dict[str, float] = {}
             if run.due(step, cfg.log_every):
-                row = {
-                    "loss": engine.all_reduce_mean(loss_sum),
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": grad_norm,
-                    "tokens_per_s": cfg.batch_size * block * timed_steps / train_time,
-                    "epoch": sampler.epochs,
-                }
-                train_time, timed_steps = 0.0, 0
+                loss = engine.all_reduce_mean(loss_sum)
+                row = run.train_row(loss, grad_norm, scheduler, sampler, meter)
             if run.due(step, cfg.eval_every):
                 val_loss = evaluate(model, engine, val_stream, val_windows, block, micro)
                 row |= {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}

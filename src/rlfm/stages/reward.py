@@ -24,6 +24,10 @@ replies to dialogue prompts (training plays for training, held-out plays for val
 simulated labelers — the gold rule of data/labelers.py plus noise and biases — rank them; the
 set is written to ``<out>/preferences/{train,val}.jsonl``.
 
+The checkpoints are one-label ``AutoModelForSequenceClassification`` directories (a peft adapter
+onto one with LoRA) that transformers loads on its own; models/heads.py says how the
+normalisation is stored.
+
 Reports (``<out>/eval.json``, plots/): held-out pairwise accuracy and loss, agreement with the
 gold labeler (when the data carries gold scores, as the built-in set does), calibration
 (plots/calibration.png), reward histograms of chosen vs rejected (plots/rewards.png), the
@@ -44,7 +48,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +72,9 @@ from rlfm.errors import ConfigError, DataError
 from rlfm.losses.preference import pair_differences, ranking_loss
 from rlfm.models.adapters import fit_vocabulary
 from rlfm.models.heads import RewardModel, load_backbone, load_model_tokenizer
-from rlfm.optim import adamw, warmup_cosine
+from rlfm.optim import supervised
 from rlfm.run import Run
+from rlfm.tracking import Meter
 
 DEFAULT_LR = {"full": 5e-5, "lora": 5e-4}
 """Peak learning rate per adapter when --lr is not given."""
@@ -349,10 +353,8 @@ def train(cfg: Config) -> dict[str, float]:
         micro = (rows.stop - rows.start) // n_micro
 
         lr = cfg.lr or DEFAULT_LR[cfg.adapter]
-        model.train()
-        model = engine.prepare(model)
-        optimizer = adamw(model, lr, cfg.weight_decay, betas=(0.9, 0.95))
-        scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps, 0.1)
+        model = engine.prepare(model.train())
+        optimizer, scheduler = supervised(model, cfg, lr)
         step = run.track(model, tokenizer, optimizer=optimizer, scheduler=scheduler, data=sampler)
         inner = Engine.unwrap(model)
         n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -372,11 +374,11 @@ def train(cfg: Config) -> dict[str, float]:
         )
 
         metrics: dict[str, float] = run.logged()
-        acc_time, acc_pairs, acc_tokens = 0.0, 0, 0
+        meter = Meter()
         while step < cfg.steps:
-            t0 = time.perf_counter()
+            meter.start()
             idx = sampler.next_batch()[rows].tolist()
-            loss_sum, correct, pairs = 0.0, 0.0, 0
+            loss_sum, correct, pairs, tokens = 0.0, 0.0, 0, 0
             for i in range(n_micro):
                 part = [train_enc[j] for j in idx[i * micro : (i + 1) * micro]]
                 batch = collate_rankings(part, pad_id).to(engine.device)
@@ -389,26 +391,17 @@ def train(cfg: Config) -> dict[str, float]:
                 loss_sum += loss.item() / n_micro
                 correct += float((d > 0).sum()) + 0.5 * float((d == 0).sum())
                 pairs += d.numel()
-                acc_tokens += sum(e.n_tokens for e in part)
+                tokens += sum(e.n_tokens for e in part)
             grad_norm = engine.step(model, optimizer, scheduler, cfg.max_grad_norm)
             step += 1
-            acc_time += time.perf_counter() - t0
-            acc_pairs += pairs
+            meter.stop(comparisons=pairs, tokens=tokens)
             row: dict[str, float] = {}
             if run.due(step, cfg.log_every):
-                counts = engine.all_reduce_sum(
-                    torch.tensor([correct, pairs, acc_pairs, acc_tokens], dtype=torch.float64)
+                counts = engine.all_reduce_sum(torch.tensor([correct, pairs], dtype=torch.float64))
+                row = run.train_row(
+                    engine.all_reduce_mean(loss_sum), grad_norm, scheduler, sampler, meter
                 )
-                row = {
-                    "loss": engine.all_reduce_mean(loss_sum),
-                    "accuracy": float(counts[0] / counts[1]),
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": grad_norm,
-                    "comparisons_per_s": float(counts[2]) / acc_time,
-                    "tokens_per_s": float(counts[3]) / acc_time,
-                    "epoch": sampler.epochs,
-                }
-                acc_time, acc_pairs, acc_tokens = 0.0, 0, 0
+                row["accuracy"] = float(counts[0] / counts[1])
             if run.due(step, cfg.eval_every):
                 row |= evaluate(model, engine, val_enc, micro, pad_id)
             run.tracker.log(step, row)

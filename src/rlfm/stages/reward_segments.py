@@ -24,7 +24,6 @@ N processes (data parallel; --batch-size is global):
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +39,7 @@ from rlfm.models.heads import StepRewardMLP
 from rlfm.offline.segments import collect_episodes, cut_segments, oracle_pairs, spearman
 from rlfm.optim import adamw, warmup_cosine
 from rlfm.run import Run
+from rlfm.tracking import Meter
 
 
 @settings(
@@ -157,10 +157,11 @@ def train(cfg: Config) -> dict[str, float]:
         pairs = pairs.to(engine.device)
 
         metrics: dict[str, float] = run.logged()
-        t0 = time.perf_counter()
+        meter = Meter()
         n_micro = engine.micro_batches(cfg.batch_size, cfg.micro_batch_size)
         micro = (rows.stop - rows.start) // n_micro
         while step < cfg.steps:
+            meter.start()
             batch = pairs[sampler.next_batch()[rows].to(engine.device)]  # (b, 2) winner, loser
             loss_sum, correct = 0.0, 0.0
             for i in range(n_micro):
@@ -174,18 +175,12 @@ def train(cfg: Config) -> dict[str, float]:
                 correct += float((r[:, 0] > r[:, 1]).float().mean()) / n_micro
             grad_norm = engine.step(model, optimizer, scheduler, cfg.max_grad_norm)
             step += 1
+            meter.stop(comparisons=len(batch))
             row: dict[str, float] = {}
             if run.due(step, cfg.log_every):
-                row = {
-                    "loss": engine.all_reduce_mean(loss_sum),
-                    "accuracy": engine.all_reduce_mean(correct),
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": grad_norm,
-                    "comparisons_per_s": cfg.log_every
-                    * cfg.batch_size
-                    / (time.perf_counter() - t0),
-                }
-                t0 = time.perf_counter()
+                loss = engine.all_reduce_mean(loss_sum)
+                row = run.train_row(loss, grad_norm, scheduler, sampler, meter)
+                row["accuracy"] = engine.all_reduce_mean(correct)
             if run.due(step, cfg.eval_every):
                 row |= evaluate(Engine.unwrap(model), val_features, val_seg.returns)
             run.tracker.log(step, row)

@@ -12,6 +12,7 @@ loads the base model it names and applies the adapter. Sampling uses rlfm's own 
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from rlfm.config import Runtime, check, settings
 from rlfm.engine import Engine
 from rlfm.errors import ModelError
 from rlfm.models.adapters import fit_vocabulary, load_model, sampling_model
+from rlfm.models.heads import head_format, same_token_ids
 from rlfm.models.tokenizer import load_tokenizer
 from rlfm.rollout import generate
 
@@ -48,7 +50,9 @@ class Config:
     """Best-of-n: draw this many candidates per sample and keep the one the --reward model
     scores highest (the baseline RLHF is compared against)."""
     reward: Path | None = None
-    """Reward model (an `rlfm reward train` run or checkpoint) that ranks the best-of-n candidates."""
+    """Reward model that ranks the best-of-n candidates: an `rlfm reward train` run or checkpoint,
+    or any local AutoModelForSequenceClassification directory with one label (with another
+    tokenizer than the model's, it scores the decoded text)."""
     jsonl: bool = False
     """Print one JSON object per sample instead of plain text."""
 
@@ -70,7 +74,7 @@ class Config:
 def run(cfg: Config) -> list[dict]:
     """Generate and print the samples; returns them as {prompt, sample[, score]} dicts."""
     path = resolve_model_dir(cfg.model)
-    if (path / "head.json").is_file():
+    if head_format(path) is not None:
         raise ModelError(f"model: {path} is a reward or value model, not a policy to sample from")
     engine = Engine.create(cfg.device, cfg.precision)
     tokenizer = load_tokenizer(path)
@@ -79,11 +83,11 @@ def run(cfg: Config) -> list[dict]:
     model = sampling_model(model).to(engine.device).eval()  # base + any adapter
     reward_model = None
     if cfg.reward is not None:
-        from rlfm.models.heads import RewardModel
+        from rlfm.stages.reward_score import load_reward_model
 
-        reward_model = (
-            RewardModel.from_pretrained(resolve_model_dir(cfg.reward)).to(engine.device).eval()
-        )
+        reward_model = load_reward_model(cfg.reward, engine.device)
+        if reward_model.load_note:
+            print(f"note: {reward_model.load_note}", file=sys.stderr)
     n = cfg.best_of
     prompts = [p for p in cfg.prompt for _ in range(cfg.num_samples) for _ in range(n)]
     g = torch.Generator(device=engine.device).manual_seed(cfg.seed)
@@ -109,8 +113,12 @@ def run(cfg: Config) -> list[dict]:
     rows = [{"prompt": p, "sample": s} for p, s in zip(prompts, texts)]
     if reward_model is not None:
         with torch.no_grad(), engine.autocast():
-            ids, mask, _ = out.sequences()
-            scores = reward_model(ids, mask).float().cpu()
+            tok = reward_model.tokenizer
+            if tok is None or same_token_ids(tok, tokenizer):  # the sampled ids as they are
+                ids, mask, _ = out.sequences()
+                scores = reward_model(ids, mask).float().cpu()
+            else:  # its own tokenizer: the prompt and decoded sample as text
+                scores = reward_model.score(texts, prompts)
         for r, score in zip(rows, scores.tolist()):
             r["score"] = score
         # keep the best of each group of n candidates

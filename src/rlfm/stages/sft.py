@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -61,10 +60,10 @@ from rlfm.evaluate.plots import plot_metrics
 from rlfm.losses.lm import next_token_loss
 from rlfm.models import adapters
 from rlfm.models.tokenizer import ensure_pad_token, load_tokenizer
-from rlfm.optim import adamw, warmup_cosine
+from rlfm.optim import supervised
 from rlfm.rollout import generate
 from rlfm.run import Run
-from rlfm.tracking import read_metrics
+from rlfm.tracking import Meter, read_metrics
 
 DEFAULT_LR = {"full": 3e-4, "lora": 2e-3, "prefix": 1e-2}
 """Peak learning rate per adapter when --lr is not given."""
@@ -362,10 +361,8 @@ def train(cfg: Config) -> dict[str, float]:
         n_trainable, n_total = adapters.trainable_parameters(model)
         trim = cfg.completion_only_loss and _takes_logits_to_keep(model)
         lr = cfg.lr or DEFAULT_LR[cfg.adapter]
-        model.train()
-        model = engine.prepare(model)
-        optimizer = adamw(model, lr, cfg.weight_decay, betas=(0.9, 0.95))
-        scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps, 0.1)
+        model = engine.prepare(model.train())
+        optimizer, scheduler = supervised(model, cfg, lr)
         step = run.track(model, tokenizer, optimizer=optimizer, scheduler=scheduler, data=sampler)
         adapter_line = {
             "full": "full fine-tuning",
@@ -400,37 +397,32 @@ def train(cfg: Config) -> dict[str, float]:
         if step == 0:
             metrics |= evaluation(0)
             run.tracker.log(0, metrics)
-        train_time, timed_steps, timed_tokens, timed_positions = 0.0, 0, 0, 0
+        meter = Meter()
         while step < cfg.steps:
-            t0 = time.perf_counter()
+            meter.start()
             batch_idx = sampler.next_batch()
             n_global = int(n_loss[batch_idx].sum())  # loss tokens in the batch of all processes
             mine = batch_idx[rows].tolist()
             loss_sum = torch.zeros((), device=engine.device)  # summed loss: no sync per micro-step
+            tokens, positions = 0, 0
             for i in range(n_micro):
                 part = [train_examples[j] for j in mine[i * micro : (i + 1) * micro]]
                 batch = data.collate(part, tokenizer.pad_token_id, multiple_of)
-                timed_tokens += int(batch.attention_mask.sum())
-                timed_positions += batch.input_ids.numel()
+                tokens += int(batch.attention_mask.sum())
+                positions += batch.input_ids.numel()
                 with engine.micro_step(model, last=i == n_micro - 1):
                     summed, _ = batch_loss(model, batch, engine.device, trim, multiple_of)
                     engine.backward(summed, weight=1.0 / n_global)  # the global token mean
                 loss_sum += summed.detach().float()
             grad_norm = engine.step(model, optimizer, scheduler, cfg.max_grad_norm)
             step += 1
-            train_time, timed_steps = train_time + time.perf_counter() - t0, timed_steps + 1
+            meter.stop(samples=len(mine), tokens=tokens, positions=positions)
             row: dict[str, float] = {}
             if run.due(step, cfg.log_every):
-                row = {
-                    "loss": float(engine.all_reduce_sum(loss_sum)) / n_global,
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": grad_norm,
-                    "samples_per_s": cfg.batch_size * timed_steps / train_time,
-                    "tokens_per_s": engine.world_size * timed_tokens / train_time,
-                    "padding": 1 - timed_tokens / max(1, timed_positions),
-                    "epoch": sampler.epochs,
-                }
-                train_time, timed_steps, timed_tokens, timed_positions = 0.0, 0, 0, 0
+                loss = float(engine.all_reduce_sum(loss_sum)) / n_global
+                row = run.train_row(loss, grad_norm, scheduler, sampler, meter)
+                del row["positions_per_s"]  # counted for the padding share only
+                row["padding"] = 1 - meter.totals["tokens"] / max(1.0, meter.totals["positions"])
             if run.due(step, cfg.eval_every):
                 row |= evaluation(step)
             run.tracker.log(step, row)
