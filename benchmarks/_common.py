@@ -188,7 +188,8 @@ def write_row_list(path: Path | None, rows: list[dict]) -> None:
     path.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
 
 
-from collections.abc import Callable  # noqa: E402  (interleaved_rounds' annotation)
+import argparse  # noqa: E402  (the helpers below)
+from collections.abc import Callable  # noqa: E402
 
 
 def interleaved_rounds(
@@ -221,3 +222,13 @@ def interleaved_rounds(
                 runs.append({"side": side, "round": r, **row})
                 print(f"round {r} {side}: {row}", flush=True)
     return runs
+
+
+def add_child_args(parser: argparse.ArgumentParser, sides: tuple[str, str]) -> None:
+    """The flags of :func:`interleaved_rounds`' children (hidden from ``--help``) and ``--out``
+    (the result rows, :func:`write_row_list`) on an ``argparse`` parser."""
+    hide = argparse.SUPPRESS
+    parser.add_argument("--child", choices=list(sides), help=hide)
+    parser.add_argument("--seed", type=int, default=0, help=hide)
+    parser.add_argument("--run-dir", type=Path, help=hide)
+    parser.add_argument("--out", "--json", type=Path, help="write the result rows here (JSON list)")

@@ -108,13 +108,12 @@ def sb3_child(steps: int, seed: int) -> dict:
 
 
 def main() -> None:
+    from _common import add_child_args
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=20_000, help="environment steps per run")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (seed = round)")
-    p.add_argument("--child", choices=["rlfm", "sb3"], help=argparse.SUPPRESS)
-    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--out", "--json", type=Path, help="write the result rows here (JSON list)")
+    add_child_args(p, ("rlfm", "sb3"))
     a = p.parse_args()
     if a.child == "rlfm":
         print("RESULT " + json.dumps(rlfm_child(a.steps, a.seed, a.run_dir)))

@@ -244,16 +244,15 @@ def reference_child(dataset: str, steps: int, warmup: int, episodes: int, seed: 
 
 
 def main() -> None:
+    from _common import add_child_args
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset", default="rlfm/hopper-medium-v0", help="a Hopper medium dataset")
     p.add_argument("--steps", type=int, default=1000, help="training steps per run")
     p.add_argument("--warmup", type=int, default=100, help="warm-up steps (both sides)")
     p.add_argument("--episodes", type=int, default=5, help="evaluation episodes per run")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (seed = round)")
-    p.add_argument("--child", choices=["rlfm", "reference"], help=argparse.SUPPRESS)
-    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--out", "--json", type=Path, help="write the result rows here (JSON list)")
+    add_child_args(p, ("rlfm", "reference"))
     a = p.parse_args()
     job = (a.dataset, a.steps, a.warmup, a.episodes, a.seed)
     if a.child == "rlfm":
