@@ -81,8 +81,7 @@ from rlfm.run import Run
 EVAL_SEED = 1_000_000  # evaluation episodes use reset seeds seed + EVAL_SEED + i
 
 
-@settings(
-    RunSettings,
+RUN_DEFAULTS = dict(
     device="cpu",
     precision="fp32",
     eval_every=10_000,
@@ -91,6 +90,10 @@ EVAL_SEED = 1_000_000  # evaluation episodes use reset seeds seed + EVAL_SEED + 
     keep_checkpoints=2,
     max_grad_norm=0.5,
 )
+"""The run settings' defaults of the control stages (`rlfm control ppo` and `control prefs`)."""
+
+
+@settings(RunSettings, **RUN_DEFAULTS)
 class Config:
     """PPO on a Gymnasium environment (defaults: Stable-Baselines3's PPO with normalisation)."""
 

@@ -62,16 +62,7 @@ from rlfm.run import Run
 from rlfm.stages import control_ppo
 
 
-@settings(
-    RunSettings,
-    device="cpu",
-    precision="fp32",
-    eval_every=10_000,
-    save_every=50_000,
-    log_every=2048,
-    keep_checkpoints=2,
-    max_grad_norm=0.5,
-)
+@settings(RunSettings, **control_ppo.RUN_DEFAULTS)
 class Config:
     """PPO on a reward model learned online from an oracle's segment preferences."""
 
