@@ -144,3 +144,28 @@ def write_plays(folder: Path, n_plays: int = 4, scenes: int = 6, seed: int = 0) 
                 lines += [f"{speaker}.", speech.capitalize() + ".", ""]
         (folder / f"{name}_gut.txt").write_text("\n".join(lines), encoding="utf-8")
     return folder
+
+
+def tiny_gpt2(text: str, folder: Path, n_positions: int = 128) -> tuple[Any, Any]:
+    """A random one-layer GPT-2 and a 300-token BPE tokenizer trained on ``text``, saved as a
+    model directory in ``folder``: (model, tokenizer)."""
+    from transformers import GPT2Config
+
+    from rlfm.models.presets import build_model
+    from rlfm.models.tokenizer import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer([text] * 20, 300)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=n_positions,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = build_model(cfg, seed=0).eval()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model, tok

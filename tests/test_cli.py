@@ -11,7 +11,7 @@ import pytest
 import tyro
 
 from rlfm.cli import COMMANDS, main
-from rlfm.config import parse
+from rlfm.config import _field_docs, parse
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRESET_COMMANDS = {
@@ -34,20 +34,22 @@ def _config_class(command: str) -> type:
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_documents_every_flag(command, capsys):
-    """`rlfm <command> --help` exits 0 and shows a flag and a help line for every field."""
+    """`rlfm <command> --help` exits 0 and shows a flag and a help line for every field (a
+    positional argument: its help line and default)."""
     with pytest.raises(SystemExit) as e:
         main([*command.split(), "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
     cls = _config_class(command)
     hints = typing.get_type_hints(cls, include_extras=True)
-    flags = [
-        f.name
-        for f in dataclasses.fields(cls)
-        if tyro.conf.Suppress not in getattr(hints[f.name], "__metadata__", ())  # YAML only
-    ]
+    meta = {f.name: getattr(hints[f.name], "__metadata__", ()) for f in dataclasses.fields(cls)}
+    flags = [name for name, m in meta.items() if tyro.conf.Suppress not in m]  # YAML only
     for name in flags:
-        assert "--" + name.replace("_", "-") in out, (command, name)
+        if tyro.conf.Positional in meta[name]:
+            help_line = " ".join(_field_docs(cls)[name].split()[:3])
+            assert help_line in " ".join(out.split()), (command, name)
+        else:
+            assert "--" + name.replace("_", "-") in out, (command, name)
     assert out.count("(default:") >= len(flags) - 1
 
 

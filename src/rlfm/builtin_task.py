@@ -11,14 +11,41 @@ labelling app's simulated labelers use the same rules.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from rlfm.data.labelers import SimulatedLabeler, clean_reply, default_labelers, label_rows
+from rlfm.data.labelers import (
+    GoldFn,
+    SimulatedLabeler,
+    clean_reply,
+    default_labelers,
+    label_rows,
+    text_gold,
+)
 from rlfm.rollout import generate
+
+
+def load_policy(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """A policy to sample from (an rlfm run or checkpoint, a Hugging Face model or an adapter
+    directory: base + adapter) and its tokenizer, on ``device`` in eval mode."""
+    from rlfm.checkpoint import resolve_model_dir
+    from rlfm.errors import ModelError
+    from rlfm.models.adapters import fit_vocabulary, load_model, sampling_model
+    from rlfm.models.heads import load_model_tokenizer
+
+    model_dir = resolve_model_dir(path)
+    if (model_dir / "head.json").is_file():
+        raise ModelError(f"model: {model_dir} is a reward or value model, not a policy")
+    tokenizer = load_model_tokenizer(model_dir)
+    model = load_model(model_dir)
+    fit_vocabulary(model, tokenizer)
+    return sampling_model(model).to(device).eval(), tokenizer
 
 
 @torch.no_grad()
@@ -65,10 +92,11 @@ def build_preference_set(
     temperature: float = 1.0,
     batch_size: int = 64,
     seed: int = 0,
+    gold: GoldFn = text_gold,
 ) -> list[dict[str, Any]]:
     """The built-in preference set for ``prompts``: ``k`` sampled replies each, ranked by the
-    simulated labelers. Returns rankings rows (write them with
-    ``data.preferences.write_rankings``)."""
+    simulated labelers, who perceive the ``gold`` scores (rlfm/gold.py) through their noise.
+    Returns rankings rows (write them with ``data.preferences.write_rankings``)."""
     replies = sample_replies(
         model,
         tokenizer,
@@ -79,4 +107,4 @@ def build_preference_set(
         batch_size=batch_size,
         seed=seed,
     )
-    return label_rows(prompts, replies, labelers or default_labelers(), seed=seed)
+    return label_rows(prompts, replies, labelers or default_labelers(), seed=seed, gold=gold)

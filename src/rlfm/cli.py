@@ -72,6 +72,22 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Table 1 of the CDT paper from several `rlfm cdt eval` results.",
     ),
     "cdt demo": ("rlfm.stages.cdt_demo", "run", "Constrained DT end to end on a small dataset."),
+    "report": ("rlfm.stages.report", "run", "Rebuild a run's report.html and report.md."),
+    "overopt": (
+        "rlfm.stages.overopt",
+        "run",
+        "Reward over-optimisation: proxy and gold score against √KL (Gao et al. 2023).",
+    ),
+    "eval safety": (
+        "rlfm.stages.eval_safety",
+        "run",
+        "Share of replies to red-team prompts flagged by the gold rule and by labelers.",
+    ),
+    "eval citations": (
+        "rlfm.stages.eval_citations",
+        "run",
+        "Citation recall and precision of judged responses (verifiability).",
+    ),
     "models": ("rlfm.models.presets", "list_presets", "List model presets and parameter counts."),
     "label serve": ("rlfm.feedback.commands.serve", "run", "Serve the labelling web app."),
     "label admin create": (

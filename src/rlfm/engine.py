@@ -142,6 +142,14 @@ class Engine:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every process's ``obj``, in rank order, on every process."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
     def shard(self, global_batch: int) -> slice:
         """This process's rows of a global batch of ``global_batch`` rows."""
         if global_batch % self.world_size:

@@ -5,61 +5,102 @@
 
 1. pretrain  a BPE tokenizer and a small GPT on Shakespeare's plays      <out>/pretrain
 2. sft       behavioural cloning of dialogue: context → the next reply    <out>/sft
-3. reward    the SFT policy samples K = 4 replies per prompt, simulated   <out>/rm
-             labelers rank them, a Bradley–Terry reward model learns them
-4. ppo       PPO against the reward model, KL penalty to the SFT policy;  <out>/ppo
-             the gold labeler judges PPO against SFT on held-out prompts
+3. labels    the SFT policy samples K = 4 replies per prompt; they go     <out>/labels
+             into the labelling app's database, labelers rank them
+             (simulated, or people: --label-source human), the rankings
+             are exported; the gold labeler is calibrated and saved
+4. reward    a Bradley–Terry reward model learns the exported rankings    <out>/rm
+5. ppo       PPO against the reward model, KL penalty to the SFT policy;  <out>/ppo
+             the update with the best held-out gold score is kept
+             (<out>/ppo/best) and judged against SFT on held-out prompts
+6. eval      the pre-trained, SFT, best-of-n and PPO models on the same   <out>/eval
+             held-out prompts, and on the red-team prompts (safety)
+7. report    report.html (self-contained) and report.md                   <out>/report.*
 
 Each stage writes into its own directory and resumes there when the pipeline is run again, so an
 interrupted pipeline continues where it stopped, and a finished stage is skipped (it says so).
 ``--quick`` runs every stage on a tiny model for a few steps: a smoke test of the whole chain in
-a few minutes.
+a few minutes. ``<out>/timings.json`` holds each stage's wall time and peak memory (of the
+stages that ran; a skipped stage keeps its earlier entry).
 
-A YAML file (``--config``) may hold, besides this command's own fields, one mapping per stage —
-``pretrain:``, ``sft:``, ``reward:``, ``ppo:`` — of that stage's fields (as its own ``--help``
-lists them), applied over the pipeline's defaults::
+A YAML file (``--config``) describes a pipeline of your own: besides this command's fields
+(``model``: your own pre-trained model directory, which skips pre-training; ``prompts``: your
+own prompts to label and to train PPO on; ``label_source``), one mapping per stage —
+``pretrain:``, ``sft:`` (e.g. ``data: chats.jsonl``), ``labels:``, ``reward:``, ``ppo:`` — of
+that stage's fields (as its own ``--help`` lists them), applied over the pipeline's defaults::
 
     out: runs/mine
-    pretrain: {model: tiny, steps: 300}
-    ppo: {updates: 20, adapter: lora}
+    model: models/my-base          # skip pre-training
+    prompts: data/prompts.jsonl
+    label_source: human            # stop after importing; run again once people have labelled
+    sft: {data: data/demos.jsonl, adapter: lora}
+    labels: {num_prompts: 200, num_val_prompts: 40, overlap: 2}
+    ppo: {updates: 20}
+
+With ``label_source: human`` the pipeline stops after importing the items into the labelling
+app, printing its address and the commands to invite labelers; the same command run later
+continues once every item has its labels.
 """
 
 from __future__ import annotations
 
-from dataclasses import field, replace
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import tyro
 
 from rlfm.config import Runtime, check, from_dict, settings
-from rlfm.stages import ppo, pretrain, reward, sample, sft
+from rlfm.run import SUMMARY_FILE as SUMMARY
+from rlfm.stages import compare, labels, ppo, pretrain, reward, sft
 from rlfm.tracking import console
 
 StageSettings = Annotated[dict[str, Any], tyro.conf.Suppress]
 """A mapping of a stage's fields, given in the --config YAML only."""
+STAGES = ("pretrain", "sft", "labels", "reward", "ppo", "eval")
 
 
 @settings(Runtime)
 class Config:
-    """Run every stage on the built-in default task."""
+    """Run the whole recipe: pre-training, SFT, labels, reward model, PPO, evaluation, report."""
 
     config: Path | None = None
-    """YAML file of field values (and one mapping per stage: pretrain, sft, reward, ppo)."""
+    """YAML file of field values (and one mapping per stage: pretrain, sft, labels, reward, ppo,
+    eval)."""
     out: Path = Path("runs/demo")
     """Run directory; each stage writes into <out>/<stage>/."""
     quick: bool = False
     """A smoke run: the tiny preset and a few steps per stage (a few minutes on a CPU)."""
     pretrain_steps: int | None = None
     """Pre-training steps (default: the stage's own default)."""
+    model: Path | None = None
+    """Your own pre-trained model (a local Hugging Face causal-LM directory): pre-training is
+    skipped, SFT starts from it, and it is the gold labeler's fluency model."""
+    prompts: Path | None = None
+    """Your own prompts (JSONL rows with `prompt` or `messages`, or a .txt file) to label and to
+    train PPO on. Default: the plays' dialogue."""
+    label_source: Literal["simulated", "human"] = "simulated"
+    """Who ranks the SFT policy's replies: the built-in simulated labelers, or people in the
+    labelling app (the pipeline then stops until they have labelled every item)."""
+    report: bool = True
+    """Evaluate the models side by side and write report.html and report.md at the end."""
     pretrain: StageSettings = field(default_factory=dict)
     """Pre-training's settings (YAML only)."""
     sft: StageSettings = field(default_factory=dict)
     """Supervised fine-tuning's settings (YAML only)."""
+    labels: StageSettings = field(default_factory=dict)
+    """The labelling step's settings (YAML only)."""
     reward: StageSettings = field(default_factory=dict)
     """The reward model's settings (YAML only)."""
     ppo: StageSettings = field(default_factory=dict)
     """PPO's settings (YAML only)."""
+    eval: StageSettings = field(default_factory=dict)
+    """The evaluation's settings (YAML only): held-out prompts compared, best-of-n, red-team
+    replies and labelers."""
 
     def __post_init__(self) -> None:
         check(
@@ -67,9 +108,12 @@ class Config:
             "pretrain_steps",
             f"must be ≥ 1, got {self.pretrain_steps}",
         )
-        for name in ("pretrain", "sft", "reward", "ppo"):
+        for name in STAGES:
             value = getattr(self, name)
             check(isinstance(value, dict), name, f"must be a mapping of fields, got {value!r}")
+        for name in ("model", "prompts"):
+            value = getattr(self, name)
+            check(value is None or Path(value).exists(), name, f"{value} does not exist")
 
 
 QUICK: dict[str, dict[str, Any]] = {
@@ -77,66 +121,141 @@ QUICK: dict[str, dict[str, Any]] = {
         model="tiny", vocab_size=2048, context=128, steps=200, eval_every=100, save_every=100
     ),
     "sft": dict(steps=60, eval_every=30, save_every=30, max_length=128),
-    "reward": dict(
-        max_length=128,
-        num_prompts=96,
-        num_val_prompts=32,
-        steps=40,
-        eval_every=20,
-        save_every=20,
-        norm_samples=64,
-    ),
+    "labels": dict(num_prompts=96, num_val_prompts=32),
+    "reward": dict(max_length=128, steps=40, eval_every=20, save_every=20, norm_samples=64),
     "ppo": dict(
         updates=6, rollout_batch=16, minibatch=8, eval_every=3, save_every=3, max_new_tokens=24
     ),
+    "eval": dict(n_prompts=8, best_of=4),
 }
 """--quick: every stage on the tiny preset for a few steps."""
 
 
-def stage_configs(cfg: Config) -> tuple[pretrain.Config, sft.Config, reward.Config, ppo.Config]:
-    """The four stages' configs, chained through their output directories: the pipeline's
-    defaults, then --quick, then the YAML's mapping for each stage."""
+@dataclass(frozen=True)
+class Stages:
+    """The stages' configs, chained through their output directories."""
+
+    pretrain: pretrain.Config | None  # None with your own model
+    sft: sft.Config
+    labels: labels.Config
+    reward: reward.Config  # its --data and --val-data are the labelling step's exports
+    ppo: ppo.Config  # its --gold is the labelling step's gold labeler (built-in prompts)
+    eval: compare.Config  # its PPO policy is <ppo>/best once PPO has run
+
+
+def stage_configs(cfg: Config) -> Stages:
+    """The stages' configs, chained through their output directories: the pipeline's defaults,
+    then --quick, then the YAML's mapping for each stage (each validated here, before any
+    work)."""
     common = dict(device=cfg.device, precision=cfg.precision, seed=cfg.seed)
-    pre = pretrain.Config(out=cfg.out / "pretrain", **common)
-    tune = sft.Config(model=cfg.out / "pretrain", out=cfg.out / "sft", **common)
-    rm = reward.Config(model=cfg.out / "sft", out=cfg.out / "rm", **common)
-    rl = ppo.Config(policy=cfg.out / "sft", reward=cfg.out / "rm", out=cfg.out / "ppo", **common)
+    out = cfg.out
+    base = cfg.model if cfg.model is not None else out / "pretrain"
+    defaults: dict[str, Any] = {
+        "pretrain": pretrain.Config(out=out / "pretrain", **common),
+        "sft": sft.Config(model=base, out=out / "sft", **common),
+        "labels": labels.Config(
+            out=out / "labels",
+            policy=out / "sft",
+            gold_model=base,
+            source=cfg.label_source,
+            prompts=cfg.prompts,
+            **common,
+        ),
+        # 100 steps (about 2.7 epochs of the 600 prompts' rankings): 300 overfit the labels'
+        # noise and took three times as long
+        "reward": reward.Config(
+            model=out / "sft", out=out / "rm", steps=100, eval_every=50, save_every=50, **common
+        ),
+        "ppo": ppo.Config(
+            policy=out / "sft", reward=out / "rm", out=out / "ppo", prompts=cfg.prompts, **common
+        ),
+    }
     if cfg.pretrain_steps is not None:
-        pre = replace(pre, steps=cfg.pretrain_steps)
-    configs = []
-    for name, stage_cfg in (("pretrain", pre), ("sft", tune), ("reward", rm), ("ppo", rl)):
-        changes = (QUICK[name] if cfg.quick else {}) | getattr(cfg, name)
+        defaults["pretrain"] = replace(defaults["pretrain"], steps=cfg.pretrain_steps)
+    made: dict[str, Any] = {}
+    for name in STAGES:
+        if name == "eval":  # it compares the models the stages before it make
+            rl = made["ppo"]
+            defaults["eval"] = compare.Config(
+                out=out / "eval",
+                base=base,
+                sft=rl.policy,
+                ppo=rl.out / ppo.BEST,
+                reward=rl.reward,
+                prompts=rl.prompts,
+                val_fraction=rl.val_fraction,
+                max_new_tokens=rl.max_new_tokens,
+                temperature=rl.temperature,
+                **common,
+            )
+        changes = (QUICK.get(name, {}) if cfg.quick else {}) | getattr(cfg, name)
         source = f"{cfg.config or 'pipeline'}: {name}"
-        configs.append(from_dict(type(stage_cfg), changes, stage_cfg, source=source))
-    return tuple(configs)  # type: ignore[return-value]
+        made[name] = from_dict(type(defaults[name]), changes, defaults[name], source=source)
+    if cfg.model is not None:
+        made["pretrain"] = None
+    return Stages(**made)
 
 
 def run(cfg: Config) -> dict[str, float]:
     """Run the stages in order (a finished one is skipped); returns one summary of them all."""
-    pre, tune, rm, rl = stage_configs(cfg)
+    st = stage_configs(cfg)
+    timings = Timings(cfg.out / "timings.json")
     summary: dict[str, float] = {}
-    for name, stage, stage_cfg in (
-        ("pretrain", pretrain, pre),
-        ("sft", sft, tune),
-        ("reward", reward, rm),
-        ("ppo", ppo, rl),
-    ):
+
+    def stage(name: str, done: Path, work: Any) -> Any:
         console.rule(f"[bold]rlfm pipeline: {name}")
-        result = stage.train(stage_cfg)
-        summary |= {f"{name}/{k}": v for k, v in result.items() if isinstance(v, int | float)}
-    console.rule("[bold]rlfm pipeline: samples from the PPO policy")
-    sample.run(
-        sample.Config(
-            model=rl.out,
-            prompt=("Romeo.\nGood morrow, cousin.\n\nBenvolio.\n",),
-            num_samples=3,
-            max_new_tokens=48,
-            temperature=0.7,
-            device=cfg.device,
-            seed=cfg.seed,
-        )
-    )
+        with timings.measure(name, skipped=done.is_file()):
+            result = work()
+        if isinstance(result, dict):
+            summary.update({f"{name}/{k}": v for k, v in result.items() if _number(v)})
+        return result
+
+    if st.pretrain is not None:
+        stage("pretrain", st.pretrain.out / SUMMARY, lambda: pretrain.train(st.pretrain))
+    stage("sft", st.sft.out / SUMMARY, lambda: sft.train(st.sft))
+    exported = stage("labels", labels.exports(st.labels)[0], lambda: labels.run(st.labels))
+    if exported is None:  # people are labelling: continue when they are done
+        return summary
+    train_file, val_file, gold_file = exported
+    rm = replace(st.reward, data=train_file, val_data=val_file)
+    stage("reward", rm.out / SUMMARY, lambda: reward.train(rm))
+    rl = replace(st.ppo, gold=gold_file) if cfg.prompts is None else st.ppo
+    stage("ppo", rl.out / SUMMARY, lambda: ppo.train(rl))
+    if cfg.report:
+        best = rl.out / ppo.BEST
+        ev = replace(st.eval, ppo=best if best.is_dir() else rl.out, gold=gold_file)
+        stage("eval", compare.done(ev), lambda: compare.run(ev))
+        from rlfm.evaluate.report import write_report
+
+        html, md = write_report(cfg.out)
+        console.print(f"report: {html} and {md}")
     console.rule("[bold]rlfm pipeline: summary")
     for k, v in summary.items():
         console.print(f"{k:<32} {v:.4g}")
     return summary
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+class Timings:
+    """Wall time and peak memory of each stage, kept in ``<out>/timings.json``; a stage that
+    was already finished keeps the entry of the run that did the work."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextlib.contextmanager
+    def measure(self, name: str, skipped: bool) -> Iterator[None]:
+        from rlfm.tracking import peak_memory_mb, reset_peak_memory
+
+        reset_peak_memory()
+        t0 = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - t0
+        data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        if not (skipped and name in data):
+            data[name] = {"seconds": round(seconds, 1), "peak_memory_mb": peak_memory_mb()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -8,6 +8,7 @@ run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -44,6 +45,34 @@ def quiet_libraries() -> None:
         datasets.disable_progress_bars()
     except ImportError:
         pass
+
+
+def reset_peak_memory() -> None:
+    """Start measuring this process's peak memory afresh (Linux: the resident-set high-water
+    mark is reset through /proc/self/clear_refs; CUDA: the allocator's peak)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """This process's peak memory since :func:`reset_peak_memory`, in MiB: ``rss`` (resident
+    set, CPU; Linux) and ``cuda`` (allocated tensors) where measurable."""
+    out: dict[str, float] = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                out["rss"] = round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

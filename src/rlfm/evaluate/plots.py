@@ -3,8 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rlfm.tracking import read_metrics
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot, headless, in the style of the reports (small type, no top/right
+    spines, light grid, frameless legends)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(
+        {
+            "font.size": 8.5,
+            "axes.titlesize": 9,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.alpha": 0.25,
+            "legend.frameon": False,
+            "legend.fontsize": 7.5,
+        }
+    )
+    return plt
 
 
 def plot_metrics(

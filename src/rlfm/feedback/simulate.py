@@ -7,7 +7,9 @@ Submit button does: the same validation, the same storage, in shown (shuffled) o
 
 Labeler n is the n-th profile of ``data.labelers.default_labelers(noise)`` (careful, average
 with a liking for long replies, hasty with a liking for short ones), cycling for n > 3. For a
-ranking item it perceives scores s_i = gold + bias + noise (``SimulatedLabeler.scores``) and
+ranking item it perceives scores s_i = gold + bias + noise (``SimulatedLabeler.scores``; the
+gold scores come from ``gold``, a function of the prompt and the shown outputs — the built-in
+text rule by default, the pipeline's gold labeler with its fluency model otherwise) and
 answers:
 
 - ranking: by s, highest first (equal scores tie where the project allows ties);
@@ -34,9 +36,11 @@ from sqlalchemy import func, select
 
 from rlfm.data.labelers import (
     INSULTS,
+    GoldFn,
     SimulatedLabeler,
     content_words,
     default_labelers,
+    text_gold,
     words,
 )
 from rlfm.feedback import labels as lb
@@ -52,7 +56,10 @@ from rlfm.feedback.db import (
 )
 from rlfm.feedback.labels import FLAG_NAMES
 
-SELF_ASSESSMENT = "Simulated labeler: the built-in gold rule (courtesy, relevance, length)."
+SELF_ASSESSMENT = (
+    "Simulated labeler: the built-in gold rule (courtesy, relevance, length, repetition, form, "
+    "fluency)."
+)
 BATCH = 50
 """Submissions per transaction (each is validated and stored as the web form's is)."""
 
@@ -77,7 +84,12 @@ def _insults(text: str) -> int:
 
 
 def answer(
-    labeler: SimulatedLabeler, item: Item, permutation: list[int], ties: bool, rng: random.Random
+    labeler: SimulatedLabeler,
+    item: Item,
+    permutation: list[int],
+    ties: bool,
+    rng: random.Random,
+    gold: GoldFn = text_gold,
 ) -> dict:
     """A simulated labeler's submission for ``item`` as the page would send it (shown order)."""
     shown = [item.completions[i] for i in permutation]
@@ -94,7 +106,7 @@ def answer(
                 }
             )
         return {"input_toxicity": tin, "outputs": outs, "notes": "", "time_ms": 0}
-    scores = labeler.scores(item.prompt, shown, rng)
+    scores = labeler.scores(item.prompt, shown, rng, gold(item.prompt, shown))
     if ties:
         distinct = sorted(set(scores), reverse=True)
         levels = [distinct.index(s) for s in scores]
@@ -141,6 +153,7 @@ def _work(
     db: Database,
     project_id: int,
     team: list[tuple[int, SimulatedLabeler, random.Random]],
+    gold: GoldFn,
 ) -> tuple[dict[int, int], int]:
     """The team answers, in turns of one assignment each, until nothing is left for any of
     them: (submissions per user id, demonstrations skipped)."""
@@ -166,7 +179,7 @@ def _work(
                         lb.skip(s, a)
                         skipped += 1
                     else:
-                        lb.submit(s, a, answer(labeler, item, a.permutation, proj.ties, rng))
+                        lb.submit(s, a, answer(labeler, item, a.permutation, proj.ties, rng, gold))
                         submitted[uid] += 1
                 if not active:
                     break
@@ -179,10 +192,12 @@ def simulate(
     labelers: int = 3,
     seed: int = 0,
     noise: float = 1.0,
+    gold: GoldFn = text_gold,
 ) -> SimulationResult:
     """Have ``labelers`` simulated labelers answer every open assignment of ``project`` they
     can take (each item goes to ``overlap`` labelers, so ``labelers ≥ overlap`` labels every
-    item fully). Deterministic for a ``seed`` on a fresh project."""
+    item fully), perceiving the ``gold`` scores through their noise and bias. Deterministic
+    for a ``seed`` on a fresh project."""
     if labelers < 1:
         raise LabelError(f"--labelers {labelers}: must be ≥ 1")
     database = db if isinstance(db, Database) else open_db(db, create=False)
@@ -196,8 +211,8 @@ def simulate(
         result = SimulationResult()
         if n_gold:
             rid = _member(database, pid, "simulated-researcher@rlfm.invalid", "researcher")
-            gold = SimulatedLabeler("gold", noise=0.0)
-            done, _ = _work(database, pid, [(rid, gold, random.Random(seed))])
+            reference = SimulatedLabeler("gold", noise=0.0)
+            done, _ = _work(database, pid, [(rid, reference, random.Random(seed))], gold)
             result.gold_reference = done[rid]
         profiles = default_labelers(noise)
         team, emails = [], {}
@@ -206,7 +221,7 @@ def simulate(
             uid = _member(database, pid, email, "labeler")
             emails[uid] = email
             team.append((uid, profiles[(n - 1) % len(profiles)], random.Random(seed * 1000 + n)))
-        done, result.skipped_demonstrations = _work(database, pid, team)
+        done, result.skipped_demonstrations = _work(database, pid, team, gold)
         result.submitted = {emails[uid]: n for uid, n in done.items()}
         return result
     finally:

@@ -58,11 +58,13 @@ N processes:   torchrun --nproc_per_node 8 -m rlfm ppo --policy sft/ --reward rm
 from __future__ import annotations
 
 import copy
+import json
 import math
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,7 +77,9 @@ from rlfm.config import AdapterSettings, RunSettings, check, lora_alpha, setting
 from rlfm.data.order import EpochOrder
 from rlfm.engine import Engine
 from rlfm.errors import ConfigError, ModelError, RunError
+from rlfm.evaluate.overoptimisation import plot_overoptimisation
 from rlfm.evaluate.plots import plot_metrics
+from rlfm.gold import GoldLabeler
 from rlfm.losses.ppo import (
     AdaptiveKLController,
     explained_variance,
@@ -112,6 +116,11 @@ from rlfm.run import Run
 from rlfm.stages.reward_score import load_reward_model
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
+BEST = "best"
+"""<out>/best: the policy of the update with the best held-out gold score (a model directory)."""
+VERDICT = "gold_verdict.jsonl"
+"""<out>/gold_verdict.jsonl: per held-out prompt, the SFT, best and last policies' replies and
+their gold (and proxy) scores: what the win rates are computed from."""
 
 DEFAULT_LR = {"full": (1e-5, 5e-5), "lora": (2e-4, 1e-3)}
 """(policy, value model) peak learning rates per adapter when --lr / --value-lr are not given."""
@@ -143,6 +152,8 @@ class Config:
     one prompt per line). Default: the built-in held-out dialogue contexts."""
     val_fraction: float = 0.1
     """Share of the prompts held out for evaluation."""
+    eval_size: int | None = None
+    """Held-out prompts evaluated (the first this many of the held-out share; default: all)."""
     value_from: Literal["reward", "policy"] = "reward"
     """Where the value model starts: the reward model (its head already scores responses), or
     the SFT policy with a new scalar head. With --adapter lora it is a LoRA adapter on those
@@ -189,6 +200,10 @@ class Config:
     """λ of GAE."""
     missing_eos_penalty: float = -1.0
     """Score of a response that did not end with EOS (in the reward model's normalised units)."""
+    gold: Path | None = None
+    """The gold labeler that judges held-out replies (a gold.json, as the pipeline writes: the
+    built-in text rule plus fluency under a language model). Default: the text rule alone on
+    the built-in prompts; no gold judgement on --prompts."""
 
     RESUMABLE = ("updates",)
     RENAMED = {"eval_share": "val_fraction"}
@@ -220,12 +235,14 @@ class Config:
             f"must be > 0 or none, got {self.kl_target}",
         )
         check(self.kl_horizon >= 1, "kl_horizon", "must be ≥ 1")
+        check(self.eval_size is None or self.eval_size >= 1, "eval_size", "must be ≥ 1")
         check(0 < self.clip_eps < 1, "clip_eps", f"must be in (0, 1), got {self.clip_eps}")
         check(0 < self.gamma <= 1, "gamma", f"must be in (0, 1], got {self.gamma}")
         check(0 <= self.lam <= 1, "lam", f"must be in [0, 1], got {self.lam}")
         check(
             0 < self.val_fraction < 1, "val_fraction", f"must be in (0, 1), got {self.val_fraction}"
         )
+        check(self.gold is None or Path(self.gold).is_file(), "gold", f"{self.gold} is no file")
 
     @property
     def learning_rates(self) -> tuple[float, float]:
@@ -388,15 +405,19 @@ class TrainableState:
 @dataclass
 class Progress:
     """Run facts a resumed run must remember: the EOS share of the first update (the guard
-    compares later updates with it)."""
+    compares later updates with it) and the update whose held-out gold score was the best so
+    far, with its evaluation (its policy is saved in <out>/best)."""
 
     first_eos: float | None = None
+    best_update: int | None = None
+    best: dict[str, float] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"first_eos": self.first_eos}
+        return {"first_eos": self.first_eos, "best_update": self.best_update, "best": self.best}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.first_eos = state["first_eos"]
+        self.best_update, self.best = state.get("best_update"), state.get("best")
 
 
 @dataclass
@@ -444,7 +465,7 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
     ``reward_fn(prompts, responses) -> (N,) scores`` replaces the reward model (for tests and
     programmatic use); the value model is then initialised from the policy.
     """
-    with Run(cfg, "ppo", total=cfg.updates) as run:
+    with Run(cfg, "ppo", total=cfg.updates, derived=(BEST, VERDICT)) as run:
         if run.finished:
             return run.summary
         engine, resume = run.engine, run.resume
@@ -466,6 +487,7 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
         )
 
         train_prompts, eval_prompts, source = _prompts(cfg, tokenizer)
+        eval_prompts = eval_prompts[: cfg.eval_size]
         too_long = sum(
             len(tokenizer(p)["input_ids"]) > budget for p in train_prompts + eval_prompts
         )
@@ -518,10 +540,12 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
         def rollout(prompts: list[str], draw: Any = None) -> Rollout:
             return collect(cfg, engine, tokenizer, models, prompts, reward_fn, draw)
 
-        gold = reward_fn is None and cfg.prompts is None  # the built-in task has a gold labeler
+        gold = _gold_labeler(cfg, reward_fn, engine, run)
         metrics: dict[str, float] = run.logged()
         if update == 0:  # the SFT policy's own held-out numbers: the start of every curve
-            run.tracker.log(0, evaluate(eval_prompts, rollout, engine, gold, rows))
+            row, held_out = evaluate(eval_prompts, rollout, engine, gold, rows)
+            run.tracker.log(0, row)
+            run.append("samples.jsonl", held_out_rows(0, held_out))
         while update < cfg.updates:
             t0 = time.perf_counter()
             # the update's random numbers, drawn for the global batch: the same responses
@@ -554,8 +578,15 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
                 progress.first_eos = row["eos_fraction"]
             _guards(row, progress.first_eos, run)
             if run.due(update, cfg.eval_every):
-                row |= evaluate(eval_prompts, rollout, engine, gold, rows)
-                run.append("samples.jsonl", sample_table(update, ro))
+                ev, held_out = evaluate(eval_prompts, rollout, engine, gold, rows)
+                row |= ev
+                run.append(
+                    "samples.jsonl", sample_table(update, ro) + held_out_rows(update, held_out)
+                )
+                if gold is not None and keep_if_best(
+                    update, ev, progress, models.policy, tokenizer, run
+                ):
+                    row["best_update"] = update
             if run.due(update, cfg.log_every) or "eval_score" in row:
                 run.tracker.log(update, row)
             else:
@@ -567,14 +598,18 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
             keys = ["score", "objective", "eval_score", "eval_gold"]
             plot_metrics(cfg.out / "metrics.jsonl", plots / "reward.png", keys)
             plot_metrics(cfg.out / "metrics.jsonl", plots / "kl.png", ["kl", "kl_k3", "eval_kl"])
+            if gold is not None:
+                plot_overoptimisation(cfg.out / "metrics.jsonl", plots / "overoptimisation.png")
         summary = {
             k: v
             for k, v in metrics.items()
             if k.startswith("eval_") or k in ("score", "kl", "beta")
         }
         run.check_stop()
-        if gold and engine.is_main:
-            summary |= gold_win_rate(cfg, engine, tokenizer, models, eval_prompts, run)
+        if gold is not None and engine.is_main:
+            summary |= gold_verdict(
+                cfg, engine, tokenizer, models, eval_prompts, gold, progress, reward_fn, run
+            )
         return run.finish(summary)
 
 
@@ -854,28 +889,44 @@ def evaluate(
     prompts: list[str],
     rollout: Callable[[list[str]], Rollout],
     engine: Engine,
-    gold: bool,
+    gold: GoldLabeler | None,
     rows: slice,
-) -> dict[str, float]:
-    """Score, KL and (on the built-in task) the gold labeler's score on held-out prompts, a
-    per-process rollout batch at a time (a process may hold none of them)."""
-    from rlfm.data.labelers import clean_reply, gold_score
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Score, KL and (with a gold labeler) the gold score on held-out prompts, a per-process
+    rollout batch at a time (a process may hold none of them): the means over all prompts, and
+    one row per prompt (prompt, response, score, KL, gold) from every process."""
+    from rlfm.data.labelers import clean_reply
 
     mine = prompts[engine.rank :: engine.world_size]
     batch = rows.stop - rows.start
-    sums = torch.zeros(4, dtype=torch.float64)  # score, KL, gold, responses
+    held_out: list[dict[str, Any]] = []
     for i in range(0, len(mine), batch):
         ro = rollout(mine[i : i + batch])
-        sums[0] += float(ro.scores.double().sum())
-        sums[1] += float(ro.kl.double().sum())
-        if gold:
-            sums[2] += sum(gold_score(p, clean_reply(r)) for p, r in zip(ro.prompts, ro.responses))
-        sums[3] += len(ro.prompts)
-    total = engine.all_reduce_sum(sums)
-    out = {"eval_score": float(total[0] / total[3]), "eval_kl": float(total[1] / total[3])}
-    if gold:
-        out["eval_gold"] = float(total[2] / total[3])
-    return out
+        golds = (
+            gold.scores(ro.prompts, [clean_reply(r) for r in ro.responses])
+            if gold is not None
+            else [math.nan] * len(ro.prompts)
+        )
+        held_out += [
+            {"prompt": p, "response": r, "score": float(sc), "kl": float(kl), "gold": g}
+            for p, r, sc, kl, g in zip(
+                ro.prompts, ro.responses, ro.scores.tolist(), ro.kl.sum(1).tolist(), golds
+            )
+        ]
+    held_out = [r for part in engine.gather_objects(held_out) for r in part]
+    n = len(held_out)
+    out = {
+        "eval_score": sum(r["score"] for r in held_out) / n,
+        "eval_kl": sum(r["kl"] for r in held_out) / n,
+    }
+    if gold is not None:
+        out["eval_gold"] = sum(r["gold"] for r in held_out) / n
+    return out, held_out
+
+
+def held_out_rows(step: int, held_out: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The evaluation's replies as samples.jsonl rows (``split`` "held-out")."""
+    return [{"step": step, "split": "held-out", **r} for r in held_out]
 
 
 def sample_table(step: int, ro: Rollout, n: int = 8) -> list[dict[str, Any]]:
@@ -883,6 +934,7 @@ def sample_table(step: int, ro: Rollout, n: int = 8) -> list[dict[str, Any]]:
     return [
         {
             "step": step,
+            "split": "train",
             "prompt": ro.prompts[i],
             "response": ro.responses[i],
             "score": float(ro.scores[i]),
@@ -892,42 +944,159 @@ def sample_table(step: int, ro: Rollout, n: int = 8) -> list[dict[str, Any]]:
     ]
 
 
+# ---------------------------------------------------------------------------- gold judgement
+
+
+def _gold_labeler(
+    cfg: Config, reward_fn: RewardFn | None, engine: Engine, run: Run
+) -> GoldLabeler | None:
+    """The gold labeler of --gold; the text rule on the built-in task; else None."""
+    from rlfm.gold import load_gold
+
+    if cfg.gold is None and (reward_fn is not None or cfg.prompts is not None):
+        return None
+    gold = load_gold(cfg.gold, engine.device)
+    run.print(gold.describe)
+    return gold
+
+
+def keep_if_best(
+    update: int,
+    ev: dict[str, float],
+    progress: Progress,
+    policy: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    run: Run,
+) -> bool:
+    """When this evaluation's gold score beats every earlier one, remember it and save the
+    policy as <out>/best (a model directory; written beside and renamed into place)."""
+    if progress.best is not None and ev["eval_gold"] <= progress.best["eval_gold"]:
+        return False
+    progress.best_update, progress.best = update, dict(ev)
+    if run.engine.is_main:
+        final, tmp = run.out / BEST, run.out / f".tmp-{BEST}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        Engine.unwrap(policy).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "best.json").write_text(
+            json.dumps({"update": update, **ev}, indent=2) + "\n", encoding="utf-8"
+        )
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    run.engine.barrier()
+    return True
+
+
+def _sft_rows(out: Path) -> dict[str, dict[str, Any]]:
+    """The SFT policy's held-out replies of the evaluation before the first update."""
+    from rlfm.tracking import read_metrics
+
+    rows = read_metrics(out / "samples.jsonl")
+    return {r["prompt"]: r for r in rows if r.get("split") == "held-out" and r["step"] == 0}
+
+
 @torch.no_grad()
-def gold_win_rate(
+def gold_verdict(
     cfg: Config,
     engine: Engine,
     tokenizer: PreTrainedTokenizerBase,
     models: Models,
     prompts: list[str],
+    gold: GoldLabeler,
+    progress: Progress,
+    reward_fn: RewardFn | None,
     run: Run,
 ) -> dict[str, float]:
-    """The gold labeler's verdict on the held-out prompts: PPO's response against the SFT
-    policy's, one each per prompt, sampled with the same temperature (built-in task only)."""
-    from rlfm.data.labelers import clean_reply, gold_score
+    """The gold labeler's verdict on the held-out prompts: the best policy's replies (sampled
+    afresh, so the choice of the best update does not flatter it) and the last evaluation's
+    against the SFT policy's replies of the evaluation before the first update, one each per
+    prompt (ties count half); written to <out>/gold_verdict.jsonl."""
+    from rlfm.data.labelers import clean_reply
+    from rlfm.data.preferences import write_rankings
     from rlfm.evaluate.winrate import win_rate
+    from rlfm.tracking import read_metrics
 
-    def responses(model: nn.Module) -> list[str]:
-        return _sample(cfg, engine, tokenizer, model, prompts, batch_size=cfg.rollout_batch).texts
-
-    ppo = responses(sampling_model(models.policy))
-    if models.reference is None:
-        with disabled_adapter(models.policy):
-            sft = responses(sampling_model(models.policy))
-    else:
-        sft = responses(models.reference)
-    gold_ppo = [gold_score(p, clean_reply(r)) for p, r in zip(prompts, ppo)]
-    gold_sft = [gold_score(p, clean_reply(r)) for p, r in zip(prompts, sft)]
-    rate, low, high = win_rate(gold_ppo, gold_sft)
-    n = len(prompts)
+    sft = _sft_rows(cfg.out)
+    last = {
+        r["prompt"]: r
+        for r in read_metrics(cfg.out / "samples.jsonl")
+        if r.get("split") == "held-out" and r["step"] == cfg.updates
+    }
+    if set(sft) != set(prompts) or set(last) != set(prompts):  # its samples.jsonl was lost
+        raise ModelError(
+            f"{cfg.out}/samples.jsonl lacks the held-out replies of update 0 or {cfg.updates}; "
+            "run PPO again in a new --out"
+        )
+    best_update = progress.best_update if progress.best_update is not None else cfg.updates
+    policy = models.policy
+    if best_update != cfg.updates:
+        policy = load_model(cfg.out / BEST).to(engine.device).eval()
+    best_models = replace(models, policy=policy)
+    g = torch.Generator(engine.device).manual_seed(cfg.seed * 1_000_003 + 999_983)
+    fresh: list[Rollout] = [
+        collect(
+            cfg,
+            engine,
+            tokenizer,
+            best_models,
+            prompts[i : i + cfg.rollout_batch],
+            reward_fn,
+            (g, (0, len(prompts))),
+        )
+        for i in range(0, len(prompts), cfg.rollout_batch)
+    ]
+    replies = [r for ro in fresh for r in ro.responses]
+    best_gold = gold.scores(prompts, [clean_reply(r) for r in replies])
+    rows = [
+        {
+            "prompt": p,
+            "sft": sft[p]["response"],
+            "sft_gold": sft[p]["gold"],
+            "sft_score": sft[p]["score"],
+            "best": reply,
+            "best_gold": bg,
+            "best_score": float(sc),
+            "best_kl": float(kl),
+            "last": last[p]["response"],
+            "last_gold": last[p]["gold"],
+            "last_score": last[p]["score"],
+        }
+        for p, reply, bg, sc, kl in zip(
+            prompts,
+            replies,
+            best_gold,
+            [x for ro in fresh for x in ro.scores.tolist()],
+            [x for ro in fresh for x in ro.kl.sum(1).tolist()],
+        )
+    ]
+    write_rankings(cfg.out / VERDICT, rows)  # the one atomic JSON-lines writer
+    n = len(rows)
+    sft_gold = [r["sft_gold"] for r in rows]
+    rate, low, high = win_rate(best_gold, sft_gold)
+    last_rate, last_low, last_high = win_rate([r["last_gold"] for r in rows], sft_gold)
+    mean = lambda key: sum(r[key] for r in rows) / n  # noqa: E731
     run.print(
-        f"[bold]gold labeler[/] on {n} held-out prompts: PPO {sum(gold_ppo) / n:.3f} vs "
-        f"SFT {sum(gold_sft) / n:.3f}; PPO wins {rate:.1%} (95% CI {low:.1%}–{high:.1%}, ties "
-        "count half)"
+        f"[bold]gold labeler[/] on {n} held-out prompts, PPO's best update ({best_update} of "
+        f"{cfg.updates}, by held-out gold score) against SFT: gold {mean('best_gold'):.3f} vs "
+        f"{mean('sft_gold'):.3f}; PPO wins {rate:.1%} (95% CI {low:.1%}–{high:.1%}, ties count "
+        f"half)\nthe last update ({cfg.updates}): gold {mean('last_gold'):.3f}; wins "
+        f"{last_rate:.1%} (95% CI {last_low:.1%}–{last_high:.1%})"
     )
     return {
-        "gold_ppo": sum(gold_ppo) / n,
-        "gold_sft": sum(gold_sft) / n,
+        "gold_ppo": mean("best_gold"),
+        "gold_sft": mean("sft_gold"),
         "gold_win_rate": rate,
         "gold_win_rate_low": low,
         "gold_win_rate_high": high,
+        "best_update": float(best_update),
+        "best_eval_gold": (progress.best or {}).get("eval_gold", math.nan),
+        "best_kl": mean("best_kl"),
+        "best_score": mean("best_score"),
+        "gold_last": mean("last_gold"),
+        "gold_win_rate_last": last_rate,
+        "gold_win_rate_last_low": last_low,
+        "gold_win_rate_last_high": last_high,
+        "eval_prompts": float(n),
     }

@@ -127,6 +127,10 @@ class Config:
     """Built-in task: replies sampled and ranked per prompt."""
     labeler_noise: float = 1.0
     """Built-in task: noise scale of the simulated labelers (0 = they agree with the gold rule)."""
+    gold: Path | None = None
+    """Built-in task: the gold labeler the simulated labelers perceive (a gold.json, as the
+    pipeline writes: the text rule plus fluency under a language model). Default: the text
+    rule alone."""
     max_new_tokens: int = 48
     """Tokens per sampled reply at most (built-in task and normalisation samples)."""
     max_length: int = 256
@@ -152,7 +156,7 @@ class Config:
         check(self.max_length >= 4, "max_length", f"must be ≥ 4, got {self.max_length}")
         check(self.margin >= 0, "margin", f"must be ≥ 0, got {self.margin}")
         check(self.norm_samples >= 2, "norm_samples", f"must be ≥ 2, got {self.norm_samples}")
-        for name in ("data", "val_data", "prompts"):
+        for name in ("data", "val_data", "prompts", "gold"):
             value = getattr(self, name)
             if value is not None:
                 check(Path(value).exists(), name, f"{value} does not exist")
@@ -209,7 +213,9 @@ def build_builtin_set(cfg: Config, engine: Engine, train_file: Path, val_file: P
     them, write the two rankings files (main process only)."""
     from rlfm.builtin_task import build_preference_set
     from rlfm.data.labelers import default_labelers
+    from rlfm.gold import load_gold
 
+    gold = load_gold(cfg.gold, engine.device)
     policy, tokenizer = load_policy(cfg, engine)
     train_prompts, val_prompts = builtin_prompts(cfg, tokenizer)
     labelers = default_labelers(cfg.labeler_noise)
@@ -226,6 +232,7 @@ def build_builtin_set(cfg: Config, engine: Engine, train_file: Path, val_file: P
                 labelers=labelers,
                 max_new_tokens=cfg.max_new_tokens,
                 seed=seed,
+                gold=gold,
             )
         if not rows:
             raise DataError(

@@ -1,9 +1,12 @@
-"""``rlfm label simulate --db DB --project P --labelers 3 [--seed S]``: the built-in simulated
-labelers answer every open assignment through the web form's code path (feedback/simulate.py)."""
+"""``rlfm label simulate --db DB --project P --labelers 3 [--seed S] [--gold gold.json]``: the
+built-in simulated labelers answer every open assignment through the web form's code path
+(feedback/simulate.py). ``--gold`` makes them perceive the gold labeler a pipeline saved (the
+text rule plus fluency under its language model) instead of the text rule alone."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from rlfm.config import check
 from rlfm.feedback.commands._common import DEFAULT_DB, require
@@ -24,6 +27,9 @@ class Config:
     """Seed of their noise and of the shown order."""
     noise: float = 1.0
     """Scale of the labelers' noise (data/labelers.py)."""
+    gold: Path | None = None
+    """A gold labeler file (a pipeline's labels/gold.json: the text rule plus fluency under its
+    language model). Default: the built-in text rule alone."""
 
     def __post_init__(self) -> None:
         check(self.labelers >= 1, "labelers", f"must be ≥ 1, got {self.labelers}")
@@ -32,7 +38,14 @@ class Config:
 
 def run(cfg: Config) -> SimulationResult:
     require(cfg.project, "--project", "name the project to label")
-    result = simulate(cfg.db, cfg.project, cfg.labelers, cfg.seed, cfg.noise)
+    from rlfm.data.labelers import text_gold
+
+    gold = text_gold
+    if cfg.gold is not None:
+        from rlfm.gold import load_gold
+
+        gold = load_gold(cfg.gold)
+    result = simulate(cfg.db, cfg.project, cfg.labelers, cfg.seed, cfg.noise, gold)
     for email, n in result.submitted.items():
         print(f"{email}: {n} labels submitted")
     if result.gold_reference:
