@@ -12,6 +12,9 @@ this machine's matmul peak, and a plain-text table.
 - :class:`StepStamps`: the one way training is timed (the end of every optimizer step).
 - :func:`wait_for_idle`, :func:`cpu_busy_s`: what else the machine was doing.
 - :func:`result_row`: one row of the results table (medians of the rounds, ratio, target).
+- :func:`interleaved_rounds`, :func:`add_child_args`, :func:`ratio_row`, :func:`write_row_list`,
+  :func:`curve_plot`: the control and Decision Transformer comparisons' rounds, single-figure
+  rows (a plain JSON list; ``run_all.py`` reads both forms) and learning curves.
 
 Benchmarks report ratios measured in one run: on a shared machine absolute figures drift.
 """
@@ -358,3 +361,125 @@ def print_rows(rows: list[dict]) -> None:
             f"{r['ratio']:.2f}×", r["target"] or "", met,
         ])  # fmt: skip
     print(table(["workload", "size", "peer", "metric", "rlfm", "peer", "ratio", "target", ""], out))
+
+
+def curve_plot(
+    png: Path,
+    series: dict[str, tuple[Sequence[float], Sequence[float], tuple | None]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    hline: tuple[float, str] | None = None,
+) -> Path:
+    """Lines y(x) into a PNG, one per ``series`` entry ``name: (xs, ys, band)``, where ``band``
+    is None or (lows, highs) shaded around the line; ``hline`` = (y, label) is drawn dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for name, (xs, ys, band) in series.items():
+        (line,) = ax.plot(xs, ys, marker="o", markersize=2, label=name)
+        if band is not None:
+            ax.fill_between(xs, band[0], band[1], color=line.get_color(), alpha=0.2)
+    if hline is not None:
+        ax.axhline(hline[0], color="grey", linestyle="--", label=hline[1])
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png
+
+
+def ratio_row(
+    workload: str,
+    size: str,
+    peer: str,
+    peer_settings: str,
+    metric: str,
+    rlfm: float,
+    peer_value: float | None,
+    target: float | None = None,
+    *,
+    higher_is_better: bool = True,
+) -> dict:
+    """One result row: rlfm's figure, the peer's, their ratio (rlfm / peer) and whether the
+    target is met. ``target`` is a floor on the ratio (a ceiling when ``higher_is_better`` is
+    False); with no peer (``peer_value`` None) it is a floor (or ceiling) on rlfm's figure.
+    The ratio is None unless both figures are positive (a ratio of negative returns misleads)."""
+    ratio = rlfm / peer_value if peer_value is not None and peer_value > 0 < rlfm else None
+    x = ratio if peer_value is not None else rlfm
+    met = None
+    if target is not None and x is not None:
+        met = bool(x >= target) if higher_is_better else bool(x <= target)
+    return {
+        "workload": workload,
+        "size": size,
+        "peer": peer,
+        "peer_settings": peer_settings,
+        "metric": metric,
+        "rlfm": rlfm,
+        "peer_value": peer_value,
+        "ratio": ratio,
+        "target": target,
+        "met": met,
+    }
+
+
+def write_row_list(path: Path | None, rows: list[dict]) -> None:
+    """Write result rows (:func:`ratio_row`) to ``path`` as a JSON list, if a path is given."""
+    import json
+
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+
+
+import argparse  # noqa: E402  (the helpers below)
+from collections.abc import Callable  # noqa: E402
+
+
+def interleaved_rounds(
+    script: str,
+    sides: tuple[str, str],
+    rounds: int,
+    args: Callable[[str, int, Path], list[str]],
+) -> list[dict]:
+    """Run ``python SCRIPT --child SIDE ...ARGS(side, round, tmp)`` for both sides in every
+    round, in alternating order (each side first in every other round), each in its own
+    process with one OpenMP thread. A child reports by printing ``RESULT {json}`` as its last
+    such line; returns one dict per run: side, round, the child's JSON and its peak RSS. A
+    failed child stops the benchmark with its output's tail."""
+    import json
+    import sys
+    import tempfile
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    runs: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for side in sides if r % 2 == 0 else sides[::-1]:
+                cmd = [sys.executable, script, "--child", side, *args(side, r, Path(tmp))]
+                res = run_child(cmd, Path(tmp) / f"{side}-{r}.log", env=env)
+                lines = [x for x in res.log.read_text().splitlines() if x.startswith("RESULT ")]
+                if res.returncode != 0 or not lines:
+                    print(f"{side} (round {r}) failed:\n{res.tail()}")
+                    raise SystemExit(1)
+                row = json.loads(lines[-1][7:]) | {"peak_rss_mib": res.peak_rss_mib}
+                runs.append({"side": side, "round": r, **row})
+                print(f"round {r} {side}: {row}", flush=True)
+    return runs
+
+
+def add_child_args(parser: argparse.ArgumentParser, sides: tuple[str, str]) -> None:
+    """The flags of :func:`interleaved_rounds`' children (hidden from ``--help``) and ``--out``
+    (the result rows, :func:`write_row_list`) on an ``argparse`` parser."""
+    hide = argparse.SUPPRESS
+    parser.add_argument("--child", choices=list(sides), help=hide)
+    parser.add_argument("--seed", type=int, default=0, help=hide)
+    parser.add_argument("--run-dir", type=Path, help=hide)
+    parser.add_argument("--out", "--json", type=Path, help="write the result rows here (JSON list)")

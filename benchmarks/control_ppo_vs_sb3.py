@@ -1,36 +1,48 @@
-"""rlfm control ppo against Stable-Baselines3's PPO on Hopper-v5, same machine, one run.
+"""rlfm control ppo against Stable-Baselines3's PPO on Hopper-v5: environment steps/s and the
+return reached at equal steps, same machine, interleaved rounds, ratio printed.
 
-Both sides use the rl-baselines3-zoo's published Hopper hyperparameters (hyperparams/ppo.yml,
-Hopper-v3; rlfm's configs/control/hopper.yaml is the same recipe): one environment, 512-step
-rollouts, minibatches of 32, 5 epochs, γ 0.999, λ 0.99, lr 9.8e-5, entropy 0.0023, value
-coefficient 0.84, gradient clip 0.7, separate 256-256 ReLU networks, log-std −2, no orthogonal
-initialisation, observation and reward normalisation (SB3: VecNormalize), CPU, one torch
-thread each (SB3's own recommendation for MLP policies on CPU is the CPU device).
+The same work on both sides: the rl-baselines3-zoo's published Hopper hyperparameters
+(hyperparams/ppo.yml, Hopper-v3; rlfm's configs/control/hopper.yaml is the same recipe): one
+environment, 512-step rollouts, minibatches of 32, 5 epochs, γ 0.999, λ 0.99, lr 9.8e-5,
+entropy 0.0023, value coefficient 0.84 (SB3's value loss is E[(V − R)²]; rlfm's is ½·E[...],
+so rlfm's preset says 1.67: the same objective), gradient clip 0.7, separate 256-256 ReLU
+networks, log-std −2, no orthogonal initialisation, observation and reward normalisation
+(SB3: VecNormalize with the same γ, as the zoo makes it), fp32 on both sides.
 
-Each side runs in its own process, for the same number of environment steps and seed. Rates
-are environment steps over the training time (rlfm: its logged steps_per_s over the whole run,
-evaluation excluded; SB3: ``model.learn`` wall time). The return is the mean of 10
-deterministic episodes after training, with the same reset seeds on both sides.
+Each side at its best documented settings for this model: SB3 on the CPU (its documentation:
+PPO with an MLP policy is meant to run on the CPU), one environment in a ``DummyVecEnv`` (with
+one environment a subprocess only adds a pipe), one torch thread; rlfm as ``rlfm control ppo``
+runs (one torch thread). Every child gets ``OMP_NUM_THREADS=1``.
+
+Rounds interleave the two sides (the order alternates from round to round), each run in its
+own process, with the seed of its round on both sides. Rates are environment steps over the
+training time (rlfm: its logged ``steps_per_s`` over the whole run, evaluation and checkpoint
+excluded; SB3: ``model.learn`` wall time); the ratio is total steps over total time per side.
+The return is the mean of 10 deterministic episodes after training, with the same reset seeds
+on both sides.
 
     pip install -e '.[bench]'
-    python benchmarks/control_ppo_vs_sb3.py --steps 100000
+    python benchmarks/control_ppo_vs_sb3.py --steps 100000 --rounds 3 --out sb3.json
+
+``--out`` writes the result rows (steps/s and return, rlfm against SB3, with their ratios and
+targets) as a JSON list.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-EVAL_SEEDS = [1_000_000 + i for i in range(10)]  # rlfm's evaluation seeds (seed 0)
+EVAL_SEED = 1_000_000  # rlfm evaluates with reset seeds seed + EVAL_SEED + i
 
 
-def rlfm_child(steps: int, out: Path) -> dict:
+def rlfm_child(steps: int, seed: int, out: Path) -> dict:
     import dataclasses
 
     from rlfm.config import from_dict, load_yaml
@@ -39,14 +51,14 @@ def rlfm_child(steps: int, out: Path) -> dict:
 
     cfg = from_dict(control_ppo.Config, load_yaml(ROOT / "configs/control/hopper.yaml"))
     cfg = dataclasses.replace(
-        cfg, out=out, steps=steps, eval_every=steps, log_every=steps, save_every=steps
+        cfg, out=out, steps=steps, seed=seed, eval_every=steps, log_every=steps, save_every=steps
     )
     summary = control_ppo.train(cfg)
     (row,) = [r for r in read_metrics(out / "metrics.jsonl") if "steps_per_s" in r]
     return {"steps_per_s": row["steps_per_s"], "return": summary["eval_return"]}
 
 
-def sb3_child(steps: int) -> dict:
+def sb3_child(steps: int, seed: int) -> dict:
     import gymnasium as gym
     import numpy as np
     import torch
@@ -75,7 +87,7 @@ def sb3_child(steps: int) -> dict:
             net_arch=dict(pi=[256, 256], vf=[256, 256]),
         ),
         device="cpu",
-        seed=0,
+        seed=seed,
         verbose=0,
     )
     t0 = time.perf_counter()
@@ -83,9 +95,9 @@ def sb3_child(steps: int) -> dict:
     train_s = time.perf_counter() - t0
     env.training, env.norm_reward = False, False
     returns = []
-    for seed in EVAL_SEEDS:
+    for i in range(10):
         e = gym.make("Hopper-v5")
-        obs, _ = e.reset(seed=seed)
+        obs, _ = e.reset(seed=seed + EVAL_SEED + i)
         total, done = 0.0, False
         while not done:
             action, _ = model.predict(env.normalize_obs(obs[None]), deterministic=True)
@@ -96,39 +108,83 @@ def sb3_child(steps: int) -> dict:
 
 
 def main() -> None:
+    from _common import add_child_args
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=100_000)
-    p.add_argument("--child", choices=["rlfm", "sb3"])
-    p.add_argument("--out", type=Path)
+    p.add_argument("--steps", type=int, default=20_000, help="environment steps per run")
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (seed = round)")
+    add_child_args(p, ("rlfm", "sb3"))
     a = p.parse_args()
     if a.child == "rlfm":
-        print("RESULT " + json.dumps(rlfm_child(a.steps, a.out)))
+        print("RESULT " + json.dumps(rlfm_child(a.steps, a.seed, a.run_dir)))
         return
     if a.child == "sb3":
-        print("RESULT " + json.dumps(sb3_child(a.steps)))
+        print("RESULT " + json.dumps(sb3_child(a.steps, a.seed)))
         return
-    from _common import run_child, table
+    from _common import interleaved_rounds, ratio_row, table, write_row_list
 
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for side in ("rlfm", "sb3"):
-            cmd = [sys.executable, __file__, "--child", side, "--steps", str(a.steps)]
-            cmd += ["--out", str(Path(tmp) / "rlfm-run")] if side == "rlfm" else []
-            res = run_child(cmd, Path(tmp) / f"{side}.log")
-            lines = [x for x in res.log.read_text().splitlines() if x.startswith("RESULT ")]
-            if res.returncode != 0 or not lines:
-                print(f"{side} failed:\n{res.tail()}")
-                raise SystemExit(1)
-            results[side] = json.loads(lines[-1][7:]) | {"peak_rss_mib": res.peak_rss_mib}
-    rows = [
-        [side, f"{r['steps_per_s']:.0f}", f"{r['return']:.1f}", f"{r['peak_rss_mib']:.0f}"]
-        for side, r in results.items()
+    def args(side: str, r: int, tmp: Path) -> list[str]:
+        run_dir = ["--run-dir", str(tmp / f"rlfm-{r}")] if side == "rlfm" else []
+        return ["--steps", str(a.steps), "--seed", str(r), *run_dir]
+
+    runs = [
+        x | {"seed": x["round"]}
+        for x in interleaved_rounds(__file__, ("rlfm", "sb3"), a.rounds, args)
     ]
-    print(f"Hopper-v5, {a.steps:,} environment steps, zoo hyperparameters, one run each")
-    print(table(["", "env steps/s", "return (10 det. episodes)", "peak RSS MiB"], rows))
-    ratio = results["rlfm"]["steps_per_s"] / results["sb3"]["steps_per_s"]
-    print(f"steps/s ratio rlfm / SB3: {ratio:.2f}× (target ≥ 1.5×)")
-    print(json.dumps(results))
+    rows = [
+        [
+            f"{x['side']} (round {x['round']}, seed {x['seed']})",
+            f"{x['steps_per_s']:.0f}",
+            f"{x['return']:.1f}",
+            f"{x['peak_rss_mib']:.0f}",
+        ]
+        for x in runs
+    ]
+    summary = {}
+    for side in ("rlfm", "sb3"):
+        mine = [x for x in runs if x["side"] == side]
+        total_s = sum(a.steps / x["steps_per_s"] for x in mine)
+        rets = [x["return"] for x in mine]
+        summary[side] = {
+            "steps_per_s": a.steps * len(mine) / total_s,
+            "return_mean": statistics.mean(rets),
+            "return_std": statistics.pstdev(rets),
+        }
+    print(f"\nHopper-v5, {a.steps:,} environment steps per run, zoo hyperparameters, fp32")
+    print(table(["run", "env steps/s", "return (10 det. episodes)", "peak RSS MiB"], rows))
+    ratio = summary["rlfm"]["steps_per_s"] / summary["sb3"]["steps_per_s"]
+    for side, s in summary.items():
+        print(
+            f"{side}: {s['steps_per_s']:.0f} steps/s over all rounds, return "
+            f"{s['return_mean']:.1f} ± {s['return_std']:.1f} (mean ± std over rounds)"
+        )
+    print(f"steps/s ratio rlfm / SB3: {ratio:.2f}× (target ≥ 1.5× at equal or better return)")
+    settings = f"PPO, rl-zoo Hopper hyperparameters, DummyVecEnv + VecNormalize, CPU, 1 thread, {a.rounds} round(s)"
+    ours, theirs = summary["rlfm"], summary["sb3"]
+    rows_out = [
+        ratio_row(
+            "control PPO, Hopper-v5",
+            f"{a.steps} steps",
+            "stable-baselines3",
+            settings,
+            "env steps/s",
+            ours["steps_per_s"],
+            theirs["steps_per_s"],
+            1.5,
+        ),
+        ratio_row(
+            "control PPO, Hopper-v5",
+            f"{a.steps} steps",
+            "stable-baselines3",
+            settings,
+            "eval return at equal steps (10 det. episodes)",
+            ours["return_mean"],
+            theirs["return_mean"],
+            1.0,
+        ),
+    ]
+    print(json.dumps({"steps": a.steps, "runs": runs, "summary": summary, "ratio": ratio}))
+    write_row_list(a.out, rows_out)
 
 
 if __name__ == "__main__":

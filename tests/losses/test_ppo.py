@@ -10,6 +10,7 @@ from rlfm.losses.ppo import (
     explained_variance,
     gae,
     kl_per_token,
+    minibatch_normalized,
     policy_loss,
     shaped_rewards,
     value_loss,
@@ -207,3 +208,34 @@ def test_lagrange_multiplier_step_by_hand():
 
     assert math.isclose(lagrange_multiplier_step(0.5, 35.0, 25.0, 0.1), 1.5)
     assert lagrange_multiplier_step(0.5, 5.0, 25.0, 0.1) == 0.0
+
+
+def test_losses_without_a_mask_equal_an_all_ones_mask():
+    """Control passes mask=None (every step counts): the same loss and statistics as a mask of
+    ones; value clipping None equals an infinite clip range (plain ½·E[(V − R)²])."""
+    g = torch.Generator().manual_seed(0)
+    lp, old, adv, v, v_old, ret = (torch.randn(12, generator=g) for _ in range(6))
+    ones = torch.ones(12)
+    loss, stats = policy_loss(lp * 0.1, old * 0.1, adv, None, 0.2)
+    ref, ref_stats = policy_loss(lp * 0.1, old * 0.1, adv, ones, 0.2)
+    torch.testing.assert_close(loss, ref)
+    for k in ref_stats:
+        torch.testing.assert_close(stats[k], ref_stats[k], msg=k)
+    torch.testing.assert_close(
+        value_loss(v, v_old, ret, None, 0.2)[0], value_loss(v, v_old, ret, ones)[0]
+    )
+    plain = value_loss(v, v_old, ret, None, None)[0]
+    torch.testing.assert_close(plain, value_loss(v, v_old, ret, ones, math.inf)[0])
+    torch.testing.assert_close(plain, 0.5 * ((v - ret) ** 2).mean())
+
+
+@pytest.mark.parametrize("B, batch_size", [(64, 16), (70, 16), (65, 16), (8, 8), (5, 1)])
+def test_minibatch_normalized_equals_whiten_per_minibatch(B, batch_size):
+    """Each minibatch of consecutive entries normalised on its own, as ``whiten`` of that
+    minibatch would (a last, shorter one too; a single entry stays as it is)."""
+    adv = torch.randn(B, generator=torch.Generator().manual_seed(B)) * 3 + 1
+    out = minibatch_normalized(adv, batch_size)
+    for start in range(0, B, batch_size):
+        part = adv[start : start + batch_size]
+        expected = whiten(part, torch.ones_like(part)) if len(part) > 1 else part
+        torch.testing.assert_close(out[start : start + batch_size], expected)

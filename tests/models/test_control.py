@@ -11,7 +11,9 @@ import torch
 
 from rlfm.errors import ModelError
 from rlfm.models.control import (
+    MLP,
     ActorCritic,
+    PolicyOutput,
     RunningMeanStd,
     categorical_log_prob_entropy,
     gaussian_entropy,
@@ -50,8 +52,8 @@ def test_running_mean_std_equals_the_whole_stream():
     batches = [rng.normal(3.0, 2.0, size=(n, 2)) for n in (1, 7, 30, 4)]
     rms = RunningMeanStd((2,), epsilon=0.0)
     rms.count.fill_(0.0)
-    for b in batches:
-        rms.update(torch.from_numpy(b))
+    for i, b in enumerate(batches):  # tensors and NumPy arrays alike
+        rms.update(torch.from_numpy(b) if i % 2 else b)
     everything = np.concatenate(batches)
     np.testing.assert_allclose(rms.mean.numpy(), everything.mean(0), rtol=1e-10)
     np.testing.assert_allclose(rms.var.numpy(), everything.var(0), rtol=1e-10)
@@ -88,3 +90,66 @@ def test_loading_another_kind_of_model_names_the_directory(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
     with pytest.raises(ModelError, match="not a control policy"):
         ActorCritic.from_pretrained(tmp_path)
+
+
+def test_mlp_forward_equals_the_sequential_it_is():
+    """MLP skips the layers' __call__ bookkeeping, not their arithmetic: the same outputs as
+    nn.Sequential on the same layers, and the same state-dict keys."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)]
+    fast, plain = MLP(*layers), torch.nn.Sequential(*layers)
+    x = torch.randn(7, 5)
+    torch.testing.assert_close(fast(x), plain(x), rtol=0, atol=0)
+    assert list(fast.state_dict()) == list(plain.state_dict())
+
+
+def test_sample_and_log_prob_are_act():
+    """act = sample from the policy's output, then its log-prob (same RNG draws)."""
+    for kind, dim, sde in (
+        ("continuous", 2, False),
+        ("discrete", 4, False),
+        ("continuous", 2, True),
+    ):
+        model = ActorCritic(3, kind, dim, hidden=(8,), sde=sde)
+        x = torch.randn(6, 3)
+        torch.manual_seed(1)
+        actions, logp = model.act(x)
+        torch.manual_seed(1)
+        p = model.policy(x)
+        again = model.sample(p)
+        torch.testing.assert_close(again, actions)
+        torch.testing.assert_close(model.log_prob(p, again), logp)
+        torch.testing.assert_close(logp, model.log_prob_entropy(x, actions)[0].detach())
+
+
+def test_sde_distribution_is_the_per_state_gaussian():
+    """gSDE: a = μ(s) + θᵀz(s) with θ_ji ~ N(0, σ_ji²) is, for one step, N(μ(s), σ(s)²) with
+    σ_i(s)² = Σ_j z_j(s)²·σ_ji² + 10⁻⁶: log-prob and entropy against torch.distributions on
+    that σ, and the spread of many exploration draws at one state against σ(s)."""
+    torch.manual_seed(0)
+    model = ActorCritic(3, "continuous", 2, hidden=(16, 8), sde=True, log_std_init=-1.0)
+    with torch.no_grad():
+        model.log_std.add_(torch.randn(8, 2) * 0.3)  # a σ that differs per feature
+    x = torch.randn(5, 3)
+    p = model.policy(x)
+    _, z = model.pi.forward_features(x)
+    std = torch.sqrt(z.square() @ model.log_std.exp().square() + 1e-6)  # (5, 2)
+    ref = torch.distributions.Normal(p.out, std)
+    a = torch.randn(5, 2)
+    logp, entropy = model.log_prob_entropy(x, a)
+    torch.testing.assert_close(logp, ref.log_prob(a).sum(-1))
+    torch.testing.assert_close(entropy, ref.entropy().sum(-1))
+    n = 20_000
+    one = PolicyOutput(
+        p.out[:1].expand(n, 2), p.log_std[:1].expand(n, 2), p.features[:1].expand(n, 8)
+    )
+    draws = model.sample(one, exploration=model.exploration(n))
+    torch.testing.assert_close(draws.std(0), std[0], rtol=0.03, atol=0)
+    torch.testing.assert_close(
+        draws.mean(0), p.out[0].detach(), rtol=0, atol=0.05 * float(std[0].max())
+    )
+
+
+def test_sde_needs_box_actions():
+    with pytest.raises(ModelError, match="sde"):
+        ActorCritic(3, "discrete", 2, sde=True)

@@ -238,11 +238,14 @@ def test_ppo_lagrangian_logs_its_multiplier(tmp_path):
 def test_presets_parse_and_validate(path):
     """Every preset in configs/control/ is a valid Config of a registered environment."""
     cfg = from_dict(control_ppo.Config, load_yaml(path), source=str(path))
-    assert cfg.env.split("-")[0].lower().replace("2d", "2d") in path.stem.replace("_", "")
+    assert cfg.env.split("/")[-1].split("-")[0].lower() in path.stem.replace("_", "")
 
 
 def test_hopper_preset_is_the_zoo_recipe():
+    """The zoo's numbers; its value coefficient doubled, because SB3's value loss is E[(V − R)²]
+    and rlfm's ½·E[(V − R)²]: the same objective."""
     cfg = preset("hopper")
+    assert cfg.vf_coef == pytest.approx(2 * 0.835671) and cfg.value_clip == 0.0
     assert (cfg.n_envs, cfg.n_steps, cfg.batch_size, cfg.epochs) == (1, 512, 32, 5)
     assert (cfg.gamma, cfg.gae_lambda, cfg.hidden, cfg.activation) == (
         0.999,

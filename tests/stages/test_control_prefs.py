@@ -45,9 +45,13 @@ def test_queries_go_to_the_most_disputed_pair():
 
 def test_prefs_run_keeps_its_label_budget(tmp_path):
     """A short Pendulum run: labels arrive on schedule and never exceed the budget, the reward
-    models train, the true return is evaluated, the run resumes as finished."""
+    models train, the true return is evaluated (every eval_every steps rounded up to whole
+    updates), the run resumes as finished."""
+    preset = tmp_path / "ppo.yaml"
+    preset.write_text("n_envs: 1\nn_steps: 512\n")
     cfg = control_prefs.Config(
         env="Pendulum-v1",
+        ppo_config=preset,
         out=tmp_path / "prefs",
         steps=4 * 512,
         labels=40,
@@ -55,7 +59,7 @@ def test_prefs_run_keeps_its_label_budget(tmp_path):
         label_fraction=0.5,
         segment_length=20,
         reward_steps=10,
-        eval_every=2048,
+        eval_every=1000,  # not a whole number of 512-step updates: rounded up to 1024
         log_every=512,
         eval_episodes=2,
     )
@@ -64,5 +68,6 @@ def test_prefs_run_keeps_its_label_budget(tmp_path):
     labels = [r["labels"] for r in rows if "labels" in r]
     assert labels == sorted(labels) and labels[-1] == 40 and labels[0] >= 20
     assert "reward_loss" in rows[0] and "eval_return" in rows[-1]
+    assert [r["step"] for r in rows if "eval_return" in r] == [1024, 2048]
     assert summary["labels"] == 40
     assert control_prefs.train(cfg) == summary  # already finished: nothing more is asked

@@ -167,8 +167,7 @@ def test_multi_task_model_is_evaluated_per_task(tmp_path, minari_dir):
     """Two Box environments (SpeedRun and Pendulum, 3-D observations) in one model: a task
     embedding, per-task statistics, one result per task."""
     import gymnasium as gym
-
-    from rlfm.offline.speedrun import episode_buffer, write_dataset
+    from offline_fixtures import episode_buffer, write_dataset
 
     env = gym.make("Pendulum-v1")
     rng = np.random.default_rng(0)

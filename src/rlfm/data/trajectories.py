@@ -314,11 +314,12 @@ class Task:
         obs = np.concatenate([d.observations for d in self.datasets]).astype(np.float64)
         return obs.mean(0), obs.std(0) + 1e-6
 
-    def reference(self) -> dict[str, Any]:
+    def reference(self, empirical: bool = False) -> dict[str, Any]:
         """Normalisation references: the dataset's ref_min/max_score, else its own min and max
-        episode return (``source`` says which)."""
+        episode return (``source`` says which); ``empirical``: always its own min and max (the
+        CDT paper's convention, r_min(M) and r_max(M) of the offline data)."""
         d = self.datasets[0]
-        if d.ref_min_score is not None and d.ref_max_score is not None:
+        if not empirical and d.ref_min_score is not None and d.ref_max_score is not None:
             return {
                 "ref_min": d.ref_min_score,
                 "ref_max": d.ref_max_score,
@@ -328,7 +329,8 @@ class Task:
         return {
             "ref_min": float(r.min()),
             "ref_max": float(r.max()),
-            "source": "the dataset's own min and max episode return (no ref scores stored)",
+            "source": "the dataset's own min and max episode return"
+            + ("" if empirical else " (no ref scores stored)"),
         }
 
 

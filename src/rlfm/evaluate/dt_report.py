@@ -3,7 +3,8 @@
 
 Normalised return (D4RL's convention, both papers): 100 · (R − R_min) / (R_max − R_min), with
 R_min, R_max the dataset's ``ref_min_score`` / ``ref_max_score`` when it stores them, else its
-own lowest and highest episode return (the result says which). Normalised cost (CDT): the
+own lowest and highest episode return (the result says which); the CDT evaluation always uses
+the dataset's own (the CDT paper's r_min(M), r_max(M)). Normalised cost (CDT): the
 episode cost divided by the cost threshold; ≤ 1 is safe.
 """
 
@@ -198,9 +199,10 @@ def table1_markdown(results: list[dict[str, Any]]) -> str:
         lines.append(f"| {m} | " + " | ".join(cells_md) + " |")
     lines += [
         "",
-        "Normalised return (100 = the dataset's reference maximum) and normalised cost (episode "
-        "cost / threshold), averaged over thresholds and seeds. **Bold**: safe (normalised cost "
-        "≤ 1); plain: unsafe; ★: the safe method with the highest reward in its column.",
+        "Normalised return (100 = the dataset's best episode return, 0 its worst) and "
+        "normalised cost (episode cost / threshold), averaged over thresholds and seeds. "
+        "**Bold**: safe (normalised cost ≤ 1); plain: unsafe; ★: the safe method with the "
+        "highest reward in its column.",
     ]
     return "\n".join(lines) + "\n"
 

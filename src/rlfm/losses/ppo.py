@@ -90,11 +90,16 @@ def gae(
     return advantages, (advantages + values) * m
 
 
+def _mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the masked-in entries, or over all of them without a mask."""
+    return x.mean() if mask is None else masked_mean(x, mask)
+
+
 def policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
     advantages: torch.Tensor,
-    mask: torch.Tensor,
+    mask: torch.Tensor | None,
     clip_eps: float = 0.2,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate loss, masked mean over tokens. (B, T) x4 -> scalar, stats.
@@ -102,20 +107,22 @@ def policy_loss(
         ρ_t = exp(log π(y_t) − log π_old(y_t))
         L = −E[min(ρ_t·A_t, clip(ρ_t, 1 − ε, 1 + ε)·A_t)]
 
+    ``mask`` None: every entry counts (control: (B,) steps, no padding).
     stats: clip fraction (share of tokens where the clipped term was chosen), approx-KL
     ½·E[(log ρ)²] between old and new policy, mean ratio.
     """
-    assert logprobs.shape == old_logprobs.shape == advantages.shape == mask.shape
+    assert logprobs.shape == old_logprobs.shape == advantages.shape
+    assert mask is None or mask.shape == logprobs.shape
     log_ratio = logprobs - old_logprobs
     ratio = log_ratio.exp()
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = _mean(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
         stats = {
-            "clip_frac": masked_mean((clipped > unclipped).to(ratio.dtype), mask),
-            "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
-            "ratio": masked_mean(ratio, mask),
+            "clip_frac": _mean((clipped > unclipped).to(ratio.dtype), mask),
+            "approx_kl": _mean(0.5 * log_ratio**2, mask),
+            "ratio": _mean(ratio, mask),
         }
     return loss, stats
 
@@ -124,21 +131,28 @@ def value_loss(
     values: torch.Tensor,
     old_values: torch.Tensor,
     returns: torch.Tensor,
-    mask: torch.Tensor,
-    clip_eps: float = 0.2,
+    mask: torch.Tensor | None,
+    clip_eps: float | None = 0.2,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss, masked mean over tokens. (B, T) x4 -> scalar, stats.
 
     V_clip = V_old + clip(V − V_old, −ε, ε)
     L = ½·E[max((V − R)², (V_clip − R)²)]
+
+    ``clip_eps`` None: no clipping, L = ½·E[(V − R)²]. ``mask`` None: every entry counts.
     """
-    assert values.shape == old_values.shape == returns.shape == mask.shape
+    assert values.shape == old_values.shape == returns.shape
+    assert mask is None or mask.shape == values.shape
+    if clip_eps is None:
+        return 0.5 * _mean((values - returns) ** 2, mask), {
+            "value_clip_frac": torch.zeros((), dtype=values.dtype)
+        }
     clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
     err = torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
-    loss = 0.5 * masked_mean(err, mask)
+    loss = 0.5 * _mean(err, mask)
     with torch.no_grad():
         stats = {
-            "value_clip_frac": masked_mean(
+            "value_clip_frac": _mean(
                 ((clipped - returns) ** 2 > (values - returns) ** 2).to(values.dtype), mask
             )
         }
@@ -222,6 +236,31 @@ def gae_time_major(
         next_adv = deltas[t] + gamma * lam * carry[t] * next_adv
         advantages[t] = next_adv
     return advantages, advantages + values
+
+
+def minibatch_normalized(
+    advantages: torch.Tensor, batch_size: int, eps: float = 1e-8
+) -> torch.Tensor:
+    """Advantages normalised within each minibatch of ``batch_size`` consecutive entries (the
+    last one may be shorter; one of a single entry is left as it is). (B,) -> (B,).
+
+        Â_i ↦ (Â_i − mean_m) / √(var_m + ε)   over the minibatch m holding i (var unbiased)
+
+    The same numbers as ``whiten`` on each minibatch, computed for all full minibatches at once
+    (one set of operations per epoch instead of one per minibatch).
+    """
+    (B,) = advantages.shape  # steps of the (permuted) rollout
+    full = B - B % batch_size
+    out = advantages.clone()
+    if full and batch_size > 1:
+        m = advantages[:full].view(-1, batch_size)
+        var, mean = torch.var_mean(m, dim=1, keepdim=True)  # unbiased
+        out[:full] = ((m - mean) * torch.rsqrt(var + eps)).flatten()
+    rest = advantages[full:]
+    if rest.numel() > 1:
+        var, mean = torch.var_mean(rest)
+        out[full:] = (rest - mean) * torch.rsqrt(var + eps)
+    return out
 
 
 def lagrangian_advantages(

@@ -12,6 +12,19 @@ Sampled actions are unbounded; they are clipped to the action space's bounds onl
 environment (:meth:`ActorCritic.env_actions`), and the unclipped sample is what PPO's ratio
 uses (as in Stable-Baselines3 and CleanRL).
 
+**Generalised state-dependent exploration** (``sde``; gSDE, Raffin, Kober & Stulp 2022,
+"Smooth Exploration for Robotic Reinforcement Learning"): the noise is a linear function of
+the policy network's last hidden features z(s) ∈ R^H, a = μ(s) + θᵀz(s), with a matrix
+θ ∈ R^{H×A}, θ_ji ~ N(0, σ_ji²), held for several steps (:meth:`ActorCritic.exploration`,
+resampled by the rollout every ``sde_sample_freq`` steps), so exploration is smooth in time
+and shrinks where the features do. For one step the action is Gaussian with a state-dependent
+standard deviation, which is what log-probabilities and the entropy use:
+
+    σ_i(s) = √(Σ_j z_j(s)²·σ_ji² + ε),   ε = 10⁻⁶
+
+with log σ (H × A) learned and z(s) detached there (Stable-Baselines3's defaults: full σ, no
+gradient into the features through the variance).
+
 **Critics.** V(s) for the reward, and with ``cost_critic`` a second one V_c(s) for the cost
 (PPO-Lagrangian). Policy and critics are separate MLPs (no shared trunk). Orthogonal
 initialisation (gain √2 for hidden layers, 0.01 for the policy output, 1 for the value
@@ -30,6 +43,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,19 +57,55 @@ ActionKind = Literal["discrete", "continuous"]
 _LOG_2PI = math.log(2 * math.pi)
 
 
+SDE_EPS = 1e-6
+"""ε added to gSDE's variance (Stable-Baselines3's)."""
+
+
 def gaussian_log_prob(
     actions: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor
 ) -> torch.Tensor:
-    """log N(a; μ, diag σ²) summed over action dimensions. (B, A), (B, A), (A,) -> (B,)."""
+    """log N(a; μ, diag σ²) summed over action dimensions. (B, A), (B, A), log σ (A,) or
+    per state (B, A) -> (B,)."""
     B, A = actions.shape  # batch, action dimensions
-    assert mean.shape == (B, A) and log_std.shape == (A,), f"{tuple(mean.shape)}, {log_std.shape}"
+    assert mean.shape == (B, A) and log_std.shape in ((A,), (B, A)), (
+        f"{tuple(mean.shape)}, {tuple(log_std.shape)}"
+    )
     z = (actions - mean) * torch.exp(-log_std)
     return (-0.5 * z.pow(2) - log_std - 0.5 * _LOG_2PI).sum(-1)
 
 
 def gaussian_entropy(log_std: torch.Tensor, batch: int) -> torch.Tensor:
-    """Entropy of N(μ, diag σ²), the same for every state. (A,) -> (batch,)."""
+    """Entropy of N(μ, diag σ²). log σ (A,), the same for every state, or (batch, A) -> (batch,)."""
+    if log_std.ndim == 2:
+        return (0.5 + 0.5 * _LOG_2PI + log_std).sum(-1)
     return (0.5 + 0.5 * _LOG_2PI + log_std).sum().expand(batch)
+
+
+def sde_log_std(features: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """gSDE's per-state log σ_i(s) = ½·log(Σ_j z_j²·σ_ji² + ε). (B, H) features z(s), (H, A)
+    log σ -> (B, A)."""
+    B, H = features.shape  # batch, features
+    assert log_std.shape[0] == H, f"log_std {tuple(log_std.shape)} vs {H} features"
+    return 0.5 * torch.log(features.square() @ torch.exp(2 * log_std) + SDE_EPS)
+
+
+@dataclass
+class PolicyOutput:
+    """What the policy network gives for a batch of B observations."""
+
+    out: torch.Tensor  # (B, K) logits or (B, A) Gaussian means
+    log_std: torch.Tensor | None = None  # (A,) or, with gSDE, (B, A) log σ; None for logits
+    features: torch.Tensor | None = None  # (B, H) gSDE's features z(s)
+
+    @staticmethod
+    def cat(parts: list[PolicyOutput]) -> PolicyOutput:
+        """Outputs of several batches as one (a state-independent log σ is shared)."""
+        first = parts[0]
+        log_std = first.log_std
+        if log_std is not None and log_std.ndim == 2:
+            log_std = torch.cat([p.log_std for p in parts])  # type: ignore[misc]
+        features = None if first.features is None else torch.cat([p.features for p in parts])  # type: ignore[misc]
+        return PolicyOutput(torch.cat([p.out for p in parts]), log_std, features)
 
 
 def categorical_log_prob_entropy(
@@ -80,26 +130,57 @@ class RunningMeanStd(nn.Module):
         self.register_buffer("count", torch.tensor(epsilon, dtype=torch.float64))
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        """Fold a batch (n, *shape) into the statistics (NumPy on the buffers' memory: this runs
-        at every environment step, where torch's per-op overhead would dominate)."""
-        batch = x.detach().cpu().numpy().astype(np.float64).reshape(-1, *self.mean.shape)
+    def update(self, x: torch.Tensor | np.ndarray) -> None:
+        """Fold a batch (n, *shape) into the statistics (Chan et al.'s parallel update):
+
+            δ = x̄_B − μ,   n' = n + n_B,   μ' = μ + δ·n_B / n',
+            σ'² = (σ²·n + σ_B²·n_B + δ²·n·n_B / n') / n'
+
+        NumPy on the buffers' memory, with plain ufuncs (no ``np.mean``/``np.var`` wrappers):
+        this runs at every environment step, where per-call overhead is most of the cost."""
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
         mean, var, count = self.mean.numpy(), self.var.numpy(), self.count.numpy()
+        batch = np.asarray(x, dtype=np.float64).reshape(-1, *mean.shape)
         n = batch.shape[0]
-        delta = batch.mean(0) - mean
+        if n == 1:  # one vector: its own mean, variance 0
+            batch_mean, batch_m2 = batch[0], 0.0
+        else:
+            batch_mean = np.add.reduce(batch, 0) / n
+            batch_m2 = np.add.reduce(np.square(batch - batch_mean), 0)  # = σ_B²·n_B
+        delta = batch_mean - mean
         total = count + n
-        m2 = var * count + batch.var(0) * n + delta**2 * count * n / total
-        mean += delta * n / total
+        m2 = var * count + batch_m2 + np.square(delta) * (count * n / total)
+        mean += delta * (n / total)
         var[...] = m2 / total
         count[...] = total
 
     def normalize(self, x: torch.Tensor, clip: float, eps: float = 1e-8) -> torch.Tensor:
         """clip((x − μ) / √(σ² + ε), −clip, clip) in x's dtype."""
-        out = (x - self.mean.to(x.dtype)) / torch.sqrt(self.var.to(x.dtype) + eps)
-        return out.clamp(-clip, clip)
+        std = (self.var + eps).sqrt_()  # in float64, as the statistics
+        return ((x - self.mean.to(x.dtype)) / std.to(x.dtype)).clamp_(-clip, clip)
 
 
-def mlp(sizes: list[int], activation: str, out_gain: float, ortho: bool) -> nn.Sequential:
+class MLP(nn.Sequential):
+    """Linear layers with an activation between them. The forward pass calls each layer's
+    ``forward`` directly, without ``nn.Module.__call__`` (no hooks on the layers): for a
+    control policy's small batches the per-call bookkeeping of the layers cost as much as their
+    arithmetic. Parameters and state-dict keys are those of the ``nn.Sequential``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self:
+            x = layer.forward(x)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output and the last hidden layer's activations (the input of the last layer)."""
+        layers = list(self)
+        for layer in layers[:-1]:
+            x = layer.forward(x)
+        return layers[-1].forward(x), x
+
+
+def mlp(sizes: list[int], activation: str, out_gain: float, ortho: bool) -> MLP:
     """Linear layers of ``sizes`` with ``activation`` between them (none after the last)."""
     act = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
     layers: list[nn.Module] = []
@@ -112,7 +193,7 @@ def mlp(sizes: list[int], activation: str, out_gain: float, ortho: bool) -> nn.S
         layers.append(linear)
         if not last:
             layers.append(act())
-    return nn.Sequential(*layers)
+    return MLP(*layers)
 
 
 class ActorCritic(nn.Module):
@@ -133,10 +214,13 @@ class ActorCritic(nn.Module):
         clip_obs: float = 10.0,
         action_low: list[float] | None = None,
         action_high: list[float] | None = None,
+        sde: bool = False,
     ) -> None:
         super().__init__()
         if activation not in ("tanh", "relu"):
             raise ModelError(f"activation: {activation!r} is not one of tanh, relu")
+        if sde and action_kind != "continuous":
+            raise ModelError("sde: state-dependent exploration needs continuous (Box) actions")
         self.settings: dict[str, Any] = dict(
             obs_dim=obs_dim,
             action_kind=action_kind,
@@ -150,14 +234,17 @@ class ActorCritic(nn.Module):
             clip_obs=clip_obs,
             action_low=action_low,
             action_high=action_high,
+            sde=sde,
         )
-        self.action_kind, self.action_dim = action_kind, action_dim
+        self.action_kind, self.action_dim, self.sde = action_kind, action_dim, sde
         self.normalize_obs, self.clip_obs = normalize_obs, clip_obs
         sizes = [obs_dim, *hidden]
         self.pi = mlp([*sizes, action_dim], activation, 0.01, ortho_init)
         self.vf = mlp([*sizes, 1], activation, 1.0, ortho_init)
         self.cf = mlp([*sizes, 1], activation, 1.0, ortho_init) if cost_critic else None
-        self.log_std = nn.Parameter(torch.full((action_dim,), float(log_std_init)))
+        # log σ: one per action dimension, or gSDE's (H × A) matrix
+        std_shape = (hidden[-1], action_dim) if sde else (action_dim,)
+        self.log_std = nn.Parameter(torch.full(std_shape, float(log_std_init)))
         if action_kind == "discrete":
             self.log_std.requires_grad_(False)  # unused by a categorical policy
         self.obs_rms = RunningMeanStd((obs_dim,))
@@ -182,17 +269,26 @@ class ActorCritic(nn.Module):
             raise ModelError("this policy has no cost critic (it was trained without a cost)")
         return self.cf(obs).squeeze(-1)
 
+    def policy(self, obs: torch.Tensor) -> PolicyOutput:
+        """The policy's distribution at normalised observations (B, obs_dim): logits, or
+        Gaussian means with their log σ (and gSDE's features)."""
+        if self.action_kind == "discrete":
+            return PolicyOutput(self.pi(obs))
+        if not self.sde:
+            return PolicyOutput(self.pi(obs), self.log_std)
+        out, features = self.pi.forward_features(obs)
+        return PolicyOutput(out, sde_log_std(features.detach(), self.log_std), features.detach())
+
     def log_prob_entropy(
         self, obs: torch.Tensor, actions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """log π(a|s) and H[π(·|s)] for normalised observations (B, obs_dim) and actions
         ((B,) indices or (B, A) vectors). -> (B,), (B,)."""
-        out = self.pi(obs)
+        p = self.policy(obs)
         if self.action_kind == "discrete":
-            return categorical_log_prob_entropy(out, actions)
-        return gaussian_log_prob(actions, out, self.log_std), gaussian_entropy(
-            self.log_std, out.shape[0]
-        )
+            return categorical_log_prob_entropy(p.out, actions)
+        assert p.log_std is not None
+        return self.log_prob(p, actions), gaussian_entropy(p.log_std, p.out.shape[0])
 
     @torch.no_grad()
     def act(
@@ -200,24 +296,54 @@ class ActorCritic(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Actions and their log-probs for normalised observations. (B, obs_dim) -> (B,) or
         (B, A), and (B,). Deterministic: the most likely action (the mean, the arg-max)."""
-        out = self.pi(obs)
+        p = self.policy(obs)
+        actions = self.sample(p, deterministic)
+        return actions, self.log_prob(p, actions)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        p: PolicyOutput,
+        deterministic: bool = False,
+        exploration: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Actions from the policy's output: indices (B,) for logits, vectors (B, A) μ + σ·ε,
+        ε ~ N(0, I), for a Gaussian (the mean itself when ``deterministic``; the arg-max for
+        logits). With gSDE's ``exploration`` matrices θ (B, H, A) (:meth:`exploration`) the
+        noise is θᵀz(s) instead — for one step the same distribution, but held θ make it
+        smooth in time."""
         if self.action_kind == "discrete":
             if deterministic:
-                actions = out.argmax(-1)
-            else:
-                actions = torch.multinomial(torch.softmax(out, -1), 1).squeeze(-1)
-            return actions, categorical_log_prob_entropy(out, actions)[0]
-        actions = out if deterministic else out + torch.randn_like(out) * self.log_std.exp()
-        return actions, gaussian_log_prob(actions, out, self.log_std)
+                return p.out.argmax(-1)
+            return torch.multinomial(torch.softmax(p.out, -1), 1).squeeze(-1)
+        if deterministic:
+            return p.out
+        if exploration is not None:
+            assert p.features is not None, "exploration matrices need gSDE's features"
+            return p.out + torch.bmm(p.features[:, None], exploration)[:, 0]
+        assert p.log_std is not None
+        return p.out + torch.randn_like(p.out) * p.log_std.exp()
+
+    @torch.no_grad()
+    def exploration(self, n: int) -> torch.Tensor:
+        """n gSDE exploration matrices θ, θ_ji ~ N(0, σ_ji²). -> (n, H, A)."""
+        assert self.sde, "exploration matrices are gSDE's"
+        std = self.log_std.exp()
+        return torch.randn(n, *std.shape) * std
+
+    def log_prob(self, p: PolicyOutput, actions: torch.Tensor) -> torch.Tensor:
+        """log π(a|s) of actions under the policy's output :meth:`policy`. -> (B,)."""
+        if self.action_kind == "discrete":
+            return categorical_log_prob_entropy(p.out, actions)[0]
+        assert p.log_std is not None
+        return gaussian_log_prob(actions, p.out, p.log_std)
 
     def env_actions(self, actions: torch.Tensor) -> np.ndarray:
         """What the environment is given: discrete indices as they are, continuous actions
         clipped to the action space's bounds."""
         if self.action_kind == "discrete":
             return actions.cpu().numpy()
-        return (
-            torch.maximum(torch.minimum(actions, self.action_high), self.action_low).cpu().numpy()
-        )
+        return actions.clamp(self.action_low, self.action_high).cpu().numpy()
 
     @torch.no_grad()
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:

@@ -46,6 +46,7 @@ import gymnasium as gym
 import numpy as np
 
 from rlfm.errors import ConfigError
+from rlfm.offline import speedrun
 
 VELOCITY_THRESHOLDS: dict[str, float] = {
     "Hopper": 0.7402,
@@ -145,6 +146,7 @@ def register_velocity_tasks() -> None:
 
 
 register_velocity_tasks()
+speedrun.register()  # rlfm/SpeedRun-v0, the decision-transformer demos' task
 
 
 # ---------------------------------------------------------------------------- making

@@ -82,6 +82,7 @@ from rlfm.losses.dt import (
 from rlfm.models.decision_transformer import BCConfig, BCPolicy, DecisionTransformer, DTConfig
 from rlfm.optim import adamw, warmup_cosine
 from rlfm.run import Run
+from rlfm.stages.dt import check_transformer_settings
 from rlfm.stages.dt_eval import parse_numbers
 
 Method = Literal[
@@ -159,22 +160,7 @@ class Config:
             "cost_thresholds",
             f"must all be > 0, got {', '.join(f'{c:g}' for c in thresholds)}",
         )
-        for name in ("context", "hidden", "layers", "heads", "steps", "batch_size"):
-            check(getattr(self, name) >= 1, name, f"must be ≥ 1, got {getattr(self, name)}")
-        check(
-            self.hidden % self.heads == 0,
-            "heads",
-            f"{self.heads} heads do not divide the width {self.hidden}",
-        )
-        check(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
-        check(
-            self.micro_batch_size is None or self.micro_batch_size >= 1,
-            "micro_batch_size",
-            f"must be ≥ 1, got {self.micro_batch_size}",
-        )
-        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        check(self.weight_decay >= 0, "weight_decay", f"must be ≥ 0, got {self.weight_decay}")
-        check(self.warmup_steps >= 0, "warmup_steps", f"must be ≥ 0, got {self.warmup_steps}")
+        check_transformer_settings(self)
         for name in ("return_scale", "cost_scale"):
             v = getattr(self, name)
             check(v is None or v > 0, name, f"must be > 0, got {v}")
@@ -193,7 +179,6 @@ class Config:
             "prediction_weight",
             f"must be ≥ 0, got {self.prediction_weight}",
         )
-        check(self.eval_episodes >= 0, "eval_episodes", f"must be ≥ 0, got {self.eval_episodes}")
 
     @property
     def thresholds(self) -> tuple[float, ...]:
@@ -314,7 +299,7 @@ def cdt_loss(model: torch.nn.Module, w: Windows, cfg: Config) -> tuple[torch.Ten
         pred = step_prediction_loss(out.reward, w.rewards / mc.return_scale, w.mask)
         pred = pred + step_prediction_loss(out.cost, w.costs / mc.cost_scale, w.mask)
         loss = loss + cfg.prediction_weight * pred
-        parts["prediction_loss"] = float(pred)
+        parts["prediction_loss"] = float(pred.detach())
     return loss, parts
 
 

@@ -2,9 +2,10 @@
 
     rlfm cdt demo --out runs/demo/cdt
 
-1. The dataset: the velocity-constrained rlfm/SpeedRun-v0 task (rlfm.offline.speedrun; cost 1
-   per step above the speed limit), written once as ``rlfm-demo/speedrun/mixed-v0`` into the
-   local Minari folder and reused.
+1. The datasets of `rlfm dt demo` (made by `rlfm offline make` the first time, then reused):
+   the velocity-constrained rlfm/SpeedRun-v0 task (rlfm.offline.speedrun; cost 1 per step
+   above the speed limit), episodes of PPO-Lagrangian policies at several cost limits — the
+   spread over the reward–cost plane the CDT learns from.
 2. `rlfm cdt train` for CDT, DT-Cost, BC-All and BC-Safe with the CPU preset
    (configs/cdt/cpu.yaml = :data:`CPU`).
 3. `rlfm cdt eval` of each at the cost thresholds (one CDT model for every threshold; BC-Safe
@@ -22,7 +23,7 @@ import torch
 
 from rlfm.config import Runtime, check, settings
 from rlfm.stages import cdt, cdt_eval, cdt_table
-from rlfm.stages.dt_demo import demo_dataset
+from rlfm.stages.dt_demo import demo_datasets
 from rlfm.tracking import console
 
 CPU = dict(
@@ -77,14 +78,14 @@ def run(cfg: Config) -> str:
     t0 = time.perf_counter()
     if cfg.device in ("auto", "cpu") and not torch.cuda.is_available():
         torch.set_num_threads(1)  # a 0.1M-parameter model: one thread beats two that contend
-    dataset = demo_dataset()
+    datasets = demo_datasets()
     results = []
     for method in cfg.methods:
         out = cfg.out / method
         settings_ = CPU | {"steps": cfg.steps, "device": cfg.device, "precision": cfg.precision}
         cdt.train(
             cdt.Config(
-                dataset=(dataset,),
+                dataset=datasets,
                 out=out,
                 method=method,  # type: ignore[arg-type]
                 cost_thresholds=cfg.cost_thresholds,

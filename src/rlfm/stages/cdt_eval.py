@@ -11,8 +11,9 @@ within κ) and printed; with it, give one target for all thresholds or one per t
 Several ``--model`` (the same method trained with different seeds) are averaged.
 
 ``result.json``: per threshold ``cost_threshold``, ``target_return``, ``return_mean``,
-``cost_mean``, ``normalised_return`` (100·(R − ref_min)/(ref_max − ref_min), references as in
-`rlfm dt eval`) and ``normalised_cost`` (cost / threshold; ≤ 1 is safe), their average over
+``cost_mean``, ``normalised_return`` (100·(R − r_min)/(r_max − r_min) with r_min, r_max the
+dataset's lowest and highest episode return, the CDT paper's convention; a constrained task's
+random or unconstrained reference policies would not bound its safe returns) and ``normalised_cost`` (cost / threshold; ≤ 1 is safe), their average over
 thresholds and seeds under ``average``, the method and the task. Printed in the CDT paper's
 Table 1 layout; ``result.png`` plots achieved reward and cost against the threshold.
 """
@@ -123,7 +124,7 @@ def evaluate(cfg: Config) -> dict:
         )
     d = task.datasets[0]
     spec = cfg.env or d.eval_env_spec or d.env_spec
-    ref = task.reference()
+    ref = task.reference(empirical=True)
     t0 = time.perf_counter()
     per_model = []  # (model, threshold) -> returns, costs
     for ckpt in ckpts:

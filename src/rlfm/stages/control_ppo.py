@@ -26,6 +26,10 @@ info carries "cost": a cost critic V_c, cost advantages Â_c by the same GAE, an
 λ ≥ 0 that follows the mean episode cost J_c of each rollout, λ ← max(0, λ + lr_λ·(J_c − d));
 the policy uses Â = (Â_r − λ·Â_c) / (1 + λ). λ is logged as ``lagrange_multiplier``.
 
+**gSDE** (``--sde``; Raffin, Kober & Stulp 2022): exploration noise that is a linear function
+of the policy's last hidden features, with the matrix held for ``--sde-sample-freq`` steps
+(models/control.py). The Pendulum preset uses it, as the rl-baselines3-zoo's does.
+
 Deviation: steps are environment steps; ``--steps`` and the eval/save/log intervals are rounded
 up to whole updates of N × T steps (the banner says so).
 
@@ -48,7 +52,7 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -59,6 +63,7 @@ from rlfm.control import (
     Collector,
     ReturnNormalizer,
     UpdateSettings,
+    adam,
     evaluate,
     make_model,
     one_thread,
@@ -76,8 +81,7 @@ from rlfm.run import Run
 EVAL_SEED = 1_000_000  # evaluation episodes use reset seeds seed + EVAL_SEED + i
 
 
-@settings(
-    RunSettings,
+RUN_DEFAULTS = dict(
     device="cpu",
     precision="fp32",
     eval_every=10_000,
@@ -86,6 +90,10 @@ EVAL_SEED = 1_000_000  # evaluation episodes use reset seeds seed + EVAL_SEED + 
     keep_checkpoints=2,
     max_grad_norm=0.5,
 )
+"""The run settings' defaults of the control stages (`rlfm control ppo` and `control prefs`)."""
+
+
+@settings(RunSettings, **RUN_DEFAULTS)
 class Config:
     """PPO on a Gymnasium environment (defaults: Stable-Baselines3's PPO with normalisation)."""
 
@@ -137,6 +145,11 @@ class Config:
     """Initial log-std of a Gaussian policy."""
     ortho_init: bool = True
     """Orthogonal initialisation (gain √2 hidden, 0.01 policy output, 1 value output)."""
+    sde: bool = False
+    """Generalised state-dependent exploration (gSDE; Box actions): noise θᵀz(s) from the
+    policy's last hidden features, θ held for --sde-sample-freq steps."""
+    sde_sample_freq: int = -1
+    """gSDE: draw new exploration matrices every this many steps (−1: once per rollout)."""
     eval_episodes: int = 10
     """Deterministic evaluation episodes at every evaluation."""
     cost_limit: float | None = None
@@ -183,13 +196,24 @@ class Config:
             "cost_limit",
             f"must be ≥ 0, got {self.cost_limit}",
         )
+        check(
+            self.sde_sample_freq == -1 or self.sde_sample_freq >= 1,
+            "sde_sample_freq",
+            f"must be ≥ 1 or −1 (once per rollout), got {self.sde_sample_freq}",
+        )
         check(self.lagrange_lr > 0, "lagrange_lr", f"must be > 0, got {self.lagrange_lr}")
         check(self.lagrange_init >= 0, "lagrange_init", f"must be ≥ 0, got {self.lagrange_init}")
 
 
 def fit_to_rollout(cfg: Config) -> tuple[Config, list[str]]:
     """``cfg`` with the step counts rounded up to whole updates, and a note per change."""
-    batch = cfg.n_envs * cfg.n_steps
+    return whole_updates(cfg, cfg.n_envs * cfg.n_steps)
+
+
+def whole_updates(cfg: Any, batch: int) -> tuple[Any, list[str]]:
+    """``cfg`` (a dataclass with ``steps``, ``eval_every``, ``save_every``, ``log_every``) with
+    those counts rounded up to whole updates of ``batch`` steps, and a note per change: the
+    loop only stops after whole updates, so a schedule that is not a multiple never fires."""
     changes, notes = {}, []
     for name in ("steps", "eval_every", "save_every", "log_every"):
         value = getattr(cfg, name)
@@ -237,6 +261,7 @@ def model_settings(cfg: Config, cost_critic: bool) -> dict:
         ortho_init=cfg.ortho_init,
         cost_critic=cost_critic,
         normalize_obs=cfg.normalize_obs,
+        sde=cfg.sde,
     )
 
 
@@ -278,14 +303,17 @@ def train(cfg: Config) -> dict[str, float]:
             model = make_model(probe, **model_settings(cfg, lagrangian))
         probe.close()
         model.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-5)
+        optimizer = adam(model.parameters(), cfg.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda u: max(0.0, 1.0 - u / updates) if cfg.anneal_lr else 1.0
         )
         normalizer = ReturnNormalizer(cfg.n_envs, cfg.gamma)
         multiplier = LagrangeMultiplier(cfg.lagrange_init)
         collector = Collector(
-            make_vector_env(cfg.env, cfg.n_envs), cfg.seed, record=cfg.record_episodes
+            make_vector_env(cfg.env, cfg.n_envs),
+            cfg.seed,
+            record=cfg.record_episodes,
+            sde_sample_freq=cfg.sde_sample_freq,
         )
         step = run.track(
             model,

@@ -44,6 +44,7 @@ from rlfm.config import RunSettings, check, from_dict, load_yaml, settings
 from rlfm.control import (
     Collector,
     ReturnNormalizer,
+    adam,
     evaluate,
     make_model,
     one_thread,
@@ -61,16 +62,7 @@ from rlfm.run import Run
 from rlfm.stages import control_ppo
 
 
-@settings(
-    RunSettings,
-    device="cpu",
-    precision="fp32",
-    eval_every=10_000,
-    save_every=50_000,
-    log_every=2048,
-    keep_checkpoints=2,
-    max_grad_norm=0.5,
-)
+@settings(RunSettings, **control_ppo.RUN_DEFAULTS)
 class Config:
     """PPO on a reward model learned online from an oracle's segment preferences."""
 
@@ -304,6 +296,8 @@ def train(cfg: Config) -> dict[str, float]:
     from gymnasium import spaces
 
     batch = ppo.n_envs * ppo.n_steps
+    cfg, own_notes = control_ppo.whole_updates(cfg, batch)  # its own eval/save/log schedule
+    notes += [n for n in own_notes if n not in notes]
     total = ppo.steps
     if isinstance(probe.action_space, spaces.Discrete) and cfg.segment_length > batch:
         raise ConfigError(f"segment_length: {cfg.segment_length} is longer than a rollout")
@@ -322,7 +316,7 @@ def train(cfg: Config) -> dict[str, float]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + 1)
             ensemble = RewardEnsemble(n_features, cfg.ensemble, cfg.hidden)
-        optimizer = torch.optim.Adam(model.parameters(), lr=ppo.lr, eps=1e-5)
+        optimizer = adam(model.parameters(), ppo.lr)
         updates = total // batch
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda u: max(0.0, 1.0 - u / updates) if ppo.anneal_lr else 1.0
@@ -330,7 +324,9 @@ def train(cfg: Config) -> dict[str, float]:
         reward_optimizer = torch.optim.Adam(ensemble.parameters(), lr=cfg.reward_lr)
         normalizer = ReturnNormalizer(ppo.n_envs, ppo.gamma)
         labels = Labels(cfg.pool, cfg.seed)
-        collector = Collector(make_vector_env(cfg.env, ppo.n_envs), cfg.seed)
+        collector = Collector(
+            make_vector_env(cfg.env, ppo.n_envs), cfg.seed, sde_sample_freq=ppo.sde_sample_freq
+        )
         step = run.track(
             model,
             optimizer=optimizer,

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -111,28 +111,33 @@ class Config:
     RESUMABLE = ("steps", "eval_episodes", "max_eval_steps")
 
     def __post_init__(self) -> None:
-        for name in ("context", "hidden", "layers", "heads", "steps", "batch_size"):
-            check(getattr(self, name) >= 1, name, f"must be ≥ 1, got {getattr(self, name)}")
-        check(
-            self.hidden % self.heads == 0,
-            "heads",
-            f"{self.heads} heads do not divide the width {self.hidden}",
-        )
-        check(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
-        check(
-            self.micro_batch_size is None or self.micro_batch_size >= 1,
-            "micro_batch_size",
-            f"must be ≥ 1, got {self.micro_batch_size}",
-        )
-        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        check(self.weight_decay >= 0, "weight_decay", f"must be ≥ 0, got {self.weight_decay}")
-        check(self.warmup_steps >= 0, "warmup_steps", f"must be ≥ 0, got {self.warmup_steps}")
+        check_transformer_settings(self)
         check(
             self.return_scale is None or self.return_scale > 0,
             "return_scale",
             f"must be > 0, got {self.return_scale}",
         )
-        check(self.eval_episodes >= 0, "eval_episodes", f"must be ≥ 0, got {self.eval_episodes}")
+
+
+def check_transformer_settings(cfg: Any) -> None:
+    """The checks `rlfm dt train` and `rlfm cdt train` share: sizes, optimiser, evaluation."""
+    for name in ("context", "hidden", "layers", "heads", "steps", "batch_size"):
+        check(getattr(cfg, name) >= 1, name, f"must be ≥ 1, got {getattr(cfg, name)}")
+    check(
+        cfg.hidden % cfg.heads == 0,
+        "heads",
+        f"{cfg.heads} heads do not divide the width {cfg.hidden}",
+    )
+    check(0 <= cfg.dropout < 1, "dropout", f"must be in [0, 1), got {cfg.dropout}")
+    check(
+        cfg.micro_batch_size is None or cfg.micro_batch_size >= 1,
+        "micro_batch_size",
+        f"must be ≥ 1, got {cfg.micro_batch_size}",
+    )
+    check(cfg.lr > 0, "lr", f"must be > 0, got {cfg.lr}")
+    check(cfg.weight_decay >= 0, "weight_decay", f"must be ≥ 0, got {cfg.weight_decay}")
+    check(cfg.warmup_steps >= 0, "warmup_steps", f"must be ≥ 0, got {cfg.warmup_steps}")
+    check(cfg.eval_episodes >= 0, "eval_episodes", f"must be ≥ 0, got {cfg.eval_episodes}")
 
 
 def build_model(cfg: Config, tasks: list[Task], data: TrajectoryData) -> DecisionTransformer:
