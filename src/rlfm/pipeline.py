@@ -76,7 +76,7 @@ class Config:
     quick: bool = False
     """A smoke run: the tiny preset and a few steps per stage (a few minutes on a CPU)."""
     pretrain_steps: int | None = None
-    """Pre-training steps (default: 500, where `rlfm pretrain` alone takes 600)."""
+    """Pre-training steps (default: the stage's own default)."""
     model: Path | None = None
     """Your own pre-trained model (a local Hugging Face causal-LM directory): pre-training is
     skipped, SFT starts from it, and it is the gold labeler's fluency model."""
@@ -151,9 +151,7 @@ def stage_configs(cfg: Config) -> Stages:
     out = cfg.out
     base = cfg.model if cfg.model is not None else out / "pretrain"
     defaults: dict[str, Any] = {
-        # 500 steps (about 1.5 epochs) instead of the stage's 600: the whole job fits in about
-        # 15 minutes on 2 CPU cores
-        "pretrain": pretrain.Config(out=out / "pretrain", steps=500, **common),
+        "pretrain": pretrain.Config(out=out / "pretrain", **common),
         "sft": sft.Config(model=base, out=out / "sft", **common),
         "labels": labels.Config(
             out=out / "labels",
@@ -168,17 +166,8 @@ def stage_configs(cfg: Config) -> Stages:
         "reward": reward.Config(
             model=out / "sft", out=out / "rm", steps=100, eval_every=50, save_every=50, **common
         ),
-        # 15 updates, evaluated every 5: the held-out gold score peaked at update 10 of 40 and
-        # fell after it (0.92 at 10, 0.57 at 20, 0.81 at 40), and PPO keeps its best update
         "ppo": ppo.Config(
-            policy=out / "sft",
-            reward=out / "rm",
-            out=out / "ppo",
-            prompts=cfg.prompts,
-            updates=15,
-            eval_every=5,
-            save_every=5,
-            **common,
+            policy=out / "sft", reward=out / "rm", out=out / "ppo", prompts=cfg.prompts, **common
         ),
     }
     if cfg.pretrain_steps is not None:
