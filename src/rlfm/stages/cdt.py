@@ -82,6 +82,7 @@ from rlfm.losses.dt import (
 from rlfm.models.decision_transformer import BCConfig, BCPolicy, DecisionTransformer, DTConfig
 from rlfm.optim import adamw, warmup_cosine
 from rlfm.run import Run
+from rlfm.stages import dt
 from rlfm.stages.dt import check_transformer_settings
 from rlfm.stages.dt_eval import parse_numbers
 
@@ -98,7 +99,19 @@ TRANSFORMERS: dict[str, tuple[bool, bool, bool]] = {
 }
 
 
-@settings(RunSettings, eval_every=2000, save_every=2000, log_every=50, max_grad_norm=0.25)
+@settings(
+    RunSettings,
+    dt.TransformerTraining,
+    docs={
+        "hidden": "Width of the transformer (and of the BC MLP).",
+        "layers": "Transformer blocks (BC: hidden layers).",
+    },
+    context=10,  # the CDT recipe: a shorter window, more heads, larger batches
+    heads=8,
+    batch_size=2048,
+    warmup_steps=500,
+    **dt.RUN_DEFAULTS,
+)
 class Config:
     """Train a Constrained Decision Transformer (or a baseline) on a Minari dataset with costs."""
 
@@ -113,28 +126,6 @@ class Config:
     cost_thresholds: tuple[str, ...] = ("10", "20", "40")
     """Cost thresholds (comma- or space-separated): BC-Safe trains a policy for each; the
     evaluations during training use them."""
-    context: int = 10
-    """K: steps per window."""
-    hidden: int = 128
-    """Width of the transformer (and of the BC MLP)."""
-    layers: int = 3
-    """Transformer blocks (BC: hidden layers)."""
-    heads: int = 8
-    """Attention heads."""
-    dropout: float = 0.1
-    """Dropout on embeddings, attention and residual branches."""
-    steps: int = 100_000
-    """Optimizer steps."""
-    batch_size: int = 2048
-    """Windows per optimizer step, summed over all processes."""
-    micro_batch_size: int | None = None
-    """Windows per forward/backward pass per process (gradient accumulation when smaller)."""
-    lr: float = 1e-4
-    """Learning rate (AdamW), reached after the warm-up and then constant."""
-    weight_decay: float = 1e-4
-    """AdamW weight decay on weight matrices."""
-    warmup_steps: int = 500
-    """Steps of linear learning-rate warm-up."""
     return_scale: float | None = None
     """R̂ is divided by this inside the model. Default: the largest |episode return|."""
     cost_scale: float | None = None
@@ -145,10 +136,6 @@ class Config:
     """Initial entropy temperature λ."""
     prediction_weight: float = 0.02
     """Weight w of the reward and cost prediction losses."""
-    eval_episodes: int = 5
-    """Episodes per threshold in the evaluations during training (0 = none)."""
-    max_eval_steps: int | None = None
-    """Cut evaluation episodes at this many steps (default: the environment's limit)."""
 
     RESUMABLE = ("steps", "eval_episodes", "max_eval_steps")
 

@@ -38,6 +38,7 @@ N processes (data parallel; --batch-size is global):
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,17 +67,11 @@ from rlfm.optim import adamw, warmup_cosine
 from rlfm.run import Run
 
 
-@settings(RunSettings, eval_every=2000, save_every=2000, log_every=50, max_grad_norm=0.25)
-class Config:
-    """Train a Decision Transformer on Minari datasets."""
+@dataclass(frozen=True)
+class TransformerTraining:
+    """The model and optimisation settings `rlfm dt train` and `rlfm cdt train` share (the
+    Decision Transformer paper's Gym setup by default, Chen et al. 2021, Table 8)."""
 
-    config: Path | None = None
-    """YAML file of field values; flags on the command line override it."""
-    out: Path = Path("runs/dt")
-    """Output directory. Running again on the same directory resumes from its newest checkpoint."""
-    dataset: tuple[str, ...] = ()
-    """Minari dataset ids (in MINARI_DATASETS_PATH or ~/.minari/datasets) or dataset folders;
-    several make a multi-task model (one task per environment)."""
     context: int = 20
     """K: steps per window."""
     hidden: int = 128
@@ -87,8 +82,6 @@ class Config:
     """Attention heads."""
     dropout: float = 0.1
     """Dropout on embeddings, attention and residual branches."""
-    activation: Literal["relu", "gelu"] = "relu"
-    """MLP activation (the original code: ReLU)."""
     steps: int = 100_000
     """Optimizer steps."""
     batch_size: int = 64
@@ -101,12 +94,31 @@ class Config:
     """AdamW weight decay on weight matrices."""
     warmup_steps: int = 10_000
     """Steps of linear learning-rate warm-up."""
-    return_scale: float | None = None
-    """R̂ is divided by this inside the model. Default: the largest |episode return| in the data."""
     eval_episodes: int = 5
-    """Episodes per evaluation during training, per task (0 = no evaluation)."""
+    """Episodes per evaluation during training, per task or threshold (0 = no evaluation)."""
     max_eval_steps: int | None = None
     """Cut evaluation episodes at this many steps (default: the environment's limit)."""
+
+
+RUN_DEFAULTS = dict(eval_every=2000, save_every=2000, log_every=50, max_grad_norm=0.25)
+"""The run settings of `rlfm dt train` and `rlfm cdt train`."""
+
+
+@settings(RunSettings, TransformerTraining, **RUN_DEFAULTS)
+class Config:
+    """Train a Decision Transformer on Minari datasets."""
+
+    config: Path | None = None
+    """YAML file of field values; flags on the command line override it."""
+    out: Path = Path("runs/dt")
+    """Output directory. Running again on the same directory resumes from its newest checkpoint."""
+    dataset: tuple[str, ...] = ()
+    """Minari dataset ids (in MINARI_DATASETS_PATH or ~/.minari/datasets) or dataset folders;
+    several make a multi-task model (one task per environment)."""
+    activation: Literal["relu", "gelu"] = "relu"
+    """MLP activation (the original code: ReLU)."""
+    return_scale: float | None = None
+    """R̂ is divided by this inside the model. Default: the largest |episode return| in the data."""
 
     RESUMABLE = ("steps", "eval_episodes", "max_eval_steps")
 
