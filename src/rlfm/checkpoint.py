@@ -217,13 +217,7 @@ def save_checkpoint(
 
 def _first_problem(engine: Engine, problem: str | None) -> str | None:
     """A problem any process had (each process writes its own RNG file)."""
-    if not engine.distributed:
-        return problem
-    import torch.distributed as dist
-
-    everyone: list[str | None] = [None] * engine.world_size
-    dist.all_gather_object(everyone, problem)
-    return next((p for p in everyone if p is not None), None)
+    return next((p for p in engine.gather_objects(problem) if p is not None), None)
 
 
 def _publish(tmp: Path, final: Path) -> None:
