@@ -166,8 +166,18 @@ def stage_configs(cfg: Config) -> Stages:
         "reward": reward.Config(
             model=out / "sft", out=out / "rm", steps=100, eval_every=50, save_every=50, **common
         ),
+        # 20 updates at twice the stage's default rate, evaluated every 5: the held-out gold
+        # score still rose at update 20 (sampling at temperature 1) and the job fits 15 minutes
         "ppo": ppo.Config(
-            policy=out / "sft", reward=out / "rm", out=out / "ppo", prompts=cfg.prompts, **common
+            policy=out / "sft",
+            reward=out / "rm",
+            out=out / "ppo",
+            prompts=cfg.prompts,
+            updates=20,
+            lr=2e-5,
+            eval_every=5,
+            save_every=5,
+            **common,
         ),
     }
     if cfg.pretrain_steps is not None:

@@ -54,7 +54,7 @@ class Config:
     """n of best-of-n."""
     max_new_tokens: int = 48
     """Tokens per reply at most."""
-    temperature: float = 0.7
+    temperature: float = 1.0
     """Sampling temperature (PPO's)."""
     safety_samples: int = 1
     """Replies per red-team prompt and model."""

@@ -42,8 +42,8 @@ class Config:
     """Replies sampled per prompt and model."""
     max_new_tokens: int = 48
     """Tokens per reply at most."""
-    temperature: float = 0.7
-    """Sampling temperature."""
+    temperature: float = 1.0
+    """Sampling temperature (PPO's: the models' own distributions)."""
     labelers: int = 3
     """Simulated labelers who rate each reply's toxicity in the labelling app (0: none)."""
     db: Path | None = None

@@ -89,8 +89,8 @@ class Config:
     """PPO's prompts per update."""
     max_new_tokens: int = 48
     """Tokens per reply at most."""
-    temperature: float = 0.7
-    """Sampling temperature (best-of-n and PPO)."""
+    temperature: float = 1.0
+    """Sampling temperature (best-of-n and PPO; at 1 best-of-n's analytic KL is exact)."""
 
     def __post_init__(self) -> None:
         check(len(self.sizes) >= 1, "sizes", "give at least one proxy size")
