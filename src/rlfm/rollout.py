@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 
 from rlfm.errors import ConfigError
 
@@ -203,11 +203,38 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 def _forward_args(model: nn.Module) -> tuple[str, dict]:
     """The model's name for the KV-cache argument (``cache`` in recent transformers,
     ``past_key_values`` before), and ``logits_to_keep=1`` where supported (the prompt pass then
-    computes vocabulary logits for the last position only)."""
-    inner = getattr(model, "module", model)
+    computes vocabulary logits for the last position only). A LoRA peft model passes both on to
+    its base model, so the base model's signature is the one read."""
+    inner = _unwrap(model)
     params = inspect.signature(inner.forward).parameters
     cache_arg = "cache" if "cache" in params else "past_key_values"
     return cache_arg, ({"logits_to_keep": 1} if "logits_to_keep" in params else {})
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DDP (``.module``) and inside a LoRA peft model (its base model, which
+    holds the LoRA layers). A prompt-learning peft model is left as it is: it builds its own
+    cache from the learned prefix."""
+    inner = getattr(model, "module", model)
+    peft_config = getattr(inner, "active_peft_config", None)
+    if hasattr(inner, "get_base_model") and not getattr(peft_config, "is_prompt_learning", True):
+        return inner.get_base_model()
+    return inner
+
+
+def _static_cache(model: nn.Module, max_len: int) -> Any | None:
+    """A KV cache preallocated for ``max_len`` positions, written in place at each step (the
+    default cache grows by concatenation, copying every layer's keys and values every step);
+    None where the model is not a Hugging Face model that takes one (it then keeps its own)."""
+    inner = _unwrap(model)
+    if not isinstance(inner, PreTrainedModel) or inner.config.is_encoder_decoder:
+        return None
+    if not {"cache", "past_key_values"} & set(inspect.signature(inner.forward).parameters):
+        return None
+    try:
+        return StaticCache(config=inner.config, max_cache_len=max_len)
+    except (TypeError, ValueError, AttributeError, KeyError):  # a config it cannot read
+        return None
 
 
 def _cache(out: Any) -> Any:
@@ -261,11 +288,24 @@ def sample(
     ``shard``: see :func:`generate`."""
     B, P = prompt_ids.shape  # batch, prompt length
     device = prompt_ids.device
-    mask = prompt_mask.clone()
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     cache_arg, extra = _forward_args(model)
+    # The KV cache and the mask are allocated once at full width (prompt + max_new_tokens):
+    # growing them by torch.cat copies everything so far at every step. Mask columns of tokens
+    # not yet fed are 1 already; the causal mask hides them until they are written.
+    cache = _static_cache(model, P + max_new_tokens)
+    growing = cache is None  # the model's own cache, and a mask as wide as what it has seen
+    if growing:
+        mask = prompt_mask
+    else:
+        mask = torch.cat([prompt_mask, prompt_mask.new_ones(B, max_new_tokens)], dim=1)
+        extra = {**extra, cache_arg: cache}
     out = model(
-        input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra
+        input_ids=prompt_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=True,
+        **extra,
     )
     cache, logits = _cache(out), out.logits[:, -1, :]
     next_pos = positions[:, -1:] + 1
@@ -281,7 +321,8 @@ def sample(
         done |= tok == eos_token_id
         if bool(done.all()) or t == max_new_tokens - 1:
             break
-        mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], dim=1)
+        if growing:
+            mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
         out = model(
             input_ids=tok[:, None],
             attention_mask=mask,
