@@ -133,7 +133,9 @@ def _lora(model):
     adapter changes the output)."""
     from rlfm.models.adapters import add_lora
 
-    peft_model = add_lora(model, r=4, dropout=0.0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # LoRA's A matrices are drawn from the global generator
+        peft_model = add_lora(model, r=4, dropout=0.0)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -160,7 +162,7 @@ def _run(model, ids, mask, T, eos, *, growing=False, autocast=False):
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     with pytest.MonkeyPatch.context() as mp, torch.no_grad(), bf16:
         if growing:
-            mp.setattr(rollout, "_static_cache", lambda *a: None)
+            mp.setattr(rollout, "_preallocated_cache", lambda *a: None)
         return sample(
             model,
             ids,
@@ -212,16 +214,23 @@ def test_preallocated_cache_draws_what_the_growing_cache_draws(family, wrap, T):
         model = _lora(model)
     if wrap == "ddp+lora":
         model = _DDPLike(model)
-    assert rollout._static_cache(model, 20) is not None  # the new path is the one taken
+    assert rollout._preallocated_cache(model, 20) is not None  # the new path is the one taken
     ids, mask = _left_padded_prompts(64)
-    # EOS: a token that row 0 draws and row 1 does not, so some rows stop early and some not
+    # EOS: a token that row `stop` draws before its last step and row `go` never draws, so
+    # some rows stop early and some run to the end
     first = _run(model, ids, mask, T, eos=-1)
-    drawn = [set(first.response_ids[b].tolist()) for b in range(4)]
-    eos = min(drawn[0] - drawn[1])
+    drawn = [set(row.tolist()) for row in first.response_ids]
+    eos, stop, go = next(
+        (tok, a, b)
+        for a in range(4)
+        for b in range(4)
+        for tok in first.response_ids[a, :-1].tolist()
+        if tok not in drawn[b]
+    )
     new = _run(model, ids, mask, T, eos)
     old = _run(model, ids, mask, T, eos, growing=True)
-    assert new.ended[0] and not new.ended[1]
-    assert not new.response_mask[0].all()  # row 0 stopped before the end and is padded after
+    assert new.ended[stop] and not new.ended[go]
+    assert not new.response_mask[stop].all()  # stopped before the end, padded after
     assert torch.equal(new.response_ids, old.response_ids)
     assert torch.equal(new.response_mask, old.response_mask)
     assert torch.equal(new.ended, old.ended)
@@ -262,9 +271,9 @@ def test_models_that_take_no_preallocated_cache_keep_their_own():
         def forward(self, **kw):
             return self.inner(**kw)
 
-    assert rollout._static_cache(Custom(model), 20) is None
+    assert rollout._preallocated_cache(Custom(model), 20) is None
     prefix = sampling_model(add_prefix(_model(), num_tokens=3).eval())
-    assert rollout._static_cache(prefix, 20) is None
+    assert rollout._preallocated_cache(prefix, 20) is None
     ids, mask = _prompts()
     for m in (Custom(model), prefix):
         out = sample(m, ids, mask, max_new_tokens=4, eos_token_id=EOS, pad_token_id=PAD)
