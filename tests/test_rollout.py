@@ -1,5 +1,8 @@
 """Sampling with a KV cache: stopping at EOS, masks, log-probs, equivalence with no cache."""
 
+import contextlib
+
+import pytest
 import torch
 
 from rlfm.models.presets import build_model, model_config
@@ -120,3 +123,158 @@ def test_draw_matches_the_tempered_distribution_and_never_draws_a_filtered_token
     greedy, greedy_logp = draw(logits[:2], 0.0)
     assert greedy.tolist() == [0, 0]
     torch.testing.assert_close(greedy_logp, logits[:2].log_softmax(-1)[:, 0])
+
+
+# ------------------------------------------------- the preallocated (static) KV cache
+
+
+def _lora(model):
+    """``model`` with LoRA on its attention projections, the B matrices nonzero (so the
+    adapter changes the output)."""
+    from rlfm.models.adapters import add_lora
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # LoRA's A matrices are drawn from the global generator
+        peft_model = add_lora(model, r=4, dropout=0.0)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    return peft_model.eval()
+
+
+class _DDPLike(torch.nn.Module):
+    """A wrapper with the model in ``.module``, as DistributedDataParallel has."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.module = m
+
+    def forward(self, **kw):
+        return self.module(**kw)
+
+
+def _run(model, ids, mask, T, eos, *, growing=False, autocast=False):
+    """``sample`` with the preallocated cache, or with the model's own growing cache."""
+    import rlfm.rollout as rollout
+
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with pytest.MonkeyPatch.context() as mp, torch.no_grad(), bf16:
+        if growing:
+            mp.setattr(rollout, "_preallocated_cache", lambda *a: None)
+        return sample(
+            model,
+            ids,
+            mask,
+            max_new_tokens=10,
+            eos_token_id=eos,
+            pad_token_id=PAD,
+            temperature=T,
+            generator=torch.Generator().manual_seed(3),
+        )
+
+
+def _recomputed_logprobs(model, ids, mask, out, T, autocast=False):
+    """Log-probs of the sampled tokens from one forward over prompt + response, no cache."""
+    full = torch.cat([ids, out.response_ids], 1)
+    full_mask = torch.cat([mask, out.response_mask], 1)
+    pos = (full_mask.cumsum(-1) - 1).clamp(min=0)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with torch.no_grad(), ctx:
+        logits = model(input_ids=full, attention_mask=full_mask, position_ids=pos).logits.float()
+    P = ids.shape[1]
+    logits = logits[:, P - 1 : -1]
+    lp = (logits.log_softmax(-1) if T == 0 else (logits / T).log_softmax(-1)).gather(
+        -1, out.response_ids[..., None]
+    )[..., 0]
+    return lp * out.response_mask
+
+
+def _left_padded_prompts(vocab):
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(3, vocab, (4, 7), generator=g)
+    lengths = torch.tensor([7, 3, 5, 1])
+    mask = (torch.arange(7)[None, :] >= 7 - lengths[:, None]).long()
+    return ids.masked_fill(mask == 0, PAD), mask
+
+
+@pytest.mark.parametrize("family", ["tiny", "llama-tiny"])
+@pytest.mark.parametrize("wrap", ["plain", "lora", "ddp+lora"])
+@pytest.mark.parametrize("T", [0.0, 0.8])
+def test_preallocated_cache_draws_what_the_growing_cache_draws(family, wrap, T):
+    """GPT-2 and Llama, bare, LoRA-wrapped (the peft model itself) and DDP-wrapped LoRA,
+    greedy and sampled, left-padded prompts, some rows ending early at EOS: the preallocated
+    cache draws the same tokens as the growing (dynamic) cache for the same generator, with
+    the same log-probs, which are those of a full forward without a cache."""
+    import rlfm.rollout as rollout
+
+    model = build_model(model_config(family, vocab_size=64, context=64), seed=0).eval()
+    if wrap != "plain":
+        model = _lora(model)
+    if wrap == "ddp+lora":
+        model = _DDPLike(model)
+    assert rollout._preallocated_cache(model, 20) is not None  # the new path is the one taken
+    ids, mask = _left_padded_prompts(64)
+    # EOS: a token that row `stop` draws before its last step and row `go` never draws, so
+    # some rows stop early and some run to the end
+    first = _run(model, ids, mask, T, eos=-1)
+    drawn = [set(row.tolist()) for row in first.response_ids]
+    eos, stop, go = next(
+        (tok, a, b)
+        for a in range(4)
+        for b in range(4)
+        for tok in first.response_ids[a, :-1].tolist()
+        if tok not in drawn[b]
+    )
+    new = _run(model, ids, mask, T, eos)
+    old = _run(model, ids, mask, T, eos, growing=True)
+    assert new.ended[stop] and not new.ended[go]
+    assert not new.response_mask[stop].all()  # stopped before the end, padded after
+    assert torch.equal(new.response_ids, old.response_ids)
+    assert torch.equal(new.response_mask, old.response_mask)
+    assert torch.equal(new.ended, old.ended)
+    torch.testing.assert_close(new.logprobs, old.logprobs, atol=1e-5, rtol=1e-5)
+    want = _recomputed_logprobs(model, ids, mask, new, T)
+    torch.testing.assert_close(new.logprobs, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["tiny", "llama-tiny"])
+def test_preallocated_cache_under_bf16_autocast(family):
+    """Under bf16 autocast the preallocated cache's log-probs are as close to a bf16 forward
+    without a cache as the growing cache's are (bf16 rounding, not a different computation)."""
+    model = build_model(model_config(family, vocab_size=64, context=64), seed=0).eval()
+    ids, mask = _left_padded_prompts(64)
+    errors = []
+    for growing in (False, True):
+        out = _run(model, ids, mask, 0.8, -1, growing=growing, autocast=True)
+        want = _recomputed_logprobs(model, ids, mask, out, 0.8, autocast=True)
+        errors.append(float((out.logprobs - want).abs().max()))
+    new_error, old_error = errors
+    print("bf16 max |log-prob error| preallocated, growing:", errors)
+    assert new_error < 0.1 and new_error <= 2 * old_error + 1e-2, errors
+
+
+def test_models_that_take_no_preallocated_cache_keep_their_own():
+    """A module that is not a Hugging Face model, and a prefix-tuned peft model (whose cache
+    starts with the learned prefix), get no preallocated cache and sample as before."""
+    import rlfm.rollout as rollout
+    from rlfm.models.adapters import add_prefix, sampling_model
+
+    model = _model()
+
+    class Custom(torch.nn.Module):  # no `.module`, not a PreTrainedModel
+        def __init__(self, m):
+            super().__init__()
+            self.inner = m
+
+        def forward(self, **kw):
+            return self.inner(**kw)
+
+    assert rollout._preallocated_cache(Custom(model), 20) is None
+    prefix = sampling_model(add_prefix(_model(), num_tokens=3).eval())
+    assert rollout._preallocated_cache(prefix, 20) is None
+    ids, mask = _prompts()
+    for m in (Custom(model), prefix):
+        out = sample(m, ids, mask, max_new_tokens=4, eos_token_id=EOS, pad_token_id=PAD)
+        assert out.response_ids.shape == (2, 4)

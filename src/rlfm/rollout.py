@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import Cache, DynamicLayer
 
 from rlfm.errors import ConfigError
 
@@ -203,11 +204,69 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 def _forward_args(model: nn.Module) -> tuple[str, dict]:
     """The model's name for the KV-cache argument (``cache`` in recent transformers,
     ``past_key_values`` before), and ``logits_to_keep=1`` where supported (the prompt pass then
-    computes vocabulary logits for the last position only)."""
-    inner = getattr(model, "module", model)
+    computes vocabulary logits for the last position only). A LoRA peft model passes both on to
+    its base model, so the base model's signature is the one read."""
+    inner = _unwrap(model)
     params = inspect.signature(inner.forward).parameters
     cache_arg = "cache" if "cache" in params else "past_key_values"
     return cache_arg, ({"logits_to_keep": 1} if "logits_to_keep" in params else {})
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DDP (``.module``) and inside a LoRA peft model (its base model, which
+    holds the LoRA layers). A prompt-learning peft model is left as it is: it builds its own
+    cache from the learned prefix."""
+    inner = getattr(model, "module", model)
+    peft_config = getattr(inner, "active_peft_config", None)
+    if hasattr(inner, "get_base_model") and not getattr(peft_config, "is_prompt_learning", True):
+        return inner.get_base_model()
+    return inner
+
+
+def _preallocated_cache(model: nn.Module, max_len: int) -> Any | None:
+    """A KV cache whose keys and values are written in place into buffers allocated for
+    ``max_len`` positions; None where the model is not a Hugging Face model that takes one
+    (or has sliding-window or other non-full attention layers): it then keeps its own cache."""
+    inner = _unwrap(model)
+    if not isinstance(inner, PreTrainedModel) or inner.config.is_encoder_decoder:
+        return None
+    if not {"cache", "past_key_values"} & set(inspect.signature(inner.forward).parameters):
+        return None
+    config = inner.config.get_text_config(decoder=True)
+    layer_types = getattr(config, "layer_types", None) or ["full_attention"]
+    if getattr(config, "sliding_window", None) or set(layer_types) != {"full_attention"}:
+        return None
+    return Cache(layers=[_PreallocatedLayer(max_len) for _ in range(config.num_hidden_layers)])
+
+
+class _PreallocatedLayer(DynamicLayer):
+    """One layer of :func:`_preallocated_cache`: its keys and values are views of the first
+    positions of buffers allocated at the first update, so attention reads only the positions
+    written so far, as with the growing cache, without copying them at every step."""
+
+    def __init__(self, max_len: int) -> None:
+        super().__init__()
+        self.max_len = max_len
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        B, H = key_states.shape[:2]  # batch, heads
+        self.key_buffer = key_states.new_empty(B, H, self.max_len, key_states.shape[-1])
+        self.value_buffer = value_states.new_empty(B, H, self.max_len, value_states.shape[-1])
+        self.keys, self.values = self.key_buffer[:, :, :0], self.value_buffer[:, :, :0]
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start = self.keys.shape[-2]
+        end = start + key_states.shape[-2]
+        self.key_buffer[:, :, start:end] = key_states
+        self.value_buffer[:, :, start:end] = value_states
+        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+        return self.keys, self.values
 
 
 def _cache(out: Any) -> Any:
@@ -261,11 +320,21 @@ def sample(
     ``shard``: see :func:`generate`."""
     B, P = prompt_ids.shape  # batch, prompt length
     device = prompt_ids.device
-    mask = prompt_mask.clone()
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     cache_arg, extra = _forward_args(model)
+    # The KV cache and the mask are allocated once at full width (prompt + max_new_tokens) and
+    # filled in place: growing them by torch.cat copies everything so far at every step. The
+    # model sees the mask's first columns, as many as the tokens it has been given.
+    cache = _preallocated_cache(model, P + max_new_tokens)
+    mask = torch.cat([prompt_mask, prompt_mask.new_ones(B, max_new_tokens)], dim=1)
+    if cache is not None:  # else the model's own, growing cache
+        extra = {**extra, cache_arg: cache}
     out = model(
-        input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=positions,
+        use_cache=True,
+        **extra,
     )
     cache, logits = _cache(out), out.logits[:, -1, :]
     next_pos = positions[:, -1:] + 1
@@ -281,10 +350,9 @@ def sample(
         done |= tok == eos_token_id
         if bool(done.all()) or t == max_new_tokens - 1:
             break
-        mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], dim=1)
         out = model(
             input_ids=tok[:, None],
-            attention_mask=mask,
+            attention_mask=mask[:, : P + t + 1],
             position_ids=next_pos,
             use_cache=True,
             **{cache_arg: cache},
