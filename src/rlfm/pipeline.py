@@ -152,7 +152,8 @@ def stage_configs(cfg: Config) -> Stages:
     base = cfg.model if cfg.model is not None else out / "pretrain"
     defaults: dict[str, Any] = {
         "pretrain": pretrain.Config(out=out / "pretrain", **common),
-        "sft": sft.Config(model=base, out=out / "sft", **common),
+        # 300 steps: validation loss 5.078 at step 300 of 400 (5.053 at 400), 27 s sooner
+        "sft": sft.Config(model=base, out=out / "sft", steps=300, **common),
         "labels": labels.Config(
             out=out / "labels",
             policy=out / "sft",
@@ -166,17 +167,19 @@ def stage_configs(cfg: Config) -> Stages:
         "reward": reward.Config(
             model=out / "sft", out=out / "rm", steps=100, eval_every=50, save_every=50, **common
         ),
-        # 20 updates at twice the stage's default rate, evaluated every 5: the held-out gold
-        # score still rose at update 20 (sampling at temperature 1) and the job fits 15 minutes
+        # minibatches of 16 (half the optimizer steps of the stage's 8, 1.8x the training
+        # tokens/s here) at 3e-5 for 30 updates: on the same SFT policy and reward model the
+        # held-out gold score was still rising at update 30 and the job fits 15 minutes
         "ppo": ppo.Config(
             policy=out / "sft",
             reward=out / "rm",
             out=out / "ppo",
             prompts=cfg.prompts,
-            updates=20,
-            lr=2e-5,
-            eval_every=5,
-            save_every=5,
+            updates=30,
+            lr=3e-5,
+            minibatch=16,
+            eval_every=10,
+            save_every=10,
             **common,
         ),
     }
