@@ -89,8 +89,9 @@ class Config:
     """PPO's prompts per update."""
     max_new_tokens: int = 48
     """Tokens per reply at most."""
-    temperature: float = 1.0
-    """Sampling temperature (best-of-n and PPO; at 1 best-of-n's analytic KL is exact)."""
+    temperature: float = 0.7
+    """Sampling temperature (best-of-n and PPO; best-of-n's analytic KL is then against the
+    SFT policy sampled at this temperature)."""
 
     def __post_init__(self) -> None:
         check(len(self.sizes) >= 1, "sizes", "give at least one proxy size")
