@@ -10,20 +10,8 @@ file itself are counted and reported, so a report that reaches for a remote reso
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
-
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 
 
 def main() -> None:
@@ -34,14 +22,16 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=1400)
     parser.add_argument("--full-page", action="store_true")
     args = parser.parse_args()
-    chromium = shutil.which("chromium")
+    from rlfm.feedback.browser import chromium_path, launch
+
+    chromium = chromium_path()
     if chromium is None:
         sys.exit("screenshot: chromium is not on the PATH (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     remote: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=ARGS)
+        browser = launch(p, chromium)
         page = browser.new_page(viewport={"width": args.width, "height": args.height})
         page.on(
             "request",

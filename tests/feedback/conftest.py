@@ -340,22 +340,12 @@ def live_server(db: Path | str, log_dir: Path | None = None) -> Iterator[LiveSer
         log.close()
 
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-
-
 @pytest.fixture(scope="module")
 def browser():
     """Debian's headless Chromium driven by Playwright (never a downloaded browser)."""
-    path = shutil.which("chromium")
+    from rlfm.feedback.browser import chromium_path, launch
+
+    path = chromium_path()
     if path is None:
         msg = "chromium not found (apt-get install chromium): browser tests skipped"
         print(f"SKIP {msg}", file=sys.stderr)
@@ -363,6 +353,6 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        b = launch(p, path)
         yield b
         b.close()
