@@ -303,17 +303,14 @@ def result_row(
     met = None
     if target is not None:
         met = ratio <= target if lower_is_better else ratio >= target
-    return {
-        "workload": workload,
-        "size": size,
-        "peer": peer,
-        "peer_settings": peer_settings,
-        "metric": metric,
-        "rlfm": a["median"],
-        "peer_value": b["median"],
-        "ratio": ratio,
-        "target": None if target is None else f"{'≤' if lower_is_better else '≥'} {target:g}×",
-        "met": met,
+    return _row(
+        (workload, size, peer, peer_settings, metric),
+        a["median"],
+        b["median"],
+        ratio,
+        None if target is None else f"{'≤' if lower_is_better else '≥'} {target:g}×",
+        met,
+    ) | {
         "kind": kind,
         "precision": precision,
         "rlfm_rounds": [float(v) for v in rlfm],
@@ -415,12 +412,21 @@ def ratio_row(
     met = None
     if target is not None and x is not None:
         met = bool(x >= target) if higher_is_better else bool(x <= target)
-    return {
-        "workload": workload,
-        "size": size,
-        "peer": peer,
-        "peer_settings": peer_settings,
-        "metric": metric,
+    return _row((workload, size, peer, peer_settings, metric), rlfm, peer_value, ratio, target, met)
+
+
+def _row(
+    what: tuple[str, str, str, str, str],
+    rlfm: float,
+    peer_value: float | None,
+    ratio: float | None,
+    target: float | str | None,
+    met: bool | None,
+) -> dict:
+    """The keys every result row has, in the table's order: ``what`` is (workload, size, peer,
+    peer_settings, metric)."""
+    keys = ("workload", "size", "peer", "peer_settings", "metric")
+    return dict(zip(keys, what, strict=True)) | {
         "rlfm": rlfm,
         "peer_value": peer_value,
         "ratio": ratio,
