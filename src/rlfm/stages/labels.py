@@ -71,6 +71,10 @@ class Config:
     """Replies sampled and ranked per prompt."""
     max_new_tokens: int = 48
     """Tokens per sampled reply at most."""
+    temperatures: tuple[float, ...] = (1.0,)
+    """Sampling temperatures of each prompt's K replies, cycled over them (e.g. 1.0 0.5: the
+    1st and 3rd of 4 replies at 1.0, the 2nd and 4th at 0.5). The gold labeler's fluency
+    reference is measured on the replies at the first temperature."""
     url: str = "http://127.0.0.1:8000"
     """Where `rlfm label serve` answers (printed for people to label)."""
 
@@ -79,6 +83,11 @@ class Config:
             check(getattr(self, name) >= 1, name, f"must be ≥ 1, got {getattr(self, name)}")
         check(self.k >= 2, "k", f"a ranking needs at least 2 replies, got {self.k}")
         check(self.noise >= 0, "noise", f"must be ≥ 0, got {self.noise}")
+        check(
+            len(self.temperatures) >= 1 and all(t > 0 for t in self.temperatures),
+            "temperatures",
+            f"must be one or more numbers > 0, got {self.temperatures}",
+        )
         check(
             self.source == "human" or self.labelers >= self.overlap,
             "labelers",
@@ -144,23 +153,37 @@ def sample_and_import(cfg: Config, db_path: Path, gold_file: Path) -> GoldLabele
     )
     policy, tokenizer = reward.load_policy(rm_cfg, engine)
     splits = dict(zip((TRAIN, VAL), reward.builtin_prompts(rm_cfg, tokenizer)))
-    replies = {}
+    cycled = [cfg.temperatures[i % len(cfg.temperatures)] for i in range(cfg.k)]
+    temps = sorted(cycled, key=cfg.temperatures.index)  # each prompt's replies, in this order
+    replies: dict[str, list[list[str]]] = {}
     for n, (project, prompts) in enumerate(splits.items()):
-        with engine.autocast():
-            replies[project] = sample_replies(
-                policy,
-                tokenizer,
-                prompts,
-                cfg.k,
-                max_new_tokens=cfg.max_new_tokens,
-                seed=cfg.seed + n,
-            )
+        replies[project] = [[] for _ in prompts]
+        for i, t in enumerate(dict.fromkeys(temps)):  # each temperature's replies in one call
+            with engine.autocast():
+                part = sample_replies(
+                    policy,
+                    tokenizer,
+                    prompts,
+                    temps.count(t),
+                    max_new_tokens=cfg.max_new_tokens,
+                    temperature=t,
+                    seed=cfg.seed + n + 1000 * i,
+                )
+            for rs, new in zip(replies[project], part):
+                rs.extend(new)
     del policy
     flat = [
         (p, r) for project in splits for p, rs in zip(splits[project], replies[project]) for r in rs
     ]
     if cfg.gold_model is not None:
-        gold = calibrate(cfg.gold_model, [p for p, _ in flat], [r for _, r in flat], engine.device)
+        first = [
+            (p, r)
+            for project in splits
+            for p, rs in zip(splits[project], replies[project])
+            for r, t in zip(rs, temps)
+            if t == temps[0]
+        ]
+        gold = calibrate(cfg.gold_model, [p for p, _ in first], [r for _, r in first], engine.device)
     else:
         gold = GoldLabeler()
     gold.save(gold_file)
