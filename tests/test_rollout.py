@@ -278,3 +278,64 @@ def test_models_that_take_no_preallocated_cache_keep_their_own():
     for m in (Custom(model), prefix):
         out = sample(m, ids, mask, max_new_tokens=4, eos_token_id=EOS, pad_token_id=PAD)
         assert out.response_ids.shape == (2, 4)
+
+
+def _padded_samples():
+    from rlfm.rollout import Samples
+
+    # prompts left-padded to 6 (the two longest need 4 columns), responses right-padded to 5
+    # (the longest needs 3)
+    pm = torch.tensor([[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1]])
+    rm = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    pid = torch.where(pm.bool(), torch.arange(6) + 3, torch.tensor(PAD))
+    rid = torch.where(rm.bool(), torch.arange(5) + 12, torch.tensor(PAD))
+    lp = -torch.rand(3, 5) * rm
+    return Samples(pid, pm, rid, rm, lp, torch.tensor([True, True, False]))
+
+
+def test_trimmed_drops_only_the_padding_no_row_needs():
+    s = _padded_samples()
+    t = s.trimmed()
+    assert t.prompt_ids.shape == (3, 4) and t.response_ids.shape == (3, 3)
+    assert torch.equal(t.prompt_ids, s.prompt_ids[:, 2:])
+    assert torch.equal(t.response_mask, s.response_mask[:, :3])
+    assert torch.equal(t.logprobs, s.logprobs[:, :3]) and torch.equal(t.ended, s.ended)
+    assert t.lengths().tolist() == s.lengths().tolist() == [5, 7, 3]
+    assert s.select(torch.tensor([2])).trimmed().prompt_ids.shape == (1, 2)  # one row: its own
+    full = _padded_samples().trimmed().trimmed()
+    assert full.prompt_ids.shape == (3, 4)  # trimming twice changes nothing
+
+
+def test_trimmed_samples_give_the_same_logits_on_real_tokens():
+    """The policy's logits at every real response token are those of the padded batch."""
+    from rlfm.stages.ppo import response_logits
+
+    m = _model()
+    s = _padded_samples()
+    t = s.trimmed()
+    with torch.no_grad():
+        full = response_logits(m, s)
+        trim = response_logits(m, t)
+    real = t.response_mask.bool()
+    assert torch.allclose(full[:, : t.response_ids.shape[1]][real], trim[real], atol=1e-5)
+
+
+def test_length_grouped_minibatches_partition_the_rows_by_length():
+    from rlfm.rollout import length_grouped
+
+    lengths = torch.tensor([50, 3, 40, 7, 45, 5, 9, 48, 2, 41, 6, 44, 8, 47, 4, 43])
+    g = torch.Generator().manual_seed(0)
+    batches = length_grouped(lengths, 4, g, group=4)  # one group: the whole set sorted
+    assert sorted(torch.cat(batches).tolist()) == list(range(16))
+    spans = sorted((int(lengths[b].min()), int(lengths[b].max())) for b in batches)
+    assert all(hi < lo2 for (_, hi), (lo2, _) in zip(spans, spans[1:]))  # no overlap
+    # padding paid: each minibatch's longest row × its rows, against random minibatches
+    grouped = sum(int(lengths[b].max()) * len(b) for b in batches)
+    rand = torch.randperm(16, generator=torch.Generator().manual_seed(0)).split(4)
+    assert grouped < sum(int(lengths[b].max()) * len(b) for b in rand)
+    # groups of 2 minibatches: rows mix only within a group; a different draw each epoch
+    again = length_grouped(lengths, 4, g, group=2)
+    assert sorted(torch.cat(again).tolist()) == list(range(16)) and len(again) == 4
+    assert [b.tolist() for b in again] != [b.tolist() for b in batches]
+    small = length_grouped(lengths[:6], 4, torch.Generator().manual_seed(1))
+    assert sorted(len(b) for b in small) == [2, 4]  # the last minibatch is the remainder

@@ -48,6 +48,27 @@ class Samples:
         """The rows ``rows`` of this batch."""
         return Samples(**{k: getattr(self, k)[rows] for k in self.__dataclass_fields__})
 
+    def trimmed(self) -> Samples:
+        """The same rows without the padding columns none of them needs: the prompt's leading
+        columns that are padding in every row and the response's trailing ones. Responses keep
+        their first ``R'`` columns, so per-token tensors of the batch line up with
+        ``[:, :R']``."""
+        P = self.prompt_mask.shape[1] - _leading_zero_columns(self.prompt_mask)
+        R = self.response_mask.shape[1] - _leading_zero_columns(self.response_mask.flip(1))
+        R = max(R, 1)
+        return Samples(
+            prompt_ids=self.prompt_ids[:, -P:] if P else self.prompt_ids[:, :0],
+            prompt_mask=self.prompt_mask[:, -P:] if P else self.prompt_mask[:, :0],
+            response_ids=self.response_ids[:, :R],
+            response_mask=self.response_mask[:, :R],
+            logprobs=self.logprobs[:, :R],
+            ended=self.ended,
+        )
+
+    def lengths(self) -> torch.Tensor:
+        """Real tokens of each row, prompt and response together. -> (B,)"""
+        return self.prompt_mask.sum(1) + self.response_mask.sum(1)
+
     @staticmethod
     def cat(parts: Sequence[Samples], pad_token_id: int) -> Samples:
         """Batches one after the other: prompts padded on the left, responses on the right."""
@@ -68,6 +89,31 @@ class Samples:
             logprobs=torch.cat([pad(s.logprobs, R, 0.0, False) for s in parts]),
             ended=torch.cat([s.ended for s in parts]),
         )
+
+
+def _leading_zero_columns(mask: torch.Tensor) -> int:
+    """How many of ``mask``'s first columns are 0 in every row."""
+    used = mask.ne(0).any(0)
+    return int(used.numel() if not bool(used.any()) else int(used.int().argmax()))
+
+
+def length_grouped(
+    lengths: torch.Tensor, size: int, generator: torch.Generator, group: int = 4
+) -> list[torch.Tensor]:
+    """Row indices of minibatches of ``size`` rows of similar ``lengths``: a random permutation
+    cut into groups of ``group`` minibatches, each group sorted by length and cut into
+    minibatches, the minibatches in random order (the last may be smaller when ``size`` does
+    not divide the rows). With :meth:`Samples.trimmed` a minibatch then pays for its own
+    longest row, not the rollout's."""
+    n = lengths.shape[0]
+    perm = torch.randperm(n, generator=generator)
+    batches = []
+    for start in range(0, n, size * group):
+        rows = perm[start : start + size * group]
+        rows = rows[torch.argsort(lengths[rows].cpu(), stable=True)]
+        batches += list(rows.split(size))
+    order = torch.randperm(len(batches), generator=generator)
+    return [batches[i] for i in order]
 
 
 @dataclass

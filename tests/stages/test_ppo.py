@@ -582,3 +582,39 @@ def test_lora_at_its_default_rate_learns_about_as_fast_as_full_ppo(policy_dir, t
         gains[adapter] = (sum(r["score"] for r in last) - sum(r["score"] for r in first)) / 10
     # here: full +0.156, LoRA +0.194 (at the old 1e-5 LoRA gained +0.088: this fails)
     assert gains["full"] > 0.07 and gains["lora"] > 0.8 * gains["full"], gains
+
+
+def test_length_grouped_minibatches_trim_padding_and_keep_the_losses(policy_dir, tmp_path):
+    """One minibatch per epoch (the whole rollout) with prompts of mixed lengths: trimming the
+    padding (--group-by-length) changes the work, not the losses or the update."""
+    from rlfm.models.loading import load_causal_lm
+
+    prompts = tmp_path / "mixed.jsonl"
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt": f"{a} greets" + f" {b} and {a} answers {b} ." * (i % 3)}) + "\n"
+            for i, (a, b) in enumerate(zip(NAMES * 5, (NAMES[1:] + NAMES[:1]) * 5))
+        )
+    )
+    runs = {}
+    for on in (True, False):
+        out = tmp_path / f"run-{on}"
+        cfg = config(
+            policy_dir,
+            out,
+            prompts=prompts,
+            updates=2,
+            minibatch=16,
+            eval_every=2,
+            save_every=2,
+            group_by_length=on,
+        )
+        ppo.train(cfg, reward_fn=romeo_count)
+        runs[on] = (read_metrics(out / "metrics.jsonl"), load_causal_lm(checkpoints(out)[-1]))
+    (rows_on, model_on), (rows_off, model_off) = runs[True], runs[False]
+    for a, b in zip(rows_on, rows_off):
+        for k in ("score", "policy_loss", "value_loss", "entropy", "clip_frac", "approx_kl"):
+            if k in a:
+                assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), (a["step"], k)
+    for (k, x), y in zip(model_on.state_dict().items(), model_off.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-5), k

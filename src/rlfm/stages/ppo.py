@@ -111,7 +111,14 @@ from rlfm.models.heads import (
     same_token_ids,
     tokenizer_of,
 )
-from rlfm.rollout import Generation, Samples, generate, model_positions, prompt_budget
+from rlfm.rollout import (
+    Generation,
+    Samples,
+    generate,
+    length_grouped,
+    model_positions,
+    prompt_budget,
+)
 from rlfm.run import Run
 from rlfm.stages.reward_score import load_reward_model
 
@@ -170,6 +177,10 @@ class Config:
     """Responses per forward/backward pass per process (default: the whole per-process minibatch)."""
     ppo_epochs: int = 4
     """Passes over each rollout batch."""
+    group_by_length: bool = True
+    """Minibatches of similar lengths (rows drawn at random, sorted within groups of four
+    minibatches, the minibatches in random order), each trimmed of the padding columns none of
+    its rows needs: the same losses on less padding. Off: minibatches drawn at random."""
     max_prompt_tokens: int = 128
     """Prompts are cut to their last this many tokens."""
     max_new_tokens: int = 48
@@ -789,10 +800,14 @@ def optimise(
         "explained_variance",
     )
     sums = torch.zeros(len(names) + 2, dtype=torch.float64)  # token-weighted sums, tokens ×2
+    lengths = ro.samples.lengths()
     for epoch in range(cfg.ppo_epochs):
-        perm = torch.randperm(B, generator=g).to(ro.scores.device)
-        for start in range(0, B, mb_size):
-            idx = perm[start : start + mb_size]
+        if cfg.group_by_length:
+            batches = length_grouped(lengths, mb_size, g)
+        else:
+            batches = list(torch.randperm(B, generator=g).split(mb_size))
+        for idx in batches:
+            idx = idx.to(ro.scores.device)
             s = ro.samples.select(idx)
             mask = s.response_mask
             rewards = _whiten_global(engine, rewards_all[idx], mask, shift_mean=False)
@@ -801,7 +816,8 @@ def optimise(
             n_tokens = mask.sum().clamp(min=1)
             for i in range(n_micro):
                 sl = slice(i * micro, (i + 1) * micro)
-                part = s.select(sl)
+                part = s.select(sl).trimmed() if cfg.group_by_length else s.select(sl)
+                R = part.response_ids.shape[1]  # per-token tensors below: their first R columns
                 last = i == n_micro - 1
                 m = part.response_mask
                 # token-weighted mean over this process's micro-batches, averaged over processes
@@ -811,14 +827,14 @@ def optimise(
                     logits = response_logits(learner.policy, part)
                     logprobs = token_logprobs(logits, part.response_ids, cfg.temperature)
                     p_loss, p_stats = policy_loss(
-                        logprobs, ro.logprobs[idx][sl], advantages[sl], m, cfg.clip_eps
+                        logprobs, ro.logprobs[idx][sl, :R], advantages[sl, :R], m, cfg.clip_eps
                     )
                     engine.backward(p_loss, weight)
                 logits = logits.detach()
                 with engine.micro_step(learner.value, last):
                     values = response_values(learner.value, part).float()
                     v_loss, v_stats = value_loss(
-                        values, ro.values[idx][sl], returns[sl], m, cfg.clip_eps
+                        values, ro.values[idx][sl, :R], returns[sl, :R], m, cfg.clip_eps
                     )
                     engine.backward(v_loss, weight)
                 with torch.no_grad():
@@ -833,7 +849,7 @@ def optimise(
                         sums[j] += stats[name] * n
                     sums[-2] += n
                     if epoch == 0:
-                        ev = explained_variance(ro.values[idx][sl], returns[sl], m)
+                        ev = explained_variance(ro.values[idx][sl, :R], returns[sl, :R], m)
                         if math.isfinite(ev):
                             sums[len(names) - 1] += ev * n
                             sums[-1] += n
