@@ -1,6 +1,7 @@
 """Human feedback for the reward model, through the labelling app's database.
 
-The pipeline's third step. The SFT policy samples K replies per prompt; the items go into the
+The pipeline's third step. The SFT policy samples K replies per prompt (at the temperatures
+``temperatures``, cycled over the K); the items go into the
 labelling app's database (``<out>/labels.db``: a project ``train`` and a project ``val``);
 labelers rank them — the simulated labelers (``source: simulated``: ``feedback.simulate``,
 the same validation and storage as the web form) or people (``source: human``: through
@@ -8,8 +9,8 @@ the same validation and storage as the web form) or people (``source: human``: t
 ``<out>/train.jsonl`` and ``<out>/val.jsonl``, the files ``rlfm reward train --data`` reads.
 Exactly the path human labels take.
 
-The gold labeler (rlfm/gold.py) is made here: its fluency term is calibrated on the sampled
-SFT replies with the language model ``gold_model`` (the pre-trained model) and saved as
+The gold labeler (rlfm/gold.py) is made here: its fluency term is calibrated on the SFT
+replies sampled at the first temperature with the language model ``gold_model`` (the pre-trained model) and saved as
 ``<out>/gold.json`` for every later stage. The simulated labelers perceive its scores through
 their noise and biases, and each exported ranking carries its completions' ``gold`` scores, so
 the reward model's report can say how well it recovers the rule the labels only approximate.
@@ -183,7 +184,9 @@ def sample_and_import(cfg: Config, db_path: Path, gold_file: Path) -> GoldLabele
             for r, t in zip(rs, temps)
             if t == temps[0]
         ]
-        gold = calibrate(cfg.gold_model, [p for p, _ in first], [r for _, r in first], engine.device)
+        gold = calibrate(
+            cfg.gold_model, [p for p, _ in first], [r for _, r in first], engine.device
+        )
     else:
         gold = GoldLabeler()
     gold.save(gold_file)

@@ -16,9 +16,11 @@ One update:
      V(x, y_<t) from the value model; the reward model's score at the last real token (a fixed
      ``missing_eos_penalty`` replaces it when the response never reached EOS); per-token reward
      R_t = −β·KL_t (+ score at the last token).
-  3. ``ppo_epochs`` passes over the rollout in shuffled minibatches of ``minibatch`` responses,
-     one optimizer step per minibatch (policy and value model each), each minibatch cut into
-     micro-batches of ``micro_batch_size`` for gradient accumulation. Per minibatch: rewards are
+  3. ``ppo_epochs`` passes over the rollout in shuffled minibatches of ``minibatch`` responses
+     (of similar lengths, each trimmed of the padding none of its rows needs: see
+     ``group_by_length``), one optimizer step per minibatch (policy and value model each), each
+     minibatch cut into micro-batches of ``micro_batch_size`` for gradient accumulation.
+     Per minibatch: rewards are
      whitened without shifting their mean, GAE (γ, λ) gives advantages and returns
      (= advantages + values), advantages are whitened. Clipped policy loss (ε) and clipped value
      loss; Adam (eps 1e-5), learning rates annealed linearly to 0 over ``updates``.
