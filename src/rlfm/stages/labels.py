@@ -1,8 +1,8 @@
 """Human feedback for the reward model, through the labelling app's database.
 
 The pipeline's third step. The SFT policy samples K replies per prompt (at the temperatures
-``temperatures``, cycled over the K); the items go into the
-labelling app's database (``<out>/labels.db``: a project ``train`` and a project ``val``);
+``temperatures``, cycled over the K); the items go into the labelling app's database
+(``<out>/labels.db``: a project ``train`` and a project ``val``);
 labelers rank them — the simulated labelers (``source: simulated``: ``feedback.simulate``,
 the same validation and storage as the web form) or people (``source: human``: through
 ``rlfm label serve``) — and the rankings are exported (``feedback.export_labels``) to
@@ -10,8 +10,8 @@ the same validation and storage as the web form) or people (``source: human``: t
 Exactly the path human labels take.
 
 The gold labeler (rlfm/gold.py) is made here: its fluency term is calibrated on the SFT
-replies sampled at the first temperature with the language model ``gold_model`` (the pre-trained model) and saved as
-``<out>/gold.json`` for every later stage. The simulated labelers perceive its scores through
+replies sampled at the first temperature, with the language model ``gold_model`` (the
+pre-trained model), and saved as ``<out>/gold.json`` for every later stage. The simulated labelers perceive its scores through
 their noise and biases, and each exported ranking carries its completions' ``gold`` scores, so
 the reward model's report can say how well it recovers the rule the labels only approximate.
 
@@ -73,9 +73,9 @@ class Config:
     max_new_tokens: int = 48
     """Tokens per sampled reply at most."""
     temperatures: tuple[float, ...] = (1.0,)
-    """Sampling temperatures of each prompt's K replies, cycled over them (e.g. 1.0 0.5: the
-    1st and 3rd of 4 replies at 1.0, the 2nd and 4th at 0.5). The gold labeler's fluency
-    reference is measured on the replies at the first temperature."""
+    """Sampling temperatures of each prompt's K replies, cycled over them (e.g. 1.0 0.5: two
+    of 4 replies at 1.0, two at 0.5). The gold labeler's fluency reference is measured on the
+    replies at the first temperature."""
     url: str = "http://127.0.0.1:8000"
     """Where `rlfm label serve` answers (printed for people to label)."""
 

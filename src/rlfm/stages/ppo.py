@@ -20,10 +20,10 @@ One update:
      (of similar lengths, each trimmed of the padding none of its rows needs: see
      ``group_by_length``), one optimizer step per minibatch (policy and value model each), each
      minibatch cut into micro-batches of ``micro_batch_size`` for gradient accumulation.
-     Per minibatch: rewards are
-     whitened without shifting their mean, GAE (γ, λ) gives advantages and returns
-     (= advantages + values), advantages are whitened. Clipped policy loss (ε) and clipped value
-     loss; Adam (eps 1e-5), learning rates annealed linearly to 0 over ``updates``.
+     Per minibatch: rewards are whitened without shifting their mean, GAE (γ, λ) gives
+     advantages and returns (= advantages + values), advantages are whitened. Clipped policy
+     loss (ε) and clipped value loss; Adam (eps 1e-5), learning rates annealed linearly to 0
+     over ``updates``.
   4. β ← adaptive KL controller (target, horizon), or fixed with ``--kl-target none``.
 
 Batch hierarchy: rollout batch (prompts per update, all processes together) → minibatches
