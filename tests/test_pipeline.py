@@ -200,6 +200,8 @@ def test_human_labels_report_skips_finished_stages_and_resumes_after_sigkill(mic
     assert not re.search(r"(src|href)=[\"'](https?:)?//", page), "a remote resource"
     for heading in ("Over-optimisation", "Judge for yourself", "Safety", "Time and memory"):
         assert heading in page and heading in (ref / "report.md").read_text()
+    # the pipeline's labels: two replies per prompt at temperature 1, two at 0.5
+    assert "(2 at temperature 1, 2 at temperature 0.5)" in (ref / "report.md").read_text()
     timings = json.loads((ref / "timings.json").read_text())
     assert set(timings) == {"pretrain", "sft", "labels", "reward", "ppo", "eval"}
 

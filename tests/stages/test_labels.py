@@ -84,6 +84,9 @@ def test_replies_at_each_temperature_gold_reference_on_the_first(
     finally:
         db.close()
     assert train_file.read_text() and val_file.read_text()
+    sampling = json.loads((tmp_path / "labels" / labels.SAMPLING).read_text())
+    assert sampling["temperatures"] == [t for n, t in expected for _ in range(n)]
+    assert sampling["k"] == k and sampling["policy"] == str(policy)
 
 
 @pytest.mark.parametrize("bad", [(), (1.0, 0.0), (-1.0,)])

@@ -23,6 +23,7 @@ step interrupted before its exports starts again from scratch (it is determinist
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -39,6 +40,8 @@ from rlfm.tracking import console
 
 TRAIN, VAL = "train", "val"
 """The two projects (and export files) of a labelling step."""
+SAMPLING = "sampling.json"
+"""<out>/sampling.json: the policy, K and each reply's sampling temperature, for the report."""
 
 
 @settings(Runtime)
@@ -173,6 +176,9 @@ def sample_and_import(cfg: Config, db_path: Path, gold_file: Path) -> GoldLabele
             for rs, new in zip(replies[project], part):
                 rs.extend(new)
     del policy
+    sampling = {"policy": str(cfg.policy), "k": cfg.k, "temperatures": temps}
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / SAMPLING).write_text(json.dumps(sampling, indent=2) + "\n", encoding="utf-8")
     flat = [
         (p, r) for project in splits for p, rs in zip(splits[project], replies[project]) for r in rs
     ]
