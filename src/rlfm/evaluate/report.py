@@ -238,9 +238,10 @@ def _labels_rm(run: Path) -> list[Block]:
         k = len(train[0]["completions"])
         temps = _json(run / "labels" / "sampling.json").get("temperatures") or []
         at = ", ".join(f"{temps.count(t)} at temperature {t:g}" for t in dict.fromkeys(temps))
+        at = f" ({at})" if at else ""
         text = (
             f"The SFT policy sampled up to {k} replies to each of {len(train) + len(val)} "
-            f"prompts{f' ({at})' if at else ''}; the items went into the labelling app's database (`labels/labels.db`), "
+            f"prompts{at}; the items went into the labelling app's database (`labels/labels.db`), "
             f"labelers ranked them ({len(train)} training and {len(val)} validation rankings) and "
             "the rankings were exported as the reward model's data."
         )

@@ -811,9 +811,10 @@ def optimise(
         for idx in batches:
             idx = idx.to(ro.scores.device)
             s = ro.samples.select(idx)
+            old_logprobs, old_values = ro.logprobs[idx], ro.values[idx]  # gathered once
             mask = s.response_mask
             rewards = _whiten_global(engine, rewards_all[idx], mask, shift_mean=False)
-            advantages, returns = gae(rewards, ro.values[idx], mask, cfg.gamma, cfg.lam)
+            advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
             advantages = _whiten_global(engine, advantages, mask, shift_mean=True)
             n_tokens = mask.sum().clamp(min=1)
             for i in range(n_micro):
@@ -829,14 +830,14 @@ def optimise(
                     logits = response_logits(learner.policy, part)
                     logprobs = token_logprobs(logits, part.response_ids, cfg.temperature)
                     p_loss, p_stats = policy_loss(
-                        logprobs, ro.logprobs[idx][sl, :R], advantages[sl, :R], m, cfg.clip_eps
+                        logprobs, old_logprobs[sl, :R], advantages[sl, :R], m, cfg.clip_eps
                     )
                     engine.backward(p_loss, weight)
                 logits = logits.detach()
                 with engine.micro_step(learner.value, last):
                     values = response_values(learner.value, part).float()
                     v_loss, v_stats = value_loss(
-                        values, ro.values[idx][sl, :R], returns[sl, :R], m, cfg.clip_eps
+                        values, old_values[sl, :R], returns[sl, :R], m, cfg.clip_eps
                     )
                     engine.backward(v_loss, weight)
                 with torch.no_grad():
@@ -851,7 +852,7 @@ def optimise(
                         sums[j] += stats[name] * n
                     sums[-2] += n
                     if epoch == 0:
-                        ev = explained_variance(ro.values[idx][sl, :R], returns[sl, :R], m)
+                        ev = explained_variance(old_values[sl, :R], returns[sl, :R], m)
                         if math.isfinite(ev):
                             sums[len(names) - 1] += ev * n
                             sums[-1] += n
