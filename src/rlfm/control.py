@@ -147,7 +147,7 @@ class Collector:
             if normalize:
                 model.obs_rms.update(raw_np)
             raw = torch.from_numpy(raw_np)
-            x = model.normalize(raw)
+            x = torch.from_numpy(model.normalize_array(raw_np))
             if model.sde and (
                 t == 0 or (self.sde_sample_freq > 0 and t % self.sde_sample_freq == 0)
             ):

@@ -153,3 +153,15 @@ def test_sde_distribution_is_the_per_state_gaussian():
 def test_sde_needs_box_actions():
     with pytest.raises(ModelError, match="sde"):
         ActorCritic(3, "discrete", 2, sde=True)
+
+
+def test_normalize_array_is_normalize_bit_for_bit():
+    """Collection normalises observations with NumPy; the values are the torch path's exactly
+    (clipped ones included), so the stored rollout and the update see the same inputs."""
+    model = ActorCritic(6, "continuous", 2, hidden=(8,), clip_obs=2.0)
+    rng = np.random.default_rng(0)
+    model.obs_rms.update(rng.normal(size=(40, 6)) * [1e-3, 1, 10, 100, 3, 0.5] + 7)
+    obs = (rng.normal(size=(9, 6)) * 30 + 7).astype(np.float32)
+    fast = model.normalize_array(obs)
+    assert fast.dtype == np.float32 and np.abs(fast).max() == 2.0  # some are clipped
+    np.testing.assert_array_equal(fast, model.normalize(torch.from_numpy(obs)).numpy())

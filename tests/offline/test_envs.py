@@ -10,9 +10,11 @@ from rlfm.errors import ConfigError
 from rlfm.offline.envs import (
     BULLET_SAFETY_TASKS,
     VELOCITY_THRESHOLDS,
+    SameStepEnvs,
     check_env_id,
     env_state,
     make_env,
+    make_vector_env,
     run_episodes,
     set_env_state,
     step_costs,
@@ -100,6 +102,61 @@ def test_step_costs_of_a_vector_env():
         step_costs(infos, np.array([False, True, False])), [1.0, 1.0, 0.0]
     )
     assert step_costs({}, np.array([False])) is None
+
+
+class _CartCost(gym.Wrapper):
+    """CartPole with a cost: 1 while the cart is right of 0.3 (0 in the reset info)."""
+
+    def reset(self, **kw):
+        obs, info = self.env.reset(**kw)
+        return obs, info | {"cost": 0.0}
+
+    def step(self, action):
+        obs, r, term, trunc, info = self.env.step(action)
+        return obs, r, term, trunc, info | {"cost": float(obs[0] > 0.3)}
+
+
+@pytest.mark.parametrize("cost", [False, True])
+def test_same_step_envs_step_as_gymnasium_sync_vector_env(cost):
+    """rlfm's vector environment against Gymnasium's SyncVectorEnv (SAME_STEP autoreset) on
+    three CartPoles (one with a time limit of 40, so episodes end both ways) for 300 steps of
+    the same random actions: the same observations, rewards, flags, final observations and
+    step costs; reset seeds environment i with seed + i."""
+    from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+    def makers():
+        def make(limit):
+            env = gym.make("CartPole-v1", max_episode_steps=limit)
+            return _CartCost(env) if cost else env
+
+        return [lambda: make(500), lambda: make(40), lambda: make(500)]
+
+    ours = SameStepEnvs([f() for f in makers()])
+    ref = SyncVectorEnv(makers(), autoreset_mode=AutoresetMode.SAME_STEP)
+    o1, _ = ours.reset(seed=7)
+    o2, _ = ref.reset(seed=7)
+    np.testing.assert_array_equal(o1, o2)
+    rng = np.random.default_rng(0)
+    ends = 0
+    for _ in range(300):
+        a = rng.integers(0, 2, size=3)
+        *mine, i1 = ours.step(a)
+        *theirs, i2 = ref.step(a)
+        for x, y in zip(mine, theirs):
+            np.testing.assert_array_equal(x, y)
+        done = mine[2] | mine[3]
+        ends += int(done.sum())
+        for i in np.flatnonzero(done):
+            np.testing.assert_array_equal(i1["final_obs"][i], i2["final_obs"][i])
+        c1, c2 = step_costs(i1, done), step_costs(i2, done)
+        if cost:
+            np.testing.assert_array_equal(c1, c2)
+            assert c1 is not None
+        else:
+            assert c1 is None and c2 is None
+    assert ends > 10 and ours.envs[1].spec.max_episode_steps == 40
+    ours.close()
+    assert isinstance(make_vector_env("CartPole-v1", 2), SameStepEnvs)
 
 
 def test_run_episodes_records_what_the_environment_got():

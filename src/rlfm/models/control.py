@@ -129,7 +129,6 @@ class RunningMeanStd(nn.Module):
         self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
         self.register_buffer("count", torch.tensor(epsilon, dtype=torch.float64))
 
-    @torch.no_grad()
     def update(self, x: torch.Tensor | np.ndarray) -> None:
         """Fold a batch (n, *shape) into the statistics (Chan et al.'s parallel update):
 
@@ -159,6 +158,14 @@ class RunningMeanStd(nn.Module):
         """clip((x − μ) / √(σ² + ε), −clip, clip) in x's dtype."""
         std = (self.var + eps).sqrt_()  # in float64, as the statistics
         return ((x - self.mean.to(x.dtype)) / std.to(x.dtype)).clamp_(-clip, clip)
+
+    def normalize_array(self, x: np.ndarray, clip: float, eps: float = 1e-8) -> np.ndarray:
+        """:meth:`normalize` of a float32 NumPy array, bit for bit (the same float64 √ rounded
+        to float32, then float32 subtraction and division). Collection calls it at every
+        environment step, where NumPy's per-call cost is a fifth of seven torch operations'."""
+        mean, var = self.mean.numpy(), self.var.numpy()
+        std = np.sqrt(var + eps).astype(np.float32)
+        return np.clip((x - mean.astype(np.float32)) / std, -clip, clip)
 
 
 class MLP(nn.Sequential):
@@ -258,6 +265,10 @@ class ActorCritic(nn.Module):
         """Raw observations (B, obs_dim) -> the network's inputs (float32)."""
         obs = obs.float()
         return self.obs_rms.normalize(obs, self.clip_obs) if self.normalize_obs else obs
+
+    def normalize_array(self, obs: np.ndarray) -> np.ndarray:
+        """:meth:`normalize` of a float32 NumPy array (the same values)."""
+        return self.obs_rms.normalize_array(obs, self.clip_obs) if self.normalize_obs else obs
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """V(s) of normalised observations. (B, obs_dim) -> (B,)."""

@@ -225,16 +225,80 @@ def has_cost(env: Any, seed: int = 0) -> bool:
 # ---------------------------------------------------------------------------- vectorised
 
 
-def make_vector_env(env_id: str, n: int, **kwargs: Any) -> Any:
-    """``n`` copies of ``env_id`` stepped in this process (Gymnasium's SyncVectorEnv), reset in
-    the same step an episode ends (the final observation is in ``info["final_obs"]``)."""
-    from gymnasium.vector import AutoresetMode, SyncVectorEnv
-
+def make_vector_env(env_id: str, n: int, **kwargs: Any) -> SameStepEnvs:
+    """``n`` copies of ``env_id`` stepped in this process, reset in the same step an episode
+    ends (the final observation is in ``info["final_obs"]``): :class:`SameStepEnvs`."""
     make_env(env_id, **kwargs).close()  # one clear error before n copies
-    return SyncVectorEnv(
-        [lambda: make_env(env_id, **kwargs) for _ in range(n)],
-        autoreset_mode=AutoresetMode.SAME_STEP,
-    )
+    return SameStepEnvs([make_env(env_id, **kwargs) for _ in range(n)])
+
+
+class SameStepEnvs:
+    """Environments stepped one after another in this process, each reset in the step its
+    episode ends — Gymnasium's ``SyncVectorEnv`` with ``AutoresetMode.SAME_STEP``, with the same
+    seeding (``reset(seed=s)`` seeds environment i with s + i), observations, rewards and flags,
+    but only the infos rlfm's collector reads, in Gymnasium's vector layout: ``cost`` with its
+    ``_cost`` mask (the step info's, or the reset info's for an environment that was just reset),
+    ``final_obs`` and ``final_info["cost"]`` for finished episodes. ``SyncVectorEnv`` gathers
+    every key of every step's info into arrays and copies the observations twice: on one
+    Hopper-v5 that was 33 µs of a 145 µs step."""
+
+    def __init__(self, envs: list[Any]) -> None:
+        self.envs = envs
+        self.num_envs = len(envs)
+        self.single_observation_space = envs[0].observation_space
+        self.single_action_space = envs[0].action_space
+
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        obs, costs = [], []
+        for i, env in enumerate(self.envs):
+            o, info = env.reset(seed=None if seed is None else seed + i)
+            obs.append(o)
+            costs.append(info.get("cost"))
+        infos: dict[str, Any] = {}
+        _put_cost(infos, costs)
+        return np.stack(obs), infos
+
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        n = self.num_envs
+        obs: list[Any] = [None] * n
+        rewards = np.zeros(n, dtype=np.float64)
+        terminated = np.zeros(n, dtype=bool)
+        truncated = np.zeros(n, dtype=bool)
+        costs: list[Any] = [None] * n
+        final_obs = final_costs = None
+        for i, env in enumerate(self.envs):
+            o, r, term, trunc, info = env.step(actions[i])
+            rewards[i], terminated[i], truncated[i] = r, term, trunc
+            cost = info.get("cost")
+            if term or trunc:
+                if final_obs is None:
+                    final_obs, final_costs = np.full(n, None, dtype=object), [None] * n
+                final_obs[i], final_costs[i] = o, cost  # type: ignore[index]
+                o, info = env.reset()
+                cost = info.get("cost")
+            obs[i], costs[i] = o, cost
+        infos: dict[str, Any] = {}
+        _put_cost(infos, costs)
+        if final_obs is not None:
+            done = terminated | truncated
+            infos["final_obs"], infos["_final_obs"] = final_obs, done
+            infos["final_info"], infos["_final_info"] = {}, done
+            _put_cost(infos["final_info"], final_costs)  # type: ignore[arg-type]
+        return np.stack(obs), rewards, terminated, truncated, infos
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def _put_cost(infos: dict[str, Any], costs: list[Any]) -> None:
+    """``infos["cost"]`` and its ``_cost`` mask from per-environment costs (None: no cost)."""
+    have = np.array([c is not None for c in costs])
+    if have.any():
+        infos["cost"] = np.array([0.0 if c is None else float(c) for c in costs])
+        infos["_cost"] = have
 
 
 def step_costs(infos: dict[str, Any], done: np.ndarray) -> np.ndarray | None:
