@@ -103,17 +103,21 @@ def run_episodes(
     limit = max_steps or getattr(envs[0].spec, "max_episode_steps", None) or 1000
     dev = torch.device(device)
     S, A = state_dim, action_dim
-    states = torch.zeros(N, limit + 1, S)
+    # histories in NumPy (writing one step is a few scalar stores); each step's window goes to
+    # the policy as tensor views of them (torch.from_numpy, no copy while all episodes run)
+    states = np.zeros((N, limit + 1, S), dtype=np.float32)
     actions = (
-        torch.zeros(N, limit + 1, dtype=torch.long) if discrete else torch.zeros(N, limit + 1, A)
+        np.zeros((N, limit + 1), dtype=np.int64)
+        if discrete
+        else np.zeros((N, limit + 1, A), dtype=np.float32)
     )
-    rtg = torch.zeros(N, limit + 1)
-    ctg = torch.zeros(N, limit + 1)
+    rtg = np.zeros((N, limit + 1), dtype=np.float32)
+    ctg = np.zeros((N, limit + 1), dtype=np.float32)
     targets = [c for c in conditions for _ in range(episodes)]
     thresholds = torch.tensor([np.nan if c is None else c for _, c in targets])
     for i, env in enumerate(envs):
         obs, _ = env.reset(seed=seed + i % episodes)
-        states[i, 0, : np.size(obs)] = torch.as_tensor(np.ravel(obs), dtype=torch.float32)
+        states[i, 0, : np.size(obs)] = np.ravel(obs)
         rtg[i, 0] = targets[i][0]
         ctg[i, 0] = 0.0 if targets[i][1] is None else targets[i][1]
     ret, cost, length = np.zeros(N), np.zeros(N), np.zeros(N, dtype=np.int64)
@@ -122,23 +126,28 @@ def run_episodes(
     t = 0
     while running.any() and t < limit:
         idx = np.flatnonzero(running)
-        ix = torch.as_tensor(idx)
+        rows: Any = slice(None) if len(idx) == N else idx
         first = max(0, t + 1 - window)
+        steps = slice(first, t + 1)
+
+        def window_of(x: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(x[rows, steps]).to(dev)
+
         h = History(
-            states=states[ix, first : t + 1].to(dev),
-            actions=actions[ix, first : t + 1].to(dev),
-            returns_to_go=rtg[ix, first : t + 1].to(dev),
-            costs_to_go=ctg[ix, first : t + 1].to(dev),
+            states=window_of(states),
+            actions=window_of(actions),
+            returns_to_go=window_of(rtg),
+            costs_to_go=window_of(ctg),
             timesteps=torch.arange(first, t + 1, device=dev).expand(len(idx), t + 1 - first),
-            thresholds=thresholds[ix].to(dev),
+            thresholds=thresholds[torch.as_tensor(idx)].to(dev),
         )
-        act = policy(h).cpu()
+        act = policy(h).cpu().numpy()
         for j, i in enumerate(idx):
             a = act[j]
             if discrete:
                 env_a: Any = int(a)
             else:
-                env_a = a[: a_env[0]].numpy().astype(envs[i].action_space.dtype)
+                env_a = a[: a_env[0]].astype(envs[i].action_space.dtype)
             obs, r, terminated, truncated, info = envs[i].step(env_a)
             c = info.get("cost")
             if c is None:
@@ -149,7 +158,7 @@ def run_episodes(
                     )
                 c = 0.0
             actions[i, t] = a
-            states[i, t + 1, : np.size(obs)] = torch.as_tensor(np.ravel(obs), dtype=torch.float32)
+            states[i, t + 1, : np.size(obs)] = np.ravel(obs)
             rtg[i, t + 1] = rtg[i, t] - float(r)
             ctg[i, t + 1] = ctg[i, t] - float(c)
             ret[i] += float(r)

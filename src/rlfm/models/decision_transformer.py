@@ -165,19 +165,23 @@ class Block(nn.Module):
         (they attend to everything up to themselves) -> (B, R, h)."""
         B, L, h = x.shape  # batch, tokens, width
         nh = self.heads
-        q, k, v = self.qkv(self.ln_1(x)).split(h, dim=-1)
+        a = self.ln_1(x)
+        if rows is None:
+            q, k, v = self.qkv(a).split(h, dim=-1)
+        else:  # keys and values at every token, queries only at the rows computed
+            w, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(a[:, rows], w[:h], b[:h])
+            k, v = F.linear(a, w[h:], b[h:]).split(h, dim=-1)
         k = k.view(B, L, nh, h // nh).transpose(1, 2)  # (B, nh, L, d)
         v = v.view(B, L, nh, h // nh).transpose(1, 2)
+        q = q.view(B, q.shape[1], nh, h // nh).transpose(1, 2)  # (B, nh, L or R, d)
         p = self.dropout if self.training else 0.0
         if rows is None:
-            q = q.view(B, L, nh, h // nh).transpose(1, 2)
             if p > 0:
                 rows = torch.arange(L, device=x.device)
             else:  # PyTorch's fused causal kernel
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
                 y = y.transpose(1, 2).reshape(B, L, h)
-        else:
-            q = q[:, rows].view(B, rows.numel(), nh, h // nh).transpose(1, 2)  # (B, nh, R, d)
         if rows is not None:
             R = rows.numel()
             allowed = torch.arange(L, device=x.device)[None, :] <= rows[:, None]  # (R, L)
