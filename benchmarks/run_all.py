@@ -148,8 +148,23 @@ JOBS: list[Job] = [
             "100m": (["--gen-reps", "2"], 1200),
         },
     ),
-    Job("control", "-", "control_ppo_vs_sb3.py", (), 1200, out_flag="--out"),
-    Job("dt", "-", "dt_speed.py", (), 900, out_flag="--out"),
+    # the machine's speed drifts by ±10% within minutes: more, shorter interleaved rounds
+    Job(
+        "control",
+        "-",
+        "control_ppo_vs_sb3.py",
+        ("--steps", "40000", "--rounds", "3"),
+        1200,
+        out_flag="--out",
+    ),
+    Job(
+        "dt",
+        "-",
+        "dt_speed.py",
+        ("--steps", "400", "--episodes", "4", "--rounds", "2"),
+        1200,
+        out_flag="--out",
+    ),
 ]
 
 
