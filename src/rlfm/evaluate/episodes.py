@@ -128,16 +128,12 @@ def run_episodes(
         idx = np.flatnonzero(running)
         rows: Any = slice(None) if len(idx) == N else idx
         first = max(0, t + 1 - window)
-        steps = slice(first, t + 1)
-
-        def window_of(x: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(x[rows, steps]).to(dev)
-
+        at = (rows, slice(first, t + 1))  # the running episodes' last `window` steps
         h = History(
-            states=window_of(states),
-            actions=window_of(actions),
-            returns_to_go=window_of(rtg),
-            costs_to_go=window_of(ctg),
+            states=torch.from_numpy(states[at]).to(dev),
+            actions=torch.from_numpy(actions[at]).to(dev),
+            returns_to_go=torch.from_numpy(rtg[at]).to(dev),
+            costs_to_go=torch.from_numpy(ctg[at]).to(dev),
             timesteps=torch.arange(first, t + 1, device=dev).expand(len(idx), t + 1 - first),
             thresholds=thresholds[torch.as_tensor(idx)].to(dev),
         )
