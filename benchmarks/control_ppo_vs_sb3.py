@@ -25,7 +25,9 @@ on both sides.
     python benchmarks/control_ppo_vs_sb3.py --steps 100000 --rounds 3 --out sb3.json
 
 ``--out`` writes the result rows (steps/s and return, rlfm against SB3, with their ratios and
-targets) as a JSON list.
+targets) as a JSON list. ``--sb3-curve 1000000`` trains SB3 alone with the same recipe and
+prints its evaluation return every ``--curve-every`` steps (what rlfm's Hopper curve is set
+against: benchmarks/control_learning.py).
 """
 
 from __future__ import annotations
@@ -58,9 +60,9 @@ def rlfm_child(steps: int, seed: int, out: Path) -> dict:
     return {"steps_per_s": row["steps_per_s"], "return": summary["eval_return"]}
 
 
-def sb3_child(steps: int, seed: int) -> dict:
+def make_sb3(seed: int) -> tuple:
+    """SB3's PPO with the zoo's Hopper recipe on Hopper-v5 (one thread) and its VecNormalize."""
     import gymnasium as gym
-    import numpy as np
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
@@ -90,12 +92,19 @@ def sb3_child(steps: int, seed: int) -> dict:
         seed=seed,
         verbose=0,
     )
-    t0 = time.perf_counter()
-    model.learn(total_timesteps=steps)
-    train_s = time.perf_counter() - t0
-    env.training, env.norm_reward = False, False
+    return model, env
+
+
+def sb3_return(model, env, seed: int, episodes: int = 10) -> float:  # noqa: ANN001
+    """Mean return of deterministic episodes (reset seeds seed + EVAL_SEED + i), observations
+    normalised with the VecNormalize statistics frozen."""
+    import gymnasium as gym
+    import numpy as np
+
+    training = env.training
+    env.training = False
     returns = []
-    for i in range(10):
+    for i in range(episodes):
         e = gym.make("Hopper-v5")
         obs, _ = e.reset(seed=seed + EVAL_SEED + i)
         total, done = 0.0, False
@@ -104,7 +113,17 @@ def sb3_child(steps: int, seed: int) -> dict:
             obs, r, term, trunc, _ = e.step(action[0])
             total, done = total + float(r), term or trunc
         returns.append(total)
-    return {"steps_per_s": steps / train_s, "return": float(np.mean(returns))}
+    env.training = training
+    return float(np.mean(returns))
+
+
+def sb3_child(steps: int, seed: int) -> dict:
+    model, env = make_sb3(seed)
+    t0 = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    train_s = time.perf_counter() - t0
+    env.norm_reward = False
+    return {"steps_per_s": steps / train_s, "return": sb3_return(model, env, seed)}
 
 
 def main() -> None:
@@ -113,8 +132,26 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=20_000, help="environment steps per run")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (seed = round)")
+    p.add_argument(
+        "--sb3-curve",
+        type=int,
+        metavar="STEPS",
+        help="instead: SB3 alone for STEPS steps (seed --curve-seed), 10 deterministic episodes "
+        "every --curve-every steps, one JSON line each (the learning curve quoted for Hopper)",
+    )
+    p.add_argument("--curve-every", type=int, default=100_000)
+    p.add_argument("--curve-seed", type=int, default=0)
     add_child_args(p, ("rlfm", "sb3"))
     a = p.parse_args()
+    if a.sb3_curve:
+        model, env = make_sb3(a.curve_seed)
+        t0 = time.perf_counter()
+        while model.num_timesteps < a.sb3_curve:
+            model.learn(total_timesteps=a.curve_every, reset_num_timesteps=False)
+            ret = sb3_return(model, env, a.curve_seed)
+            row = {"step": model.num_timesteps, "eval_return": ret}
+            print(json.dumps(row | {"seconds": round(time.perf_counter() - t0)}), flush=True)
+        return
     if a.child == "rlfm":
         print("RESULT " + json.dumps(rlfm_child(a.steps, a.seed, a.run_dir)))
         return
