@@ -2,7 +2,7 @@
 return reached at equal steps, same machine, interleaved rounds, ratio printed.
 
 The same work on both sides: the rl-baselines3-zoo's published Hopper hyperparameters
-(hyperparams/ppo.yml, Hopper-v3; rlfm's configs/control/hopper.yaml is the same recipe): one
+(hyperparams/ppo.yml, Hopper-v3; rlfm's configs/control/hopper-zoo.yaml is the same recipe): one
 environment, 512-step rollouts, minibatches of 32, 5 epochs, γ 0.999, λ 0.99, lr 9.8e-5,
 entropy 0.0023, value coefficient 0.84 (SB3's value loss is E[(V − R)²]; rlfm's is ½·E[...],
 so rlfm's preset says 1.67: the same objective), gradient clip 0.7, separate 256-256 ReLU
@@ -51,7 +51,7 @@ def rlfm_child(steps: int, seed: int, out: Path) -> dict:
     from rlfm.stages import control_ppo
     from rlfm.tracking import read_metrics
 
-    cfg = from_dict(control_ppo.Config, load_yaml(ROOT / "configs/control/hopper.yaml"))
+    cfg = from_dict(control_ppo.Config, load_yaml(ROOT / "configs/control/hopper-zoo.yaml"))
     cfg = dataclasses.replace(
         cfg, out=out, steps=steps, seed=seed, eval_every=steps, log_every=steps, save_every=steps
     )

@@ -34,9 +34,10 @@ action bounds; observations and actions of smaller tasks are zero-padded to the 
 ``inputs_embeds``, because: (1) the original DT code removes GPT-2's position embeddings (the
 timestep embedding is the only position signal) and ``GPT2Model`` always adds them; (2)
 windows are padded on the *right*, so with causal attention a real token never sees padding
-and no attention mask is needed at all — PyTorch's fused causal attention kernel runs, and the
-outputs at real tokens equal those of the unpadded window exactly (the original pads on the
-left and masks); (3) the last block computes only the tokens a loss or an action reads (the
+and no attention mask is needed at all — PyTorch's fused causal attention kernel runs (in
+training with dropout, an explicit causal softmax with a cheaper dropout mask: :func:`dropout`),
+and the outputs at real tokens equal those of the unpadded window exactly (the original pads on
+the left and masks); (3) the last block computes only the tokens a loss or an action reads (the
 state tokens, and the action tokens when prediction heads are on), which saves about a
 quarter of a 3-layer model's work; (4) nothing depends on a library's private modeling code.
 
