@@ -10,7 +10,7 @@ the label budget (``--labels``, one run per budget). Every run is its own proces
 directory that already holds a finished run is reused, a partial one resumed.
 
     python benchmarks/control_prefs_vs_true.py --env Pendulum-v1 \\
-        --ppo-config configs/control/pendulum.yaml --labels 250 1000 --seeds 0 1
+        --ppo-config configs/control/pendulum-zoo.yaml --labels 250 1000 --seeds 0 1
 
 ``--out`` writes one result row per label budget (final true return of the preference runs
 against the true-reward runs', mean over seeds, and the labels used) as a JSON list.
@@ -68,7 +68,7 @@ def plot(curves: dict[str, list[list[dict]]], png: Path, title: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--env", default="Pendulum-v1")
-    p.add_argument("--ppo-config", type=Path, default=ROOT / "configs/control/pendulum.yaml")
+    p.add_argument("--ppo-config", type=Path, default=ROOT / "configs/control/pendulum-zoo.yaml")
     p.add_argument("--steps", type=int, default=200_000)
     p.add_argument("--labels", type=int, nargs="+", default=[1000])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])

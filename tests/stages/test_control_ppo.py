@@ -255,10 +255,15 @@ def test_hopper_zoo_preset_is_the_zoo_recipe():
     )
 
 
-def test_hopper_preset_is_the_standard_recipe_the_stage_defaults_to():
-    """configs/control/hopper.yaml (the recipe measured past 3,000 on Hopper-v5) is the stage's
-    own default PPO with Hopper's id and 1M steps: every training field equal."""
-    cfg, default = preset("hopper"), control_ppo.Config(env="Hopper-v5", steps=1_000_000)
+@pytest.mark.parametrize(
+    ("name", "env", "steps"),
+    [("hopper", "Hopper-v5", 1_000_000), ("pendulum", "Pendulum-v1", 200_000)],
+)
+def test_hopper_and_pendulum_presets_are_the_stage_defaults(name, env, steps):
+    """configs/control/hopper.yaml and pendulum.yaml (the recipe measured past 3,000 on Hopper-v5
+    and above −250 on Pendulum-v1, README) are the stage's own default PPO with the task's id and
+    steps: every training field equal."""
+    cfg, default = preset(name), control_ppo.Config(env=env, steps=steps)
     logging = {"eval_every", "save_every", "log_every", "config", "out"}
     for f in dataclasses.fields(control_ppo.Config):
         if f.name not in logging:

@@ -24,7 +24,7 @@ label schedule is linear instead of ∝ 1/T; segments come from the current roll
 
 PPO's hyperparameters come from a ``rlfm control ppo`` preset (``--ppo-config``):
 
-    rlfm control prefs --env Pendulum-v1 --ppo-config configs/control/pendulum.yaml \\
+    rlfm control prefs --env Pendulum-v1 --ppo-config configs/control/pendulum-zoo.yaml \\
         --steps 200000 --labels 500 --out runs/prefs/pendulum
 """
 
