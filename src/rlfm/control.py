@@ -147,7 +147,7 @@ class Collector:
             if normalize:
                 model.obs_rms.update(raw_np)
             raw = torch.from_numpy(raw_np)
-            x = torch.from_numpy(model.normalize_array(raw_np))
+            x = model.normalize(raw_np)
             if model.sde and (
                 t == 0 or (self.sde_sample_freq > 0 and t % self.sde_sample_freq == 0)
             ):
@@ -205,7 +205,7 @@ class Collector:
         x_all = torch.stack(xs)  # (T, N, O)
         actions_all = torch.stack(acts)  # (T, N) or (T, N, A)
         logprobs = model.log_prob(PolicyOutput.cat(outs), actions_all.flatten(0, 1))
-        x_last = model.normalize(torch.as_tensor(self.obs, dtype=torch.float32).reshape(N, O))
+        x_last = model.normalize(np.asarray(self.obs).reshape(N, O))
         # V of every observation and of the one after the last step, in one batch: (T + 1, N)
         v = model.value(torch.cat([x_all.flatten(0, 1), x_last])).view(T + 1, N)
         values, next_values = v[:-1], v[1:].clone()
@@ -214,7 +214,7 @@ class Collector:
             cv = model.cost_value(torch.cat([x_all.flatten(0, 1), x_last])).view(T + 1, N)
             cost_values, next_cost_values = cv[:-1], cv[1:].clone()
         if final_obs:  # episodes cut by a time limit: bootstrap from their final observation
-            xf = model.normalize(torch.as_tensor(np.stack([o for _, _, o in final_obs])).float())
+            xf = model.normalize(np.stack([o for _, _, o in final_obs]))
             ts = torch.tensor([t for t, _, _ in final_obs])
             ns = torch.tensor([i for _, i, _ in final_obs])
             next_values[ts, ns] = model.value(xf)

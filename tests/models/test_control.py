@@ -155,13 +155,18 @@ def test_sde_needs_box_actions():
         ActorCritic(3, "discrete", 2, sde=True)
 
 
-def test_normalize_array_is_normalize_bit_for_bit():
-    """Collection normalises observations with NumPy; the values are the torch path's exactly
-    (clipped ones included), so the stored rollout and the update see the same inputs."""
+def test_normalize_is_the_plain_formula_bit_for_bit():
+    """Observations are normalised with NumPy: clip((x − μ) / √(σ² + ε)) with the √ in float64
+    rounded to float32 and float32 arithmetic, the values of the same formula in torch exactly
+    (clipped ones included), so rollouts are those of the earlier torch implementation."""
     model = ActorCritic(6, "continuous", 2, hidden=(8,), clip_obs=2.0)
     rng = np.random.default_rng(0)
     model.obs_rms.update(rng.normal(size=(40, 6)) * [1e-3, 1, 10, 100, 3, 0.5] + 7)
     obs = (rng.normal(size=(9, 6)) * 30 + 7).astype(np.float32)
-    fast = model.normalize_array(obs)
-    assert fast.dtype == np.float32 and np.abs(fast).max() == 2.0  # some are clipped
-    np.testing.assert_array_equal(fast, model.normalize(torch.from_numpy(obs)).numpy())
+    fast = model.normalize(obs)
+    assert fast.dtype == torch.float32 and float(fast.abs().max()) == 2.0  # some are clipped
+    mean, std = model.obs_rms.mean, (model.obs_rms.var + 1e-8).sqrt()
+    plain = ((torch.from_numpy(obs) - mean.float()) / std.float()).clamp(-2.0, 2.0)
+    torch.testing.assert_close(fast, plain, rtol=0, atol=0)
+    raw = ActorCritic(6, "continuous", 2, hidden=(8,), normalize_obs=False).normalize(obs)
+    assert torch.equal(raw, torch.from_numpy(obs)) and raw.data_ptr() != obs.ctypes.data

@@ -154,15 +154,11 @@ class RunningMeanStd(nn.Module):
         var[...] = m2 / total
         count[...] = total
 
-    def normalize(self, x: torch.Tensor, clip: float, eps: float = 1e-8) -> torch.Tensor:
-        """clip((x − μ) / √(σ² + ε), −clip, clip) in x's dtype."""
-        std = (self.var + eps).sqrt_()  # in float64, as the statistics
-        return ((x - self.mean.to(x.dtype)) / std.to(x.dtype)).clamp_(-clip, clip)
-
-    def normalize_array(self, x: np.ndarray, clip: float, eps: float = 1e-8) -> np.ndarray:
-        """:meth:`normalize` of a float32 NumPy array, bit for bit (the same float64 √ rounded
-        to float32, then float32 subtraction and division). Collection calls it at every
-        environment step, where NumPy's per-call cost is a fifth of seven torch operations'."""
+    def normalize(self, x: np.ndarray, clip: float, eps: float = 1e-8) -> np.ndarray:
+        """clip((x − μ) / √(σ² + ε), −clip, clip) of a float32 array: √ in float64, as the
+        statistics, rounded to float32; subtraction and division in float32. NumPy, because
+        collection calls it at every environment step, where NumPy's per-call cost is a fifth
+        of the same seven operations' in torch."""
         mean, var = self.mean.numpy(), self.var.numpy()
         std = np.sqrt(var + eps).astype(np.float32)
         return np.clip((x - mean.astype(np.float32)) / std, -clip, clip)
@@ -261,14 +257,12 @@ class ActorCritic(nn.Module):
         self.register_buffer("action_high", high.float())
 
     # ------------------------------------------------------------------ forward parts
-    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
-        """Raw observations (B, obs_dim) -> the network's inputs (float32)."""
-        obs = obs.float()
-        return self.obs_rms.normalize(obs, self.clip_obs) if self.normalize_obs else obs
-
-    def normalize_array(self, obs: np.ndarray) -> np.ndarray:
-        """:meth:`normalize` of a float32 NumPy array (the same values)."""
-        return self.obs_rms.normalize_array(obs, self.clip_obs) if self.normalize_obs else obs
+    def normalize(self, obs: np.ndarray) -> torch.Tensor:
+        """Raw observations (B, obs_dim) (an array, or anything NumPy reads) -> the network's
+        inputs, a float32 tensor of its own."""
+        x = np.asarray(obs, dtype=np.float32)
+        x = self.obs_rms.normalize(x, self.clip_obs) if self.normalize_obs else x.copy()
+        return torch.from_numpy(x)
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """V(s) of normalised observations. (B, obs_dim) -> (B,)."""
@@ -359,7 +353,7 @@ class ActorCritic(nn.Module):
     @torch.no_grad()
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         """Environment actions for raw observations (B, obs_dim) (evaluation, datasets)."""
-        x = self.normalize(torch.as_tensor(np.asarray(obs), dtype=torch.float32))
+        x = self.normalize(obs)
         return self.env_actions(self.act(x, deterministic)[0])
 
     # ------------------------------------------------------------------ files
