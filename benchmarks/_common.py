@@ -319,6 +319,54 @@ def result_row(
     }
 
 
+PEER_ATTENTION = ("sdpa", "eager")
+"""The attention implementations a transformers-based peer is run with (``--peer-attention``):
+SDPA, transformers' default and what its documentation recommends for speed, and "eager" (the
+plain formula), which is faster on a CPU in bf16 at short sequences. The headline row compares
+with the faster of the two (the peer at its best); the other is an extra row."""
+
+
+def add_peer_attention_arg(parser: argparse.ArgumentParser) -> None:
+    """``--peer-attention``: which of :data:`PEER_ATTENTION` the peer runs with (default both)."""
+    parser.add_argument(
+        "--peer-attention",
+        nargs="+",
+        choices=PEER_ATTENTION,
+        default=list(PEER_ATTENTION),
+        help="the peer's attn_implementation(s); the headline uses the faster",
+    )
+
+
+def peer_variant_rows(
+    rlfm_runs: Sequence[dict],
+    peer_runs: dict[str, Sequence[dict]],
+    *,
+    rate: str,
+    metric: str,
+    settings: str,
+    target: float | None,
+    **common,
+) -> list[dict]:
+    """Rows against a peer run with several attention implementations (``peer_runs``: each
+    implementation's rounds): the rate and memory against the fastest one (median ``rate``)
+    with ``target``, then the rate against each other one as an extra row."""
+    medians = {k: spread([x[rate] for x in runs])["median"] for k, runs in peer_runs.items()}
+    order = sorted(peer_runs, key=lambda k: -medians[k])
+    rows = []
+    for i, attn in enumerate(order):
+        runs = peer_runs[attn]
+        note = "the peer's faster attention" if i == 0 else "extra row: the peer's slower attention"
+        row = dict(common, peer_settings=f"{settings}, attn_implementation={attn}", note=note)
+        rlfm = [x[rate] for x in rlfm_runs]
+        rows.append(
+            result_row(**row, metric=metric, rlfm=rlfm,
+                       peer_value=[x[rate] for x in runs], target=target if i == 0 else None)
+        )  # fmt: skip
+        if i == 0:
+            rows.append(memory_row(rlfm_runs, runs, **row))
+    return rows
+
+
 def memory_row(rlfm_runs: Sequence[dict], peer_runs: Sequence[dict], **common) -> dict:
     """The memory row of a comparison: each round's ``peak_mib`` (peak RSS above the RSS after
     imports, :class:`MemoryAboveImports`) on each side; lower is better."""

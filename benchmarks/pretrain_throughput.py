@@ -6,7 +6,10 @@ Same model, same data, same batch, same optimizer, same machine, in one run:
   its default precision (bf16 autocast where the CPU runs bf16 fast, else fp32). Evaluation and
   saving happen only after the last step; it logs only then.
 - **Trainer (bf16)** — ``transformers.Trainer`` with ``bf16=True`` (autocast through
-  accelerate: the same precision as rlfm, the headline ratio), its default optimizer
+  accelerate: the same precision as rlfm, the headline ratio), run twice per round: with
+  transformers' default SDPA attention and with ``attn_implementation="eager"`` (faster on a
+  CPU in bf16 at short contexts); the headline compares with the faster, the other is an extra
+  row (``--peer-attention`` picks one). Its default optimizer
   (``adamw_torch_fused`` for torch ≥ 2.8, the fused kernel its docs recommend for speed), no
   evaluation, no saving, no logging, ``report_to=[]``, ``dataloader_num_workers=0``; and
   **Trainer (fp32)**, its default precision, as an extra, recipe-vs-recipe row.
@@ -81,9 +84,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from _common import (
+    PEER_ATTENTION,
     SIZES,
     MemoryAboveImports,
     StepStamps,
+    add_peer_attention_arg,
     matmul_flops,
     memory_row,
     print_rows,
@@ -184,7 +189,7 @@ def flops_per_token(config) -> tuple[int, float, float]:
 # ------------------------------------------------------------------------ the Trainer's process
 
 
-def trainer_worker(spec_path: Path, precision: str, result_path: Path) -> None:
+def trainer_worker(spec_path: Path, precision: str, attention: str, result_path: Path) -> None:
     """One ``transformers.Trainer`` run; writes its timed step times to ``result_path``."""
     import torch
     from transformers import Trainer, TrainingArguments
@@ -213,6 +218,7 @@ def trainer_worker(spec_path: Path, precision: str, result_path: Path) -> None:
             return {"input_ids": inputs[i], "labels": inputs[i]}
 
     model = build_model(build_config(spec, tokenizer), seed=SEED)
+    model.set_attn_implementation(attention)  # transformers' own, not rlfm's
     args = TrainingArguments(
         output_dir=str(result_path.parent / f"trainer-{precision}"),
         max_steps=total,
@@ -301,10 +307,11 @@ def run_contender(name: str, spec: Spec, work: Path, round_: int, env: dict[str,
         extra = {"step_s": extra["step_s"][spec.warmup - 1 :], "peak_mib": extra["peak_mib"]}
         extra["out"] = str(out)
     else:
-        precision = name.split("-")[1]
+        _, precision, attention = name.split("-")
         result = work / f"{tag}.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(work / "spec.json")]
-        cmd += ["--worker-precision", precision, "--worker-result", str(result)]
+        cmd += ["--worker-precision", precision, "--worker-attention", attention]
+        cmd += ["--worker-result", str(result)]
         child = run_child(cmd, work / f"{tag}.log", env=env, timeout_s=CHILD_TIMEOUT_S)
         if child.returncode != 0:
             raise RuntimeError(
@@ -344,22 +351,29 @@ def summarise(
 ) -> tuple[list[dict], dict]:
     """The result rows (medians over the rounds) and the peaks used for MFU."""
     peak = {"fp32": max(p["float32"] for p in peaks), "bf16": max(p["bfloat16"] for p in peaks)}
-    settings = {
-        "trainer-bf16": "transformers Trainer, bf16=True, adamw_torch_fused, no logging/eval",
-        "trainer-fp32": "transformers Trainer, fp32 (its default), adamw_torch_fused",
-    }
+
+    def settings(peer: str) -> str:
+        _, p, attention = peer.split("-")
+        what = "bf16=True" if p == "bf16" else "fp32 (its default)"
+        return f"transformers Trainer, {what}, adamw_torch_fused, attn_implementation={attention}"
+
+    def median(peer: str) -> float:
+        return statistics.median(x["tokens_per_s"] for x in runs[peer])
+
+    bf16 = sorted((c for c in runs if c.startswith("trainer-bf16")), key=lambda c: -median(c))
     rows = []
     for peer, kind, target in (
-        ("trainer-bf16", "like-for-like", TARGET_SPEEDUP),
-        ("trainer-fp32", "recipe vs recipe (each at its default precision)", None),
+        (bf16[0], "like-for-like", TARGET_SPEEDUP),
+        ("trainer-fp32-sdpa", "recipe vs recipe (each at its default precision)", None),
+        *((c, "like-for-like, extra row: the Trainer's slower attention", None) for c in bf16[1:]),
     ):
-        if precision[peer] == precision["rlfm"]:
+        if precision[peer] == precision["rlfm"] and "extra row" not in kind:
             kind = "like-for-like"
         common = dict(
             workload="pretrain",
             size=size,
             peer="transformers Trainer",
-            peer_settings=settings[peer],
+            peer_settings=settings(peer),
             kind=kind,
             precision=f"rlfm {precision['rlfm']} / Trainer {precision[peer]}",
         )
@@ -372,6 +386,8 @@ def summarise(
                 target=target if kind == "like-for-like" else None,
             )
         )
+        if "extra row" in kind:
+            continue
         rows.append(
             result_row(
                 **common,
@@ -391,7 +407,7 @@ def print_report(runs: dict[str, list[dict]], peak: dict, n_matmul: int, f6, f_a
     rows = []
     for c, rs in runs.items():
         tps = statistics.median(x["tokens_per_s"] for x in rs)
-        p = peak["bf16" if c.endswith("bf16") else "fp32"] if c != "rlfm" else None
+        p = peak["bf16" if "-bf16" in c else "fp32"] if c != "rlfm" else None
         p = p or peak[rs[0]["precision"]]
         rows.append(
             [
@@ -437,6 +453,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the work directory (runs, logs)")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--worker-precision", choices=("fp32", "bf16"), help=argparse.SUPPRESS)
+    p.add_argument("--worker-attention", choices=PEER_ATTENTION, help=argparse.SUPPRESS)
+    add_peer_attention_arg(p)
     p.add_argument("--worker-result", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for field in ("steps", "warmup", "rounds", "batch_size"):
@@ -448,7 +466,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker is not None:
-        trainer_worker(args.worker, args.worker_precision, args.worker_result)
+        trainer_worker(
+            args.worker, args.worker_precision, args.worker_attention, args.worker_result
+        )
         return
 
     import torch
@@ -485,8 +505,9 @@ def main(argv: list[str] | None = None) -> None:
         config = build_config(spec, tokenizer)
         n_matmul, f6, f_attn = flops_per_token(config)
         rlfm_precision = "bf16" if bf16_supported(torch.device("cpu")) else "fp32"
-        contenders = ["rlfm", "trainer-bf16", "trainer-fp32"]
-        precision = {"rlfm": rlfm_precision, "trainer-fp32": "fp32", "trainer-bf16": "bf16"}
+        bf16_peers = [f"trainer-bf16-{a}" for a in args.peer_attention]
+        contenders = ["rlfm", *bf16_peers, "trainer-fp32-sdpa"]
+        precision = {c: c.split("-")[1] for c in contenders} | {"rlfm": rlfm_precision}
         print(
             f"model {args.size}: {config.num_hidden_layers} layers × {config.hidden_size}, "
             f"vocabulary {config.vocab_size:,}, context {context}; N (matmul parameters) = "

@@ -17,7 +17,10 @@ problem (one comparison = one labelled pair).
 Settings, each side at what its documentation recommends for speed:
 - rlfm: ``rlfm reward train`` as a user runs it (in-process, through ``rlfm.cli.main``), its
   defaults, ``--precision`` as below.
-- TRL: ``RewardTrainer`` (trl 1.12) with ``RewardConfig`` defaults except
+- TRL: ``RewardTrainer`` (trl 1.12), run twice per round: with transformers' default SDPA
+  attention and with ``attn_implementation="eager"`` (faster on a CPU in bf16 at these lengths);
+  the headline compares with the faster (``--peer-attention`` picks one). ``RewardConfig``
+  defaults except
   ``gradient_checkpointing=False`` (its default True recomputes activations: slower),
   ``train_sampling_strategy="group_by_length"`` (batches of similar length, as rlfm's; the
   script adds the ``length`` column the sampler reads, the longer sequence of each pair), no
@@ -62,9 +65,9 @@ from _common import (  # noqa: E402
     SIZES,
     MemoryAboveImports,
     StepStamps,
-    memory_row,
+    add_peer_attention_arg,
+    peer_variant_rows,
     print_rows,
-    result_row,
     run_child,
     size_config,
     write_rows,
@@ -163,7 +166,9 @@ def child_trl(spec: dict) -> None:
     stamps = StepStamps()
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(spec["model"])
-    model = AutoModelForSequenceClassification.from_pretrained(spec["model"], num_labels=1)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        spec["model"], num_labels=1, attn_implementation=spec["attention"]
+    )
     model.config.pad_token_id = tok.pad_token_id
     ds = load_dataset("json", data_files=spec["data"], split="train")
     args = RewardConfig(
@@ -231,6 +236,7 @@ def main() -> None:
     parser.add_argument(
         "--rankings", type=int, nargs=3, default=None, help="rlfm rankings per step: pairs K4 K8"
     )
+    add_peer_attention_arg(parser)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     a = parser.parse_args()
@@ -256,9 +262,10 @@ def main() -> None:
         per_step = rankings[case] * math.comb(k, 2)
         spec = {"model": assets["model"], "steps": a.steps, "warmup": a.warmup, "k": k}
         spec |= {"precision": a.precision, "rankings": rankings[case], "pairs_per_step": per_step}
-        got: dict[str, list[dict]] = {"rlfm": [], "trl": []}
-        for rnd in range(a.rounds):  # interleaved, order flipped every round
-            for who in ("rlfm", "trl") if rnd % 2 == 0 else ("trl", "rlfm"):
+        sides = ["rlfm"] + [f"trl-{x}" for x in a.peer_attention]
+        got: dict[str, list[dict]] = {who: [] for who in sides}
+        for rnd in range(a.rounds):  # interleaved, order reversed every round
+            for who in sides if rnd % 2 == 0 else sides[::-1]:
                 run_dir = root / f"{who}-{case}-{rnd}"
                 run_dir.mkdir()
                 out = run_dir / "result.json"
@@ -266,7 +273,9 @@ def main() -> None:
                     cmd = rlfm_command(spec | {"data": rl_file, "out": str(out)})
                 else:
                     spec_file = run_dir / "spec.json"
-                    spec_file.write_text(json.dumps(spec | {"data": trl_file, "out": str(out)}))
+                    attn = who.removeprefix("trl-")
+                    peer = spec | {"data": trl_file, "out": str(out), "attention": attn}
+                    spec_file.write_text(json.dumps(peer))
                     cmd = [sys.executable, str(HERE), "--child", str(spec_file)]
                 r = run_child(cmd, run_dir / "log.txt")
                 if r.returncode != 0 or not out.is_file():
@@ -284,23 +293,18 @@ def main() -> None:
             f"group_by_length, {per_step} pairs/step"
             + ("" if k == 2 else f" (C({k},2) pairs of {rankings[case]} rankings)")
         )
-        common = dict(
+        rows += peer_variant_rows(
+            got["rlfm"],
+            {x: got[f"trl-{x}"] for x in a.peer_attention},
+            rate="rate",
+            metric="comparisons/s",
+            settings=settings,
+            target=TARGETS[case],
             workload=f"reward {'pairs' if k == 2 else f'K={k}'}",
             size=a.size,
             peer=f"TRL {trl.__version__}",
-            peer_settings=settings,
             precision=a.precision,
         )
-        rows.append(
-            result_row(
-                **common,
-                metric="comparisons/s",
-                rlfm=[x["rate"] for x in got["rlfm"]],
-                peer_value=[x["rate"] for x in got["trl"]],
-                target=TARGETS[case],
-            )
-        )
-        rows.append(memory_row(got["rlfm"], got["trl"], **common))
     print()
     print_rows(rows)
     write_rows(a.json, rows, details)

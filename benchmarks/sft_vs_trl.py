@@ -16,7 +16,9 @@ each side at the settings its documentation recommends for speed:
   as rlfm's), ``loss_type`` = ``--trl-loss`` (default ``"nll"``; TRL's default ``"chunked_nll"``
   drops the positions without loss before the LM head but checkpoints each chunk, recomputing it
   in the backward pass; ``--trl-loss chunked_nll`` measures it), no evaluation, no saving,
-  ``report_to="none"``, ``dataloader_num_workers=0``. Not used, because they change the work or
+  ``report_to="none"``, ``dataloader_num_workers=0``; run with transformers' default SDPA
+  attention and with ``attn_implementation="eager"`` (faster on a CPU in bf16 at short
+  lengths), the headline against the faster (``--peer-attention`` picks one). Not used, because they change the work or
   do not run here: ``packing`` (other batches), ``padding_free`` (needs FlashAttention), Liger
   kernels (GPU only).
 
@@ -59,9 +61,9 @@ from _common import (  # noqa: E402
     SIZES,
     MemoryAboveImports,
     StepStamps,
-    memory_row,
+    add_peer_attention_arg,
+    peer_variant_rows,
     print_rows,
-    result_row,
     size_config,
     write_rows,
 )
@@ -180,7 +182,7 @@ def run_trl(args: argparse.Namespace, work: Path, stamps: StepStamps) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     data = datasets.load_from_disk(str(work / "data"))["train"]
-    model = AutoModelForCausalLM.from_pretrained(work / "model")
+    model = AutoModelForCausalLM.from_pretrained(work / "model", attn_implementation=args.attention)
     tok = AutoTokenizer.from_pretrained(work / "model")
     config = trl.SFTConfig(
         output_dir=str(work / "trl_out"),
@@ -283,7 +285,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--workdir", default=None)
     p.add_argument("--json", default=None, help="also write every round's results here")
+    add_peer_attention_arg(p)
     p.add_argument("--child", choices=["rlfm", "trl"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--attention", default="sdpa", help=argparse.SUPPRESS)  # a TRL child's
     args = p.parse_args()
     if args.lr is None:
         args.lr = 3e-4 if args.adapter == "full" else 2e-3
@@ -308,13 +312,18 @@ def main() -> None:
         f"{args.batch_size}, {args.steps} steps ({args.warmup} warm-up, not timed), "
         f"{args.precision}, lr {args.lr:g}"
     )
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if v is not None]
-    flags = [f for f in flags if not f.startswith(("--child", "--workdir", "--json"))]
-    results: dict[str, list[dict]] = {"rlfm": [], "trl": []}
+    flags = [
+        f"--{k.replace('_', '-')}={v}"
+        for k, v in vars(args).items()
+        if v is not None and k not in ("child", "workdir", "json", "peer_attention", "attention")
+    ]
+    sides = ["rlfm"] + [f"trl-{x}" for x in args.peer_attention]
+    results: dict[str, list[dict]] = {name: [] for name in sides}
     for r in range(args.rounds):
-        order = ["rlfm", "trl"] if r % 2 == 0 else ["trl", "rlfm"]
-        for name in order:
-            cmd = [sys.executable, str(HERE), "--child", name, "--workdir", str(work), *flags]
+        for name in sides if r % 2 == 0 else sides[::-1]:
+            who, _, attn = name.partition("-")
+            cmd = [sys.executable, str(HERE), "--child", who, "--workdir", str(work), *flags]
+            cmd += [f"--attention={attn}"] if attn else []
             proc = subprocess.run(cmd, capture_output=True, text=True)
             lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode != 0 or not lines:
@@ -322,32 +331,27 @@ def main() -> None:
             results[name].append(json.loads(lines[-1][len("RESULT ") :]))
             got = results[name][-1]
             print(
-                f"  round {r + 1} {name:4s}: {got['samples_per_s']:7.1f} samples/s, "
+                f"  round {r + 1} {name:9s}: {got['samples_per_s']:7.1f} samples/s, "
                 f"peak +{got['peak_mib']:6.0f} MiB, training loss {got['loss']}"
             )
-    trl_version = results["trl"][0].get("trl", "")
+    trl_version = results[sides[1]][0].get("trl", "")
     settings = (
         f"trl {trl_version} SFTTrainer, {args.precision}, gradient_checkpointing=False, "
         f"group_by_length, loss_type={args.trl_loss}, batch {args.batch_size}, "
         f"adapter {args.adapter}"
     )
-    common = dict(
+    rows = peer_variant_rows(
+        results["rlfm"],
+        {x: results[f"trl-{x}"] for x in args.peer_attention},
+        rate="samples_per_s",
+        metric="samples/s",
+        settings=settings,
+        target=TARGET,
         workload=f"sft ({args.adapter})",
         size=args.size,
         peer=f"TRL {trl_version}",
-        peer_settings=settings,
         precision=args.precision,
     )
-    rows = [
-        result_row(
-            **common,
-            metric="samples/s",
-            rlfm=[x["samples_per_s"] for x in results["rlfm"]],
-            peer_value=[x["samples_per_s"] for x in results["trl"]],
-            target=TARGET,
-        ),
-        memory_row(results["rlfm"], results["trl"], **common),
-    ]
     print()
     print_rows(rows)
     write_rows(Path(args.json) if args.json else None, rows, {"info": info, **results})

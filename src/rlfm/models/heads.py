@@ -81,6 +81,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from rlfm.errors import ModelError
+from rlfm.models import attention
 from rlfm.models.adapters import (
     adapter_base_path,
     add_lora,
@@ -303,7 +304,7 @@ class ScalarHeadModel(nn.Module):
             mask = torch.zeros(mask.shape, device=mask.device).masked_fill(
                 ~mask, torch.finfo(torch.float32).min
             )
-        elif impl != "sdpa":
+        elif impl not in ("sdpa", attention.NAME):
             raise ModelError(
                 f"shared-prompt batches need 'sdpa' or 'eager' attention, the model uses {impl!r}"
             )

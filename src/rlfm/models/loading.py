@@ -31,6 +31,7 @@ from transformers.utils import (
 )
 
 from rlfm.errors import ConfigError, ModelError
+from rlfm.models.attention import use_fast_attention
 
 _WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
 
@@ -135,9 +136,10 @@ def load_causal_lm(path: str | Path, *, dtype: torch.dtype | str | None = None) 
     torch_dtype = _resolve_dtype(dtype)
     kwargs: dict[str, Any] = {} if torch_dtype is None else {"dtype": torch_dtype}
     try:
-        return AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, **kwargs)
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # corrupt weights
         raise ModelError(f"cannot load the model in {str(directory)!r}: {e}") from e
+    return use_fast_attention(model)
 
 
 def num_labels(config: dict[str, Any]) -> int:
@@ -165,6 +167,7 @@ def load_sequence_classifier(path: str | Path) -> PreTrainedModel:
         )
     _check_weights(directory)
     try:
-        return AutoModelForSequenceClassification.from_pretrained(directory, local_files_only=True)
+        model = AutoModelForSequenceClassification.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # corrupt weights
         raise ModelError(f"cannot load the model in {str(directory)!r}: {e}") from e
+    return use_fast_attention(model)

@@ -38,6 +38,7 @@ from transformers import (
 )
 
 from rlfm.errors import ConfigError
+from rlfm.models.attention import use_fast_attention
 
 Family = Literal["gpt2", "llama"]
 
@@ -261,7 +262,7 @@ def build_model(config: PretrainedConfig, seed: int | None = None) -> PreTrained
             model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
         except (ValueError, ImportError):  # this architecture has no SDPA path
             model = AutoModelForCausalLM.from_config(config)
-    return model
+    return use_fast_attention(model)
 
 
 def human_count(n: float) -> str:
