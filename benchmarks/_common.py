@@ -355,12 +355,14 @@ def peer_variant_rows(
     rows = []
     for i, attn in enumerate(order):
         runs = peer_runs[attn]
-        note = "the peer's faster attention" if i == 0 else "extra row: the peer's slower attention"
-        row = dict(common, peer_settings=f"{settings}, attn_implementation={attn}", note=note)
+        kind = (
+            "like-for-like" if i == 0 else "like-for-like, extra row: the peer's slower attention"
+        )
+        row = dict(common, peer_settings=f"{settings}, attn_implementation={attn}", kind=kind)
         rlfm = [x[rate] for x in rlfm_runs]
         rows.append(
-            result_row(**row, metric=metric, rlfm=rlfm,
-                       peer_value=[x[rate] for x in runs], target=target if i == 0 else None)
+            result_row(**row, metric=metric, rlfm=rlfm, peer_value=[x[rate] for x in runs],
+                       target=target if i == 0 else None)
         )  # fmt: skip
         if i == 0:
             rows.append(memory_row(rlfm_runs, runs, **row))

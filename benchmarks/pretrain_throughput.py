@@ -507,7 +507,7 @@ def main(argv: list[str] | None = None) -> None:
         rlfm_precision = "bf16" if bf16_supported(torch.device("cpu")) else "fp32"
         bf16_peers = [f"trainer-bf16-{a}" for a in args.peer_attention]
         contenders = ["rlfm", *bf16_peers, "trainer-fp32-sdpa"]
-        precision = {c: c.split("-")[1] for c in contenders} | {"rlfm": rlfm_precision}
+        precision = {c: c.split("-")[1] for c in contenders[1:]} | {"rlfm": rlfm_precision}
         print(
             f"model {args.size}: {config.num_hidden_layers} layers × {config.hidden_size}, "
             f"vocabulary {config.vocab_size:,}, context {context}; N (matmul parameters) = "
