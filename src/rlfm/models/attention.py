@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
 NAME = "rlfm_sdpa"
 """The attention implementation's name in transformers' registries."""
@@ -99,8 +100,6 @@ def attention(
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature: (B, H, T, D) inputs -> ((B, T, H, D), None).
     Written out where :func:`explicit_is_faster`, else transformers' SDPA function."""
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-
     special = any(kwargs.get(k) is not None for k in ("position_bias", "softcap", "sinks"))
     if special or kwargs.get("output_attentions") or not explicit_is_faster(query, key):
         return sdpa_attention_forward(
