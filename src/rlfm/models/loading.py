@@ -121,7 +121,8 @@ def _checked_directory(path: str | Path) -> tuple[Path, dict[str, Any]]:
 
 
 def load_causal_lm(path: str | Path, *, dtype: torch.dtype | str | None = None) -> PreTrainedModel:
-    """Load the causal LM saved in the local directory ``path`` (on CPU).
+    """Load the causal LM saved in the local directory ``path`` (on CPU), on rlfm's attention
+    where it was on SDPA (:func:`rlfm.models.attention.use_fast_attention`).
 
     ``dtype``: a ``torch.dtype``, its name (``"bfloat16"``), ``"auto"`` (the dtype recorded in
     the config) or ``None`` (float32). Raises ModelError naming the directory when it is

@@ -251,7 +251,8 @@ def count_non_embedding_parameters(config: PretrainedConfig) -> int:
 
 
 def build_model(config: PretrainedConfig, seed: int | None = None) -> PreTrainedModel:
-    """A randomly initialised causal LM on CPU in fp32, with SDPA attention where supported.
+    """A randomly initialised causal LM on CPU in fp32, with SDPA attention where supported
+    (:func:`rlfm.models.attention.use_fast_attention`: written out where SDPA's CPU kernel is slow).
 
     With ``seed`` the weights are reproducible and the global RNG state is left untouched.
     """
