@@ -340,3 +340,34 @@ def test_two_process_ddp_matches_one_process(env, tmp_path):
         for key in ("loss", "val_loss"):
             if key in x:
                 assert math.isclose(x[key], y[key], rel_tol=2e-4), (x, y)
+
+
+@pytest.mark.parametrize("trim,multiple_of", [(False, 1), (True, 1), (True, 16)])
+def test_batch_loss_is_the_plain_masked_loss(trim, multiple_of):
+    """The summed loss and its gradients equal the plain formula: cross-entropy of every
+    position's next token under the full logits, summed over the loss tokens."""
+    from transformers import GPT2Config
+
+    from rlfm.data.sft import Batch
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_embd=32, n_head=2, n_layer=1, vocab_size=61, n_positions=64)
+    model = build_model(config, seed=0).eval()
+    B, T = 3, 40
+    ids = torch.randint(1, 61, (B, T))
+    attention = torch.ones(B, T, dtype=torch.long)
+    attention[1, 30:] = 0  # right padding
+    loss_mask = torch.zeros(B, T, dtype=torch.long)
+    loss_mask[0, 20:40] = 1  # completions start late: trimming drops the first columns
+    loss_mask[1, 25:30] = 1
+    loss_mask[2, 33:38] = 1
+    batch = Batch(ids, attention, loss_mask)
+    loss, n = sft.batch_loss(model, batch, torch.device("cpu"), trim, multiple_of)
+    (got,) = torch.autograd.grad(loss, model.transformer.wte.weight)
+    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]
+    m = loss_mask[:, 1:].bool()
+    nll = torch.nn.functional.cross_entropy(logits[m].float(), ids[:, 1:][m], reduction="sum")
+    (want,) = torch.autograd.grad(nll, model.transformer.wte.weight)
+    assert n == int(m.sum()) == 30
+    torch.testing.assert_close(loss, nll, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -263,7 +263,9 @@ def batch_loss(
         return logits.sum() * 0.0, 0
     K = logits.shape[1]  # the last K positions; position t - 1 predicts token t
     flat = rows * K + (start + cols) - (T - K)  # (N,) rows of the (B·K, V) logits with loss
-    picked = logits.reshape(B * K, -1)[flat.to(device, non_blocking=True)]  # (N, V)
+    # index_select, not [flat]: its backward is an index_add (the rows are distinct), where
+    # advanced indexing's is a sorting index_put (5.1 against 0.9 ms for 600 of 960 rows × 4096)
+    picked = logits.reshape(B * K, -1).index_select(0, flat.to(device, non_blocking=True))
     loss = next_token_loss(picked[None], targets.to(device, non_blocking=True)[None])
     return loss * len(flat), len(flat)
 
