@@ -337,6 +337,11 @@ def add_peer_attention_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def fastest_first(runs: dict[str, Sequence[dict]], rate: str) -> list[str]:
+    """The keys of ``runs`` (each a contender's rounds) by their median ``rate``, fastest first."""
+    return sorted(runs, key=lambda k: -spread([x[rate] for x in runs[k]])["median"])
+
+
 def peer_variant_rows(
     rlfm_runs: Sequence[dict],
     peer_runs: dict[str, Sequence[dict]],
@@ -350,10 +355,8 @@ def peer_variant_rows(
     """Rows against a peer run with several attention implementations (``peer_runs``: each
     implementation's rounds): the rate and memory against the fastest one (median ``rate``)
     with ``target``, then the rate against each other one as an extra row."""
-    medians = {k: spread([x[rate] for x in runs])["median"] for k, runs in peer_runs.items()}
-    order = sorted(peer_runs, key=lambda k: -medians[k])
     rows = []
-    for i, attn in enumerate(order):
+    for i, attn in enumerate(fastest_first(peer_runs, rate)):
         runs = peer_runs[attn]
         kind = (
             "like-for-like" if i == 0 else "like-for-like, extra row: the peer's slower attention"

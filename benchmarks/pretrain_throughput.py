@@ -89,6 +89,7 @@ from _common import (
     MemoryAboveImports,
     StepStamps,
     add_peer_attention_arg,
+    fastest_first,
     matmul_flops,
     memory_row,
     print_rows,
@@ -357,10 +358,9 @@ def summarise(
         what = "bf16=True" if p == "bf16" else "fp32 (its default)"
         return f"transformers Trainer, {what}, adamw_torch_fused, attn_implementation={attention}"
 
-    def median(peer: str) -> float:
-        return statistics.median(x["tokens_per_s"] for x in runs[peer])
-
-    bf16 = sorted((c for c in runs if c.startswith("trainer-bf16")), key=lambda c: -median(c))
+    bf16 = fastest_first(
+        {c: r for c, r in runs.items() if c.startswith("trainer-bf16")}, "tokens_per_s"
+    )
     rows = []
     for peer, kind, target in (
         (bf16[0], "like-for-like", TARGET_SPEEDUP),

@@ -19,6 +19,7 @@ from rlfm.models.attention import (
     EXPLICIT_MAX_KEYS,
     NAME,
     attention,
+    dropout,
     explicit_attention,
     explicit_is_faster,
     use_fast_attention,
@@ -80,12 +81,33 @@ def test_a_row_that_may_attend_to_nothing_stays_finite():
     assert torch.isfinite(explicit_attention(q, k, v, mask, causal=True)).all()
 
 
-def test_dropout_keeps_the_mean():
-    q, k, v = _qkv(B=1, H=1, Tq=4, Tk=4, D=2)
-    want = explicit_attention(q, k, v, None, causal=True)
+def test_dropout_keeps_each_element_with_probability_1_minus_p_and_rescales():
+    """The mask is uniform ≥ p: kept elements are x / (1 − p) exactly, the rest 0; the kept
+    share of 10⁶ elements is 1 − p within 5 binomial standard deviations; the gradient is the
+    same mask."""
     torch.manual_seed(0)
-    mean = sum(explicit_attention(q, k, v, None, causal=True, dropout=0.5) for _ in range(4000))
-    torch.testing.assert_close(mean / 4000, want, atol=0.1, rtol=0.05)
+    p, n = 0.1, 1_000_000
+    x = (torch.rand(n) + 0.5).requires_grad_()
+    y = dropout(x, p)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
+    torch.testing.assert_close(y[kept], x[kept] / (1 - p), rtol=1e-6, atol=0)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / (1 - p), rtol=1e-6, atol=0)
+    assert dropout(x, 0.0) is x
+
+
+def test_dropout_on_the_weights_is_sdpa_in_expectation_and_without_dropout():
+    """With p = 0 it is F.scaled_dot_product_attention with the same mask; with p = 0.5 its
+    mean over 4,000 draws converges to it (inverted dropout is unbiased)."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 3, 4, generator=g) for _ in range(3))
+    allowed = torch.ones(3, 3).tril().bool()
+    exact = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    torch.testing.assert_close(explicit_attention(q, k, v, allowed, causal=False), exact)
+    torch.manual_seed(0)
+    draws = [explicit_attention(q, k, v, allowed, causal=False, dropout_p=0.5) for _ in range(4000)]
+    torch.testing.assert_close(torch.stack(draws).mean(0), exact, atol=0.05, rtol=0)
 
 
 def test_which_path():

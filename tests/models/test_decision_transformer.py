@@ -12,8 +12,6 @@ from rlfm.models.decision_transformer import (
     BCPolicy,
     DecisionTransformer,
     DTConfig,
-    attention_with_dropout,
-    dropout,
     interleave,
     load_policy,
 )
@@ -199,35 +197,6 @@ def test_bc_safe_refuses_an_untrained_threshold():
         bc.act_states(torch.zeros(1, 3), 15.0)
 
 
-def test_dropout_keeps_each_element_with_probability_1_minus_p_and_rescales():
-    """The mask is uniform ≥ p: kept elements are x / (1 − p) exactly, the rest 0; the kept
-    share of 10⁶ elements is 1 − p within 5 binomial standard deviations; the gradient is the
-    same mask."""
-    torch.manual_seed(0)
-    p, n = 0.1, 1_000_000
-    x = (torch.rand(n) + 0.5).requires_grad_()
-    y = dropout(x, p)
-    kept = y != 0
-    assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
-    torch.testing.assert_close(y[kept], x[kept] / (1 - p), rtol=1e-6, atol=0)
-    y.sum().backward()
-    torch.testing.assert_close(x.grad, kept.float() / (1 - p), rtol=1e-6, atol=0)
-    assert dropout(x, 0.0) is x
-
-
-def test_attention_with_dropout_is_sdpa_in_expectation_and_without_dropout():
-    """With p = 0 it is F.scaled_dot_product_attention with the same mask; with p = 0.5 its
-    mean over 4,000 draws converges to it (inverted dropout is unbiased)."""
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 2, 3, 4, generator=g) for _ in range(3))
-    allowed = torch.ones(3, 3).tril().bool()
-    exact = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-    torch.testing.assert_close(attention_with_dropout(q, k, v, allowed, 0.0), exact)
-    torch.manual_seed(0)
-    mean = torch.stack([attention_with_dropout(q, k, v, allowed, 0.5) for _ in range(4000)]).mean(0)
-    torch.testing.assert_close(mean, exact, atol=0.05, rtol=0)
-
-
 def test_training_forward_without_its_masks_is_the_eval_forward(monkeypatch):
     """In training mode with dropout > 0 the blocks take the explicit attention path; with the
     dropout masks made all-ones it gives the eval path's outputs (PyTorch's fused causal
@@ -235,7 +204,8 @@ def test_training_forward_without_its_masks_is_the_eval_forward(monkeypatch):
     m = small(dropout=0.3, prediction_heads=True, cost_tokens=True)
     x = inputs() | {"costs_to_go": torch.rand(2, 4)}
     want = m(**x)
-    monkeypatch.setattr("rlfm.models.decision_transformer.dropout", lambda t, p: t)
+    for module in ("attention", "decision_transformer"):  # attention weights, residual branches
+        monkeypatch.setattr(f"rlfm.models.{module}.dropout", lambda t, p: t)
     got = m.train()(**x)
     for a, b in ((got.action, want.action), (got.reward, want.reward), (got.cost, want.cost)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -29,7 +29,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
@@ -54,6 +53,18 @@ def explicit_is_faster(query: torch.Tensor, key: torch.Tensor) -> bool:
     )
 
 
+def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted dropout: each element kept with probability 1 − p and scaled by 1/(1 − p), zeroed
+    otherwise — ``F.dropout``'s distribution, with the mask drawn as ``torch.rand ≥ p``. On the
+    CPU ``F.dropout`` draws it with ``bernoulli_``, 3.5× slower (5.3 against 1.5 ms for a
+    3840 × 128 batch, one thread): with dropout 0.1 in the Decision Transformer paper's setting
+    it was 10% of a training step."""
+    if p <= 0:
+        return x
+    keep = torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))  # 0 or 1/(1 − p)
+    return x * keep
+
+
 def explicit_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -62,14 +73,14 @@ def explicit_attention(
     *,
     causal: bool,
     scale: float | None = None,
-    dropout: float = 0.0,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """softmax(QKᵀ·scale + mask)·V for (B, H, Tq, D) queries and (B, H, Tk, D) keys and values.
 
     ``mask``: bool (True = may attend) or additive float, broadcastable to (B, H, Tq, Tk), or
     None; ``causal`` (used when ``mask`` is None): query i sees keys up to Tk − Tq + i, SDPA's
-    alignment when a cache holds earlier keys. Softmax in float32; ``dropout`` on the
-    probabilities as SDPA applies it. -> (B, H, Tq, D) in the queries' dtype.
+    alignment when a cache holds earlier keys. Softmax in float32; :func:`dropout` with
+    probability ``dropout_p`` on the probabilities, as SDPA applies it. -> (B, H, Tq, D) in the queries' dtype.
     """
     Tq, Tk = query.shape[2], key.shape[2]
     scale = query.shape[-1] ** -0.5 if scale is None else scale
@@ -81,9 +92,7 @@ def explicit_attention(
             scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
         else:
             scores = scores + mask.float()
-    probs = torch.softmax(scores, dim=-1)
-    if dropout > 0:
-        probs = F.dropout(probs, dropout)
+    probs = dropout(torch.softmax(scores, dim=-1), dropout_p)
     return torch.matmul(probs.to(value.dtype), value)
 
 
@@ -111,7 +120,7 @@ def attention(
         attention_mask = attention_mask[:, :, :, : key.shape[2]]
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     out = explicit_attention(
-        query, key, value, attention_mask, causal=causal, scale=scaling, dropout=dropout
+        query, key, value, attention_mask, causal=causal, scale=scaling, dropout_p=dropout
     )
     return out.transpose(1, 2).contiguous(), None
 

@@ -35,7 +35,8 @@ action bounds; observations and actions of smaller tasks are zero-padded to the 
 timestep embedding is the only position signal) and ``GPT2Model`` always adds them; (2)
 windows are padded on the *right*, so with causal attention a real token never sees padding
 and no attention mask is needed at all — PyTorch's fused causal attention kernel runs (in
-training with dropout, an explicit causal softmax with a cheaper dropout mask: :func:`dropout`),
+training with dropout, the written-out causal softmax of ``models/attention.py`` with its cheaper
+dropout mask),
 and the outputs at real tokens equal those of the unpadded window exactly (the original pads on
 the left and masks); (3) the last block computes only the tokens a loss or an action reads (the
 state tokens, and the action tokens when prediction heads are on), which saves about a
@@ -66,6 +67,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlfm.errors import ModelError
+from rlfm.models.attention import dropout, explicit_attention
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -110,18 +112,6 @@ class DTConfig:
         return 4 if self.cost_tokens else 3
 
 
-def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Inverted dropout: each element kept with probability 1 − p and scaled by 1/(1 − p), zeroed
-    otherwise — ``F.dropout``'s distribution, with the mask drawn as ``torch.rand ≥ p``. On the
-    CPU ``F.dropout`` draws it with ``bernoulli_``, 3.5× slower (5.3 against 1.5 ms for a
-    3840 × 128 batch, one thread): with dropout 0.1 in the paper's setting it was 10% of a
-    training step."""
-    if p <= 0:
-        return x
-    keep = torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))  # 0 or 1/(1 − p)
-    return x * keep
-
-
 class Dropout(nn.Module):
     """:func:`dropout` while training, the identity in eval mode (as ``nn.Dropout``)."""
 
@@ -131,18 +121,6 @@ class Dropout(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dropout(x, self.p) if self.training else x
-
-
-def attention_with_dropout(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, p: float
-) -> torch.Tensor:
-    """softmax(q·kᵀ/√d, where ``allowed``) with :func:`dropout` on the weights, times v — what
-    ``F.scaled_dot_product_attention(..., dropout_p=p)`` computes (its math path: PyTorch's fused
-    CPU kernels take no dropout), with the faster dropout mask. q (B, nh, R, d), k and v
-    (B, nh, L, d), allowed (R, L) bool -> (B, nh, R, d)."""
-    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
-    weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
-    return dropout(weights, p) @ v
 
 
 class Block(nn.Module):
@@ -187,7 +165,7 @@ class Block(nn.Module):
             R = rows.numel()
             allowed = torch.arange(L, device=x.device)[None, :] <= rows[:, None]  # (R, L)
             if p > 0:
-                y = attention_with_dropout(q, k, v, allowed, p)
+                y = explicit_attention(q, k, v, allowed, causal=False, dropout_p=p)
             else:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
             y = y.transpose(1, 2).reshape(B, R, h)
