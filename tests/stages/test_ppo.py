@@ -373,6 +373,39 @@ def cli_args(policy_dir, reward_dir, out, **kw) -> list[str]:
     return args + ["--out", str(out)] + flags(**{k: getattr(cfg, k) for k in keys})
 
 
+def test_the_evaluation_interval_changes_neither_training_nor_the_held_out_replies(
+    policy_dir, reward_dir, tmp_path
+):
+    """Evaluated at every update or only at the end: the same score, KL and β at every update,
+    and at the last update the same held-out replies and means (the evaluation samples with its
+    own generator per update, never the global random stream training shares)."""
+    runs = {}
+    for every in (1, 4):
+        out = tmp_path / f"every{every}"
+        ppo.train(
+            config(policy_dir, out, reward=reward_dir, updates=4, eval_every=every, save_every=4)
+        )
+        runs[every] = out
+    a, b = (read_metrics(runs[k] / "metrics.jsonl") for k in (1, 4))
+    last_a, last_b = a[-1], b[-1]
+    assert [x["step"] for x in a] == [x["step"] for x in b]
+    for x, y in zip(a, b, strict=True):
+        for key in ("score", "kl", "beta"):
+            assert x.get(key) == y.get(key), (x["step"], key)
+    for key in ("eval_score", "eval_kl"):
+        assert last_a[key] == last_b[key], key
+
+    def held_out(run):
+        rows = (json.loads(line) for line in (run / "samples.jsonl").open())
+        return [
+            (r["prompt"], r["response"])
+            for r in rows
+            if r["split"] == "held-out" and r["step"] == 4
+        ]
+
+    assert held_out(runs[1]) and held_out(runs[1]) == held_out(runs[4])
+
+
 def test_sigkill_at_a_random_moment_then_resume_ends_as_uninterrupted(
     policy_dir, reward_dir, tmp_path
 ):

@@ -559,7 +559,9 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
         gold = _gold_labeler(cfg, reward_fn, engine, run)
         metrics: dict[str, float] = run.logged()
         if update == 0:  # the SFT policy's own held-out numbers: the start of every curve
-            row, held_out = evaluate(eval_prompts, rollout, engine, gold, rows)
+            row, held_out = evaluate(
+                eval_prompts, rollout, engine, gold, rows, eval_draws(cfg, engine, 0)
+            )
             run.tracker.log(0, row)
             run.append("samples.jsonl", held_out_rows(0, held_out))
         while update < cfg.updates:
@@ -594,7 +596,9 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
                 progress.first_eos = row["eos_fraction"]
             _guards(row, progress.first_eos, run)
             if run.due(update, cfg.eval_every):
-                ev, held_out = evaluate(eval_prompts, rollout, engine, gold, rows)
+                ev, held_out = evaluate(
+                    eval_prompts, rollout, engine, gold, rows, eval_draws(cfg, engine, update)
+                )
                 row |= ev
                 run.append(
                     "samples.jsonl", sample_table(update, ro) + held_out_rows(update, held_out)
@@ -920,17 +924,20 @@ def evaluate(
     engine: Engine,
     gold: GoldLabeler | None,
     rows: slice,
+    generator: torch.Generator,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Score, KL and (with a gold labeler) the gold score on held-out prompts, a per-process
     rollout batch at a time (a process may hold none of them): the means over all prompts, and
-    one row per prompt (prompt, response, score, KL, gold) from every process."""
+    one row per prompt (prompt, response, score, KL, gold) from every process. The replies are
+    sampled with ``generator`` (:func:`eval_draws`), never the global random stream."""
     from rlfm.data.labelers import clean_reply
 
     mine = prompts[engine.rank :: engine.world_size]
     batch = rows.stop - rows.start
     held_out: list[dict[str, Any]] = []
     for i in range(0, len(mine), batch):
-        ro = rollout(mine[i : i + batch], values=False)
+        part = mine[i : i + batch]
+        ro = rollout(part, (generator, (0, len(part))), values=False)
         golds = (
             gold.scores(ro.prompts, [clean_reply(r) for r in ro.responses])
             if gold is not None
@@ -951,6 +958,18 @@ def evaluate(
     if gold is not None:
         out["eval_gold"] = sum(r["gold"] for r in held_out) / n
     return out, held_out
+
+
+EVAL_STREAM = 2**40
+"""Offset of the held-out evaluation's seeds from the rollouts' (seed · 1,000,003 + update)."""
+
+
+def eval_draws(cfg: Config, engine: Engine, update: int) -> torch.Generator:
+    """The random numbers of the held-out evaluation at ``update``, this process's own: the
+    replies judged at an update are the same whatever the evaluation interval, and training
+    (which draws from its own generators) never depends on how often it is evaluated."""
+    seed = EVAL_STREAM + (cfg.seed * 1_000_003 + update) * 1024 + engine.rank
+    return torch.Generator(engine.device).manual_seed(seed)
 
 
 def held_out_rows(step: int, held_out: list[dict[str, Any]]) -> list[dict[str, Any]]:
