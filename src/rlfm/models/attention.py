@@ -80,7 +80,8 @@ def explicit_attention(
     ``mask``: bool (True = may attend) or additive float, broadcastable to (B, H, Tq, Tk), or
     None; ``causal`` (used when ``mask`` is None): query i sees keys up to Tk − Tq + i, SDPA's
     alignment when a cache holds earlier keys. Softmax in float32; :func:`dropout` with
-    probability ``dropout_p`` on the probabilities, as SDPA applies it. -> (B, H, Tq, D) in the queries' dtype.
+    probability ``dropout_p`` on the probabilities, as SDPA applies it. -> (B, H, Tq, D) in the
+    queries' dtype.
     """
     Tq, Tk = query.shape[2], key.shape[2]
     scale = query.shape[-1] ** -0.5 if scale is None else scale

@@ -35,12 +35,12 @@ action bounds; observations and actions of smaller tasks are zero-padded to the 
 timestep embedding is the only position signal) and ``GPT2Model`` always adds them; (2)
 windows are padded on the *right*, so with causal attention a real token never sees padding
 and no attention mask is needed at all — PyTorch's fused causal attention kernel runs (in
-training with dropout, the written-out causal softmax of ``models/attention.py`` with its cheaper
-dropout mask),
-and the outputs at real tokens equal those of the unpadded window exactly (the original pads on
-the left and masks); (3) the last block computes only the tokens a loss or an action reads (the
-state tokens, and the action tokens when prediction heads are on), which saves about a
-quarter of a 3-layer model's work; (4) nothing depends on a library's private modeling code.
+training with dropout, the written-out causal softmax of ``models/attention.py`` with its
+cheaper dropout mask), and the outputs at real tokens equal those of the unpadded window
+exactly (the original pads on the left and masks); (3) the last block computes only the tokens
+a loss or an action reads (the state tokens, and the action tokens when prediction heads are
+on), which saves about a quarter of a 3-layer model's work; (4) nothing depends on a library's
+private modeling code.
 
 **Deviations from the papers** (everything else follows the original code's Gym setup: K=20,
 128 wide, 3 layers, 1 head, ReLU MLP of width 4·128, dropout 0.1, LayerNorm on embeddings):

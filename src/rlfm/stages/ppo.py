@@ -568,7 +568,7 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
             t0 = time.perf_counter()
             # the update's random numbers, drawn for the global batch: the same responses
             # whatever the number of processes
-            g = torch.Generator(engine.device).manual_seed(cfg.seed * 1_000_003 + update)
+            g = rollout_draws(cfg, engine, update)
             shard = (rows.start, cfg.rollout_batch)
             ro = rollout([train_prompts[i] for i in order.next_batch()[rows].tolist()], (g, shard))
             gen_time = time.perf_counter() - t0
@@ -960,14 +960,24 @@ def evaluate(
     return out, held_out
 
 
+# PPO's random numbers, one stream per use, never the global one: an update's rollout, each
+# held-out evaluation and the final judgement draw from their own generators, so none depends on
+# how often another ran (evaluation interval, resume)
+FINAL_DRAWS = 999_983
+"""The "update" whose rollout stream samples the final judgement's replies."""
 EVAL_STREAM = 2**40
-"""Offset of the held-out evaluation's seeds from the rollouts' (seed · 1,000,003 + update)."""
+"""Offset of the held-out evaluations' seeds from the rollouts'."""
+
+
+def rollout_draws(cfg: Config, engine: Engine, update: int) -> torch.Generator:
+    """The random numbers of ``update``'s rollout, drawn for the global batch: the same on every
+    process, each taking its rows' share (``collect``'s ``draw``)."""
+    return torch.Generator(engine.device).manual_seed(cfg.seed * 1_000_003 + update)
 
 
 def eval_draws(cfg: Config, engine: Engine, update: int) -> torch.Generator:
     """The random numbers of the held-out evaluation at ``update``, this process's own: the
-    replies judged at an update are the same whatever the evaluation interval, and training
-    (which draws from its own generators) never depends on how often it is evaluated."""
+    replies judged at an update are the same whatever the evaluation interval."""
     seed = EVAL_STREAM + (cfg.seed * 1_000_003 + update) * 1024 + engine.rank
     return torch.Generator(engine.device).manual_seed(seed)
 
@@ -1082,7 +1092,7 @@ def gold_verdict(
     if best_update != cfg.updates:
         policy = load_model(cfg.out / BEST).to(engine.device).eval()
     best_models = replace(models, policy=policy)
-    g = torch.Generator(engine.device).manual_seed(cfg.seed * 1_000_003 + 999_983)
+    g = rollout_draws(cfg, engine, FINAL_DRAWS)
     fresh: list[Rollout] = [
         collect(
             cfg,
