@@ -560,7 +560,13 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
         metrics: dict[str, float] = run.logged()
         if update == 0:  # the SFT policy's own held-out numbers: the start of every curve
             row, held_out = evaluate(
-                eval_prompts, rollout, engine, gold, rows, eval_draws(cfg, engine, 0)
+                eval_prompts,
+                rollout,
+                engine,
+                gold,
+                rows,
+                cfg.rollout_batch,
+                eval_draws(cfg, engine, 0),
             )
             run.tracker.log(0, row)
             run.append("samples.jsonl", held_out_rows(0, held_out))
@@ -597,7 +603,13 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
             _guards(row, progress.first_eos, run)
             if run.due(update, cfg.eval_every):
                 ev, held_out = evaluate(
-                    eval_prompts, rollout, engine, gold, rows, eval_draws(cfg, engine, update)
+                    eval_prompts,
+                    rollout,
+                    engine,
+                    gold,
+                    rows,
+                    cfg.rollout_batch,
+                    eval_draws(cfg, engine, update),
                 )
                 row |= ev
                 run.append(
@@ -924,40 +936,46 @@ def evaluate(
     engine: Engine,
     gold: GoldLabeler | None,
     rows: slice,
-    generator: torch.Generator,
+    batch: int,
+    draws: Callable[[int], torch.Generator],
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Score, KL and (with a gold labeler) the gold score on held-out prompts, a per-process
-    rollout batch at a time (a process may hold none of them): the means over all prompts, and
-    one row per prompt (prompt, response, score, KL, gold) from every process. The replies are
-    sampled with ``generator`` (:func:`eval_draws`), never the global random stream."""
+    """Score, KL and (with a gold labeler) the gold score on held-out prompts: the means over
+    all prompts, and one row per prompt (prompt, response, score, KL, gold) in the prompts'
+    order. The prompts go in global batches of ``batch`` (the rollout batch), each process
+    answering its ``rows`` of each (a process may hold none of the last); batch ``c`` samples
+    with ``draws(c)`` (:func:`eval_draws`) for the whole batch, each process taking its rows'
+    share — as a training rollout does — so the replies are the same whatever the number of
+    processes, and never come from the global random stream."""
     from rlfm.data.labelers import clean_reply
 
-    mine = prompts[engine.rank :: engine.world_size]
-    batch = rows.stop - rows.start
-    held_out: list[dict[str, Any]] = []
-    for i in range(0, len(mine), batch):
-        part = mine[i : i + batch]
-        ro = rollout(part, (generator, (0, len(part))), values=False)
+    held_out: list[tuple[int, dict[str, Any]]] = []
+    for c, start in enumerate(range(0, len(prompts), batch)):
+        chunk = prompts[start : start + batch]
+        lo, hi = min(rows.start, len(chunk)), min(rows.stop, len(chunk))
+        if lo == hi:
+            continue
+        ro = rollout(chunk[lo:hi], (draws(c), (lo, len(chunk))), values=False)
         golds = (
             gold.scores(ro.prompts, [clean_reply(r) for r in ro.responses])
             if gold is not None
             else [math.nan] * len(ro.prompts)
         )
         held_out += [
-            {"prompt": p, "response": r, "score": float(sc), "kl": float(kl), "gold": g}
-            for p, r, sc, kl, g in zip(
-                ro.prompts, ro.responses, ro.scores.tolist(), ro.kl.sum(1).tolist(), golds
+            (start + lo + j, {"prompt": p, "response": r, "score": sc, "kl": kl, "gold": g})
+            for j, (p, r, sc, kl, g) in enumerate(
+                zip(ro.prompts, ro.responses, ro.scores.tolist(), ro.kl.sum(1).tolist(), golds)
             )
         ]
-    held_out = [r for part in engine.gather_objects(held_out) for r in part]
-    n = len(held_out)
+    gathered = sorted(r for part in engine.gather_objects(held_out) for r in part)
+    rows_out = [r for _, r in gathered]
+    n = len(rows_out)
     out = {
-        "eval_score": sum(r["score"] for r in held_out) / n,
-        "eval_kl": sum(r["kl"] for r in held_out) / n,
+        "eval_score": sum(r["score"] for r in rows_out) / n,
+        "eval_kl": sum(r["kl"] for r in rows_out) / n,
     }
     if gold is not None:
-        out["eval_gold"] = sum(r["gold"] for r in held_out) / n
-    return out, held_out
+        out["eval_gold"] = sum(r["gold"] for r in rows_out) / n
+    return out, rows_out
 
 
 # PPO's random numbers, one stream per use, never the global one: an update's rollout, each
@@ -975,11 +993,16 @@ def rollout_draws(cfg: Config, engine: Engine, update: int) -> torch.Generator:
     return torch.Generator(engine.device).manual_seed(cfg.seed * 1_000_003 + update)
 
 
-def eval_draws(cfg: Config, engine: Engine, update: int) -> torch.Generator:
-    """The random numbers of the held-out evaluation at ``update``, this process's own: the
-    replies judged at an update are the same whatever the evaluation interval."""
-    seed = EVAL_STREAM + (cfg.seed * 1_000_003 + update) * 1024 + engine.rank
-    return torch.Generator(engine.device).manual_seed(seed)
+def eval_draws(cfg: Config, engine: Engine, update: int) -> Callable[[int], torch.Generator]:
+    """The random numbers of the held-out evaluation at ``update``: for its global batch ``c``
+    (:func:`evaluate`), a generator of its own, the same on every process. The replies judged
+    at an update are the same whatever the evaluation interval and the number of processes."""
+
+    def batch(c: int) -> torch.Generator:
+        seed = (EVAL_STREAM + (cfg.seed * 1_000_003 + update) * 2**16 + c) % 2**64
+        return torch.Generator(engine.device).manual_seed(seed)
+
+    return batch
 
 
 def held_out_rows(step: int, held_out: list[dict[str, Any]]) -> list[dict[str, Any]]:
