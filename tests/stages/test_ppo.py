@@ -396,15 +396,16 @@ def test_the_evaluation_interval_changes_neither_training_nor_the_held_out_repli
     for key in ("eval_score", "eval_kl"):
         assert last_a[key] == last_b[key], key
 
-    def held_out(run):
-        rows = (json.loads(line) for line in (run / "samples.jsonl").open())
-        return [
-            (r["prompt"], r["response"])
-            for r in rows
-            if r["split"] == "held-out" and r["step"] == 4
-        ]
+    replies = held_out_replies(runs[1], 4)
+    assert replies and replies == held_out_replies(runs[4], 4)
 
-    assert held_out(runs[1]) and held_out(runs[1]) == held_out(runs[4])
+
+def held_out_replies(run, step: int) -> list[tuple[str, str]]:
+    """(prompt, reply) of a PPO run's held-out evaluation at ``step``, in samples.jsonl's order."""
+    rows = (json.loads(line) for line in (run / "samples.jsonl").open())
+    return [
+        (r["prompt"], r["response"]) for r in rows if r["split"] == "held-out" and r["step"] == step
+    ]
 
 
 def test_sigkill_at_a_random_moment_then_resume_ends_as_uninterrupted(
@@ -467,16 +468,8 @@ def test_two_process_held_out_replies_match_one_process(policy_dir, reward_dir, 
     r = torchrun(*cli_args(policy_dir, reward_dir, two, **kw))
     assert r.returncode == 0, r.stderr[-3000:]
 
-    def held_out(run):
-        rows = (json.loads(line) for line in (run / "samples.jsonl").open())
-        return [
-            (r["prompt"], r["response"])
-            for r in rows
-            if r["split"] == "held-out" and r["step"] == 0
-        ]
-
-    replies = held_out(one)
-    assert len(replies) == 20 and replies == held_out(two)
+    replies = held_out_replies(one, 0)
+    assert len(replies) == 20 and replies == held_out_replies(two, 0)
     a, b = (read_metrics(run / "metrics.jsonl")[0] for run in (one, two))
     assert a["step"] == b["step"] == 0
     for key in ("eval_score", "eval_kl"):

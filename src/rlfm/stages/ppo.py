@@ -557,17 +557,15 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
             return collect(cfg, engine, tokenizer, models, prompts, reward_fn, draw, values)
 
         gold = _gold_labeler(cfg, reward_fn, engine, run)
+
+        def judge(at: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
+            """The held-out evaluation of the policy at update ``at``."""
+            draws = eval_draws(cfg, engine, at)
+            return evaluate(eval_prompts, rollout, engine, gold, rows, cfg.rollout_batch, draws)
+
         metrics: dict[str, float] = run.logged()
         if update == 0:  # the SFT policy's own held-out numbers: the start of every curve
-            row, held_out = evaluate(
-                eval_prompts,
-                rollout,
-                engine,
-                gold,
-                rows,
-                cfg.rollout_batch,
-                eval_draws(cfg, engine, 0),
-            )
+            row, held_out = judge(0)
             run.tracker.log(0, row)
             run.append("samples.jsonl", held_out_rows(0, held_out))
         while update < cfg.updates:
@@ -602,15 +600,7 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
                 progress.first_eos = row["eos_fraction"]
             _guards(row, progress.first_eos, run)
             if run.due(update, cfg.eval_every):
-                ev, held_out = evaluate(
-                    eval_prompts,
-                    rollout,
-                    engine,
-                    gold,
-                    rows,
-                    cfg.rollout_batch,
-                    eval_draws(cfg, engine, update),
-                )
+                ev, held_out = judge(update)
                 row |= ev
                 run.append(
                     "samples.jsonl", sample_table(update, ro) + held_out_rows(update, held_out)
