@@ -15,8 +15,10 @@ side by side).
 
 Same work on both sides: the dataset (``rlfm offline make --kind medium`` of Hopper-v5), the
 paper's model (K = 20, 128 wide, 3 layers, 1 head, ReLU, dropout 0.1), batch 64, lr 1e-4,
-weight decay 1e-4, the same warm-up, returns-to-go / 1000, fp32, one torch thread, the same
-number of steps; evaluation at the paper's Hopper target return 3600 on the same reset seeds,
+weight decay 1e-4, the same warm-up, returns-to-go / 1000, the same precision (``--precision``:
+fp32 as the paper, or bf16 autocast on both sides, rlfm's default where the CPU runs it fast),
+the same torch threads (``--threads``: 1, or the machine's default count), the same number of
+steps; evaluation at the paper's Hopper target return 3600 on the same reset seeds,
 scored 100·(R − ref_min)/(ref_max − ref_min) with the dataset's reference scores. Training
 rates are steps over the training loop's time (data sampling included, evaluation excluded);
 evaluation rates are episodes over the evaluation's time. A like-for-like evaluation row runs
@@ -46,7 +48,7 @@ LR, WD, CLIP, SCALE, TARGET = 1e-4, 1e-4, 0.25, 1000.0, 3600.0
 EVAL_SEED = 20_000
 
 
-def paper_settings(steps: int, warmup: int) -> dict:
+def paper_settings(steps: int, warmup: int, precision: str = "fp32") -> dict:
     return dict(
         context=K,
         hidden=H,
@@ -61,18 +63,26 @@ def paper_settings(steps: int, warmup: int) -> dict:
         max_grad_norm=CLIP,
         return_scale=SCALE,
         steps=steps,
-        precision="fp32",
+        precision=precision,
         device="cpu",
     )
 
 
-def rlfm_child(dataset: str, steps: int, warmup: int, episodes: int, seed: int, out: Path) -> dict:
+def set_threads(threads: int) -> None:
+    """``threads`` torch threads (0: the machine's default count)."""
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def rlfm_child(
+    dataset: str, steps: int, warmup: int, episodes: int, seed: int, prec: str, threads: int, out: Path
+) -> dict:
     from rlfm.stages import dt, dt_eval
     from rlfm.tracking import read_metrics
 
-    torch.set_num_threads(1)
+    set_threads(threads)
     cfg = dt.Config(
         dataset=(dataset,),
         out=out,
@@ -80,7 +90,7 @@ def rlfm_child(dataset: str, steps: int, warmup: int, episodes: int, seed: int, 
         eval_episodes=0,
         log_every=steps,
         save_every=steps,
-        **paper_settings(steps, warmup),
+        **paper_settings(steps, warmup, prec),
     )
     dt.train(cfg)
     (row,) = [r for r in read_metrics(out / "metrics.jsonl") if "steps_per_s" in r]
@@ -119,7 +129,9 @@ def rlfm_one_at_a_time(dataset: str, out: Path, episodes: int) -> float:
     return episodes / (time.perf_counter() - t0)
 
 
-def reference_child(dataset: str, steps: int, warmup: int, episodes: int, seed: int) -> dict:
+def reference_child(
+    dataset: str, steps: int, warmup: int, episodes: int, seed: int, prec: str, threads: int
+) -> dict:
     import gymnasium as gym
     import numpy as np
     import torch
@@ -127,8 +139,9 @@ def reference_child(dataset: str, steps: int, warmup: int, episodes: int, seed: 
 
     from rlfm.data.trajectories import load_episodes
 
-    torch.set_num_threads(1)
+    set_threads(threads)
     torch.manual_seed(seed)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16")
     rng = np.random.default_rng(seed)
     d = load_episodes(dataset)
     S, A = d.observations.shape[1], d.actions.shape[1]
@@ -179,16 +192,17 @@ def reference_child(dataset: str, steps: int, warmup: int, episodes: int, seed: 
     t0 = time.perf_counter()
     for _ in range(steps):
         states, actions, rtg, timesteps, mask = get_batch()
-        pred = model(
-            states=states,
-            actions=actions,
-            returns_to_go=rtg,
-            timesteps=timesteps,
-            attention_mask=mask.long(),
-            return_dict=True,
-        ).action_preds
+        with autocast:
+            pred = model(
+                states=states,
+                actions=actions,
+                returns_to_go=rtg,
+                timesteps=timesteps,
+                attention_mask=mask.long(),
+                return_dict=True,
+            ).action_preds
         real = mask > 0
-        loss = ((pred[real] - actions[real]) ** 2).mean()
+        loss = ((pred[real].float() - actions[real]) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
@@ -199,7 +213,7 @@ def reference_child(dataset: str, steps: int, warmup: int, episodes: int, seed: 
     model.eval()
     returns = []
     t0 = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), autocast:
         for ep in range(episodes):  # the original evaluate_episode_rtg with get_action
             env = gym.make(d.env_spec)
             obs, _ = env.reset(seed=EVAL_SEED + ep)
@@ -223,8 +237,8 @@ def reference_child(dataset: str, steps: int, warmup: int, episodes: int, seed: 
                     return_dict=True,
                 )
                 action = out.action_preds[0, -1]
-                acts[-1] = action
-                obs, reward, term, trunc, _ = env.step(action.numpy())
+                acts[-1] = action.float()
+                obs, reward, term, trunc, _ = env.step(action.float().numpy())
                 total, done, t = total + float(reward), term or trunc, t + 1
                 new = torch.as_tensor((obs - mean) / std, dtype=torch.float32).view(1, S)
                 states = torch.cat([states, new])
@@ -252,9 +266,13 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=100, help="warm-up steps (both sides)")
     p.add_argument("--episodes", type=int, default=5, help="evaluation episodes per run")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (seed = round)")
+    p.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="both sides (paper: fp32)"
+    )
+    p.add_argument("--threads", type=int, default=1, help="torch threads, both sides (0: default)")
     add_child_args(p, ("rlfm", "reference"))
     a = p.parse_args()
-    job = (a.dataset, a.steps, a.warmup, a.episodes, a.seed)
+    job = (a.dataset, a.steps, a.warmup, a.episodes, a.seed, a.precision, a.threads)
     if a.child == "rlfm":
         print("RESULT " + json.dumps(rlfm_child(*job, a.run_dir)))
         return
@@ -268,6 +286,7 @@ def main() -> None:
         return [
             *["--dataset", a.dataset, "--steps", str(a.steps), "--warmup", str(a.warmup)],
             *["--episodes", str(a.episodes), "--seed", str(r), *run_dir],
+            *["--precision", a.precision, "--threads", str(a.threads)],
         ]
 
     runs = interleaved_rounds(__file__, ("rlfm", "reference"), a.rounds, args)
@@ -282,8 +301,11 @@ def main() -> None:
         ]
         for x in runs
     ]
+    import torch
+
+    threads = f"{a.threads or torch.get_num_threads()} thread(s)"
     heads = ["run", "train steps/s", "eval episodes/s", "return", "score", "peak RSS MiB"]
-    print(f"\n{a.dataset}: {a.steps:,} training steps per run, target {TARGET:g}, fp32")
+    print(f"\n{a.dataset}: {a.steps:,} training steps per run, target {TARGET:g}, {a.precision}, {threads}")
     print(table(heads, rows))
     summary = {}
     for side in ("rlfm", "reference"):
@@ -315,7 +337,7 @@ def main() -> None:
     )
     settings = (
         "transformers.DecisionTransformerModel, the original code's sampler and get_action; "
-        f"K={K}, {H} wide, {L} layers, batch {B}, fp32, 1 thread, {a.rounds} round(s)"
+        f"K={K}, {H} wide, {L} layers, batch {B}, {a.precision}, {threads}, {a.rounds} round(s)"
     )
     size = f"{a.dataset}, {a.steps} steps, {a.episodes} episodes"
 
