@@ -77,7 +77,14 @@ def set_threads(threads: int) -> None:
 
 
 def rlfm_child(
-    dataset: str, steps: int, warmup: int, episodes: int, seed: int, prec: str, threads: int, out: Path
+    dataset: str,
+    steps: int,
+    warmup: int,
+    episodes: int,
+    seed: int,
+    prec: str,
+    threads: int,
+    out: Path,
 ) -> dict:
     from rlfm.stages import dt, dt_eval
     from rlfm.tracking import read_metrics
@@ -305,7 +312,9 @@ def main() -> None:
 
     threads = f"{a.threads or torch.get_num_threads()} thread(s)"
     heads = ["run", "train steps/s", "eval episodes/s", "return", "score", "peak RSS MiB"]
-    print(f"\n{a.dataset}: {a.steps:,} training steps per run, target {TARGET:g}, {a.precision}, {threads}")
+    print(
+        f"\n{a.dataset}: {a.steps:,} training steps per run, target {TARGET:g}, {a.precision}, {threads}"
+    )
     print(table(heads, rows))
     summary = {}
     for side in ("rlfm", "reference"):
