@@ -10,9 +10,8 @@ the action predictions at real steps, AdamW with ``transformers``' default fused
 (``adamw_torch_fused`` since torch 2.8), linear warm-up, gradients clipped to 0.25; evaluated
 one episode at a time, each step the last K steps left-padded to K (the original
 ``get_action``). rlfm: ``rlfm dt train`` as a user runs it (its own sampler, right padding, no
-mask, the last block only at state tokens, fused AdamW, glibc's malloc keeping freed blocks:
-``engine.keep_freed_memory``) and ``rlfm dt eval`` (all episodes side by side). An extra row
-runs the reference under the same malloc setting, so the share of that setting shows.
+mask, the last block only at state tokens, fused AdamW) and ``rlfm dt eval`` (all episodes
+side by side).
 
 Same work on both sides: the dataset (``rlfm offline make --kind medium`` of Hopper-v5), the
 paper's model (K = 20, 128 wide, 3 layers, 1 head, ReLU, dropout 0.1), batch 64, lr 1e-4,
@@ -47,8 +46,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 K, H, L, B = 20, 128, 3, 64
 LR, WD, CLIP, SCALE, TARGET = 1e-4, 1e-4, 0.25, 1000.0, 3600.0
 EVAL_SEED = 20_000
-SIDES = ("rlfm", "reference", "reference-kept")
-"""rlfm, the reference, and the reference under rlfm's malloc setting (an extra row)."""
 
 
 def paper_settings(steps: int, warmup: int, precision: str = "fp32") -> dict:
@@ -140,16 +137,8 @@ def rlfm_one_at_a_time(dataset: str, out: Path, episodes: int) -> float:
 
 
 def reference_child(
-    dataset: str,
-    steps: int,
-    warmup: int,
-    episodes: int,
-    seed: int,
-    prec: str,
-    threads: int,
-    keep: bool = False,
+    dataset: str, steps: int, warmup: int, episodes: int, seed: int, prec: str, threads: int
 ) -> dict:
-    """The reference recipe; with ``keep`` under rlfm's malloc setting (extra row)."""
     import gymnasium as gym
     import numpy as np
     import torch
@@ -158,10 +147,6 @@ def reference_child(
     from rlfm.data.trajectories import load_episodes
 
     set_threads(threads)
-    if keep:
-        from rlfm.engine import keep_freed_memory
-
-        keep_freed_memory()
     torch.manual_seed(seed)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16")
     rng = np.random.default_rng(seed)
@@ -292,14 +277,14 @@ def main() -> None:
         "--precision", choices=("fp32", "bf16"), default="fp32", help="both sides (paper: fp32)"
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads, both sides (0: default)")
-    add_child_args(p, SIDES)
+    add_child_args(p, ("rlfm", "reference"))
     a = p.parse_args()
     job = (a.dataset, a.steps, a.warmup, a.episodes, a.seed, a.precision, a.threads)
     if a.child == "rlfm":
         print("RESULT " + json.dumps(rlfm_child(*job, a.run_dir)))
         return
-    if a.child in ("reference", "reference-kept"):
-        print("RESULT " + json.dumps(reference_child(*job, keep=a.child == "reference-kept")))
+    if a.child == "reference":
+        print("RESULT " + json.dumps(reference_child(*job)))
         return
     from _common import interleaved_rounds, ratio_row, table, write_row_list
 
@@ -311,7 +296,7 @@ def main() -> None:
             *["--precision", a.precision, "--threads", str(a.threads)],
         ]
 
-    runs = interleaved_rounds(__file__, SIDES, a.rounds, args)
+    runs = interleaved_rounds(__file__, ("rlfm", "reference"), a.rounds, args)
     rows = [
         [
             f"{x['side']} (round {x['round']})",
@@ -332,7 +317,7 @@ def main() -> None:
     )
     print(table(heads, rows))
     summary = {}
-    for side in SIDES:
+    for side in ("rlfm", "reference"):
         mine = [x for x in runs if x["side"] == side]
         summary[side] = {
             "train_steps_per_s": a.steps
@@ -346,13 +331,9 @@ def main() -> None:
         }
     lfl = [x["like_for_like_eval_episodes_per_s"] for x in runs if x["side"] == "rlfm"]
     summary["rlfm"]["like_for_like_eval_episodes_per_s"] = len(lfl) / sum(1 / v for v in lfl)
-    ours, ref, kept = summary["rlfm"], summary["reference"], summary["reference-kept"]
+    ours, ref = summary["rlfm"], summary["reference"]
     train_ratio = ours["train_steps_per_s"] / ref["train_steps_per_s"]
     print(f"training steps/s ratio rlfm / reference: {train_ratio:.2f}× (target ≥ 1.5×)")
-    print(
-        "the same against the reference under rlfm's malloc setting: "
-        f"{ours['train_steps_per_s'] / kept['train_steps_per_s']:.2f}×"
-    )
     print(
         "evaluation episodes/s ratio: "
         f"{ours['like_for_like_eval_episodes_per_s'] / ref['eval_episodes_per_s']:.2f}× one "
@@ -387,16 +368,6 @@ def main() -> None:
             None,
         ),
         row("normalised score at target 3600", ours["score_mean"], ref["score_mean"], None),
-        ratio_row(
-            "Decision Transformer (extra row: the reference under rlfm's malloc setting)",
-            size,
-            "reference",
-            settings + ", glibc malloc keeping freed blocks (engine.keep_freed_memory)",
-            "training steps/s",
-            ours["train_steps_per_s"],
-            kept["train_steps_per_s"],
-            None,
-        ),
     ]
     result = {"args": vars(a) | {"run_dir": None, "out": None}, "runs": runs, "summary": summary}
     print(json.dumps(result))

@@ -24,7 +24,6 @@ optimizer and the schedule. So every stage scales, synchronises and clips the sa
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime
 import os
 import random
@@ -50,31 +49,6 @@ def bf16_supported(device: torch.device) -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-"""glibc ``mallopt`` parameters (malloc.h)."""
-MMAP_THRESHOLD_MAX = 32 * 2**20
-"""glibc's largest mmap threshold on 64-bit systems: blocks up to this size come from the heap."""
-
-
-def keep_freed_memory() -> bool:
-    """Have glibc's ``malloc`` keep freed blocks of up to 32 MiB for reuse instead of handing
-    them back to the system. PyTorch's CPU tensors are plain ``malloc`` blocks; by default glibc
-    maps each large one fresh and unmaps it when freed (or trims the heap), so every step of a
-    training loop page-faults its activations and gradients in again. Measured on the Decision
-    Transformer paper's model (3840 × 512 activations, one thread): ~7,000 page faults per
-    training step, none after this call, the step a few per cent faster (within this machine's
-    ±10% drift). Freed memory stays with the process: the Decision Transformer benchmark's peak
-    RSS rose from ≈ 560 to ≈ 610 MiB. Returns whether it applied (glibc only; else a no-op)."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(
-        mallopt(M_TRIM_THRESHOLD, 2**30)
-    )
 
 
 @dataclass

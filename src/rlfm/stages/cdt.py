@@ -68,7 +68,7 @@ from rlfm.data.trajectories import (
     model_statistics,
     relabel_infeasible,
 )
-from rlfm.engine import Engine, keep_freed_memory
+from rlfm.engine import Engine
 from rlfm.errors import DataError
 from rlfm.evaluate.episodes import evaluate_model
 from rlfm.evaluate.plots import plot_metrics
@@ -330,8 +330,6 @@ def train(cfg: Config) -> dict[str, float]:
         if run.finished:
             return run.summary
         engine = run.engine
-        if engine.device.type == "cpu":
-            keep_freed_memory()  # its many mid-sized activations: no page faults per step
         task = single_task(cfg)
         datas = training_data(cfg, task)
         is_bc = cfg.method not in TRANSFORMERS

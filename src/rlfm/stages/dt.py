@@ -57,7 +57,7 @@ from rlfm.data.trajectories import (
     load_tasks,
     model_statistics,
 )
-from rlfm.engine import Engine, keep_freed_memory
+from rlfm.engine import Engine
 from rlfm.evaluate.dt_report import normalised
 from rlfm.evaluate.episodes import evaluate_model
 from rlfm.evaluate.plots import plot_metrics
@@ -222,8 +222,6 @@ def train(cfg: Config) -> dict[str, float]:
         if run.finished:
             return run.summary
         engine = run.engine
-        if engine.device.type == "cpu":
-            keep_freed_memory()  # its many mid-sized activations: no page faults per step
         tasks = load_tasks(cfg.dataset)
         data = TrajectoryData(tasks)
         if run.resume is not None:
