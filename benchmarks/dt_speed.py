@@ -16,7 +16,8 @@ side by side).
 Same work on both sides: the dataset (``rlfm offline make --kind medium`` of Hopper-v5), the
 paper's model (K = 20, 128 wide, 3 layers, 1 head, ReLU, dropout 0.1), batch 64, lr 1e-4,
 weight decay 1e-4, the same warm-up, returns-to-go / 1000, the same precision (``--precision``:
-fp32 as the paper, or bf16 autocast on both sides, rlfm's default where the CPU runs it fast),
+fp32 as the paper, or bf16 autocast on both sides, rlfm's default where the CPU runs it fast;
+training only: evaluation runs in fp32 on both sides, ``rlfm dt eval``'s default),
 the same torch threads (``--threads``: 1, or the machine's default count), the same number of
 steps; evaluation at the paper's Hopper target return 3600 on the same reset seeds,
 scored 100·(R − ref_min)/(ref_max − ref_min) with the dataset's reference scores. Training
@@ -220,7 +221,7 @@ def reference_child(
     model.eval()
     returns = []
     t0 = time.perf_counter()
-    with torch.no_grad(), autocast:
+    with torch.no_grad():  # fp32 on both sides (rlfm dt eval's default), whatever --precision
         for ep in range(episodes):  # the original evaluate_episode_rtg with get_action
             env = gym.make(d.env_spec)
             obs, _ = env.reset(seed=EVAL_SEED + ep)
@@ -244,8 +245,8 @@ def reference_child(
                     return_dict=True,
                 )
                 action = out.action_preds[0, -1]
-                acts[-1] = action.float()
-                obs, reward, term, trunc, _ = env.step(action.float().numpy())
+                acts[-1] = action
+                obs, reward, term, trunc, _ = env.step(action.numpy())
                 total, done, t = total + float(reward), term or trunc, t + 1
                 new = torch.as_tensor((obs - mean) / std, dtype=torch.float32).view(1, S)
                 states = torch.cat([states, new])
