@@ -1,7 +1,8 @@
 """Where a PPO update's time goes, on each side: ``ppo_vs_trl.py``'s children (part a: full
 fine-tuning, 4 epochs) run under ``cProfile``, one after the other, each in its own process.
 
-    python benchmarks/profile_ppo.py [--size tiny] [--updates 2] [--top 25] [--out FILE.txt]
+    python benchmarks/profile_ppo.py [--size tiny] [--updates 2] [--prompts 32] [--top 25]
+        [--out FILE.txt]
 
 Prints, for rlfm and for TRL, the functions with the most cumulative time (what a part of the
 update costs, callees included) and the most own time (where the CPU actually is).
@@ -49,6 +50,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="tiny")
     p.add_argument("--updates", type=int, default=2)
+    p.add_argument("--prompts", type=int, default=32, help="prompts per update (run_all's 100m: 8)")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
@@ -58,11 +60,11 @@ def main() -> None:
     import ppo_vs_trl
 
     root = Path(tempfile.mkdtemp(prefix="ppo-prof-"))
-    ns = argparse.Namespace(size=a.size, prompts=32, prompt_tokens=24)
+    ns = argparse.Namespace(size=a.size, prompts=a.prompts, prompt_tokens=24)
     assets = ppo_vs_trl.make_assets(root, ns)
     spec = {
-        "prompt_ids": assets["prompt_ids"][:32], "prompts_file": assets["prompts_file"],
-        "batch": 32, "prompt_tokens": 24, "new_tokens": 32, "precision": "fp32", "lora_r": 8,
+        "prompt_ids": assets["prompt_ids"][: a.prompts], "prompts_file": assets["prompts_file"],
+        "batch": a.prompts, "prompt_tokens": 24, "new_tokens": 32, "precision": "fp32", "lora_r": 8,
         "epochs": 4, "trl_checkpointing": False, "pad": assets["pad"], "eos": assets["eos"],
         "model": assets["model"], "rm": assets["rm"], "adapter": "full", "micro_batch": None,
         "updates": a.updates + 1,

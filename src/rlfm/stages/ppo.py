@@ -113,6 +113,7 @@ from rlfm.models.heads import (
     same_token_ids,
     tokenizer_of,
 )
+from rlfm.optim import adamw
 from rlfm.rollout import (
     Generation,
     Samples,
@@ -454,9 +455,7 @@ class Learner:
         steps = cfg.updates * cfg.ppo_epochs * (cfg.rollout_batch // cfg.minibatch)
         policy_lr, value_lr = cfg.learning_rates
         optimizers = [
-            torch.optim.AdamW(
-                [p for p in m.parameters() if p.requires_grad], lr=lr, eps=1e-5, weight_decay=0.0
-            )
+            adamw(m, lr, weight_decay=0.0, eps=1e-5)  # fused: one pass over all parameters
             for m, lr in ((models.policy, policy_lr), (models.value, value_lr))
         ]
         schedules = [
