@@ -321,7 +321,7 @@ def train(cfg: Config) -> dict[str, float]:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda u: max(0.0, 1.0 - u / updates) if ppo.anneal_lr else 1.0
         )
-        reward_optimizer = torch.optim.Adam(ensemble.parameters(), lr=cfg.reward_lr)
+        reward_optimizer = adam(ensemble.parameters(), cfg.reward_lr, eps=1e-8)
         normalizer = ReturnNormalizer(ppo.n_envs, ppo.gamma)
         labels = Labels(cfg.pool, cfg.seed)
         collector = Collector(
