@@ -213,6 +213,27 @@ def test_a_checkpoint_without_manifest_is_checked_by_loading(finished, tmp_path)
         assert latest_checkpoint(out).name == "step_30"
 
 
+def test_a_checkpoint_whose_optimizer_does_not_fit_is_refused_naming_it(
+    finished, corpus_file, tmp_path
+):
+    """A checkpoint whose optimizer has other parameter groups than this version builds (as
+    when PPO's optimizer changed from one group to two) stops the resume with the checkpoint and
+    the part named, and leaves the checkpoint as it was."""
+    out = copy_run(finished, tmp_path / "run")
+    (out / "summary.json").unlink()
+    for c in checkpoints(out):
+        (c / "manifest.json").unlink()
+    path = checkpoints(out)[-1] / "trainer_state.pt"
+    state = torch.load(path, weights_only=False)
+    groups = state["optimizer"]["param_groups"]
+    groups[0]["params"] += groups.pop()["params"]
+    torch.save(state, path)
+    before = path.read_bytes()
+    with pytest.raises(RunError, match="step_40: its optimizer state does not fit this run"):
+        pretrain.train(cfg(out, corpus_file))
+    assert path.read_bytes() == before
+
+
 def test_a_full_disk_while_saving_names_the_path_and_keeps_the_last_checkpoint(
     finished, corpus_file, tmp_path, monkeypatch
 ):

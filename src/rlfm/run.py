@@ -368,7 +368,14 @@ class Run:
                     "another rlfm version; choose another --out"
                 )
             for name, obj in state.items():
-                obj.load_state_dict(saved[name])
+                try:
+                    obj.load_state_dict(saved[name])
+                except (KeyError, RuntimeError, TypeError, ValueError) as e:
+                    # e.g. an optimizer saved with other parameter groups: never half-resume
+                    raise RunError(
+                        f"checkpoint {self.resume}: its {name} state does not fit this run "
+                        f"({e}); it was written by another rlfm version; choose another --out"
+                    ) from e
             step = int(saved["step"])
         self.tracker = Tracker(
             self.out,
