@@ -361,20 +361,20 @@ class Run:
         step = 0
         if self.resume is not None:
             saved = checkpoint.load_trainer_state(self.resume, self.engine)
+            other_version = "it was written by another rlfm version; choose another --out"
             missing = [name for name in state if name not in saved]
             if missing:
                 raise RunError(
-                    f"checkpoint {self.resume} lacks {', '.join(missing)}: it was written by "
-                    "another rlfm version; choose another --out"
+                    f"checkpoint {self.resume} lacks {', '.join(missing)}: {other_version}"
                 )
             for name, obj in state.items():
                 try:
                     obj.load_state_dict(saved[name])
                 except (KeyError, RuntimeError, TypeError, ValueError) as e:
-                    # e.g. an optimizer saved with other parameter groups: never half-resume
+                    # e.g. an optimizer saved with other parameter groups
                     raise RunError(
                         f"checkpoint {self.resume}: its {name} state does not fit this run "
-                        f"({e}); it was written by another rlfm version; choose another --out"
+                        f"({e}); {other_version}"
                     ) from e
             step = int(saved["step"])
         self.tracker = Tracker(
