@@ -198,8 +198,14 @@ def test_human_labels_report_skips_finished_stages_and_resumes_after_sigkill(mic
     page = (ref / "report.html").read_text()
     assert "data:image/png;base64," in page and "<script" not in page
     assert not re.search(r"(src|href)=[\"'](https?:)?//", page), "a remote resource"
+    md = (ref / "report.md").read_text()
     for heading in ("Over-optimisation", "Judge for yourself", "Safety", "Time and memory"):
-        assert heading in page and heading in (ref / "report.md").read_text()
+        assert heading in page and heading in md
+    # the gold rule's terms over the updates: one row per held-out evaluation
+    samples = [json.loads(x) for x in (ref / "ppo" / "samples.jsonl").read_text().splitlines()]
+    evaluated = {x["step"] for x in samples if x["split"] == "held-out"}
+    table = re.search(r"\| update \| gold \| proxy \| courtesy .*?\n\n", md, re.S)
+    assert table is not None and len(table.group(0).strip().splitlines()) == 2 + len(evaluated)
     # the pipeline's labels: two replies per prompt at temperature 1, two at 0.5
     assert "(2 at temperature 1, 2 at temperature 0.5)" in (ref / "report.md").read_text()
     timings = json.loads((ref / "timings.json").read_text())

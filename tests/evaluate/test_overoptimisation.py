@@ -1,6 +1,7 @@
 """Over-optimisation analysis: the functional forms' fits recover known coefficients, the
 analytic best-of-n KL matches a Monte-Carlo estimate, the best-of-n expectation matches
-enumeration, and a PPO run's curve is read relative to its start."""
+enumeration, a PPO run's curve is read relative to its start, and the gold rule's terms are averaged per
+update."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from rlfm.evaluate.overoptimisation import (
     best_of_n_weights,
     bon_kl,
     fit,
+    gold_parts_by_update,
     plot_overoptimisation,
     ppo_curve,
 )
@@ -100,3 +102,91 @@ def test_ppo_curve_and_plot(tmp_path):
     assert plot_overoptimisation(metrics, tmp_path / "o.png").stat().st_size > 5000
     metrics.write_text(json.dumps(rows[0]) + "\n")
     assert plot_overoptimisation(metrics, tmp_path / "none.png") is None
+
+
+def test_gold_parts_by_update_splits_each_held_out_reply_into_the_rules_terms(tmp_path):
+    """Worked by hand (data/labelers.py), prompt "Romeo. Good morrow, cousin. / Benvolio.":
+    "Good morrow, sir, sir." has courtesy +2 (good, sir), relevance +1 (good, morrow shared),
+    length −1 (4 words, 4 short of 8), repetition −0.5 (sir, sir), form 0: text 1.5, so a
+    stored gold of 1.8 leaves fluency +0.3. "Away" has courtesy 0, relevance −0.5 (nothing
+    shared), length −1.75 (1 word), form −0.5 (no full stop): text −2.75; stored −4.75 leaves
+    fluency −2. Training rows and rows without a gold score are not counted."""
+    prompt = "Romeo.\nGood morrow, cousin.\n\nBenvolio.\n"
+    rows = [
+        {
+            "step": 0,
+            "split": "held-out",
+            "prompt": prompt,
+            "response": "Away\n\nmore",
+            "score": -1.0,
+            "gold": -4.75,
+        },
+        {
+            "step": 0,
+            "split": "held-out",
+            "prompt": prompt,
+            "response": " Good morrow, sir, sir.",
+            "score": 1.0,
+            "gold": 1.8,
+        },
+        {
+            "step": 0,
+            "split": "train",
+            "prompt": prompt,
+            "response": "Away",
+            "score": 9.0,
+            "gold": 9.0,
+        },
+        {
+            "step": 6,
+            "split": "held-out",
+            "prompt": prompt,
+            "response": "Good morrow, sir, sir.",
+            "score": 2.0,
+            "gold": 1.8,
+        },
+        {
+            "step": 6,
+            "split": "held-out",
+            "prompt": prompt,
+            "response": "Away",
+            "score": 5.0,
+            "gold": None,
+        },
+    ]
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = gold_parts_by_update(path)
+    assert [r["update"] for r in got] == [0, 6]
+    expect0 = dict(
+        courtesy=1.0,
+        relevance=0.25,
+        length=-1.375,
+        repetition=-0.25,
+        form=-0.25,
+        fluency=-0.85,
+        gold=-1.475,
+        proxy=0.0,
+        words=2.5,
+    )
+    expect6 = dict(
+        courtesy=2.0,
+        relevance=1.0,
+        length=-1.0,
+        repetition=-0.5,
+        form=0.0,
+        fluency=0.3,
+        gold=1.8,
+        proxy=2.0,
+        words=4.0,
+    )
+    for row, expect in zip(got, (expect0, expect6)):
+        for key, value in expect.items():
+            assert row[key] == pytest.approx(value), key
+
+
+def test_gold_parts_by_update_is_empty_without_a_gold_labeler(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    row = {"step": 0, "split": "held-out", "prompt": "x", "response": "y", "score": 0.0}
+    path.write_text(json.dumps(row) + "\n")
+    assert gold_parts_by_update(path) == []

@@ -121,6 +121,34 @@ def ppo_curve(metrics_path: str | Path) -> list[dict[str, float]]:
     ]
 
 
+GOLD_PARTS = ("courtesy", "relevance", "length", "repetition", "form", "fluency")
+"""The gold rule's terms (data/labelers.py), in the order the report shows them."""
+
+
+def gold_parts_by_update(samples_path: str | Path) -> list[dict[str, float]]:
+    """What the gold labeler saw at each of a PPO run's held-out evaluations: per update the
+    mean of each term of the gold rule over the held-out replies (:data:`GOLD_PARTS`; the
+    text terms from the reply itself, fluency as the stored gold score less them), the mean
+    gold and proxy score and the mean reply length in words. Read from ``samples.jsonl``; []
+    when its held-out rows carry no gold score (a run without a gold labeler)."""
+    from rlfm.data.labelers import clean_reply, gold_components, words
+
+    by_update: dict[int, list[dict[str, float]]] = {}
+    for r in read_metrics(samples_path):
+        if r.get("split") != "held-out" or not isinstance(r.get("gold"), int | float):
+            continue
+        reply = clean_reply(r["response"])
+        text = gold_components(r["prompt"], reply)
+        row = {name: float(getattr(text, name)) for name in GOLD_PARTS[:-1]}
+        row["fluency"] = r["gold"] - text.total
+        row |= {"gold": r["gold"], "proxy": r["score"], "words": float(len(words(reply)))}
+        by_update.setdefault(int(r["step"]), []).append(row)
+    return [
+        {"update": float(u)} | {k: sum(x[k] for x in rows) / len(rows) for k in rows[0]}
+        for u, rows in sorted(by_update.items())
+    ]
+
+
 def plot_overoptimisation(metrics_path: str | Path, png: str | Path) -> Path | None:
     """Gold and proxy score of a PPO run's held-out evaluations against d = √KL(π ‖ π_SFT),
     both relative to the SFT policy's (update 0), each point labelled with its update and the

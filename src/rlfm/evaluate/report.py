@@ -1,6 +1,6 @@
 """The pipeline's report: ``<run>/report.html`` (self-contained) and ``<run>/report.md``.
 
-Built from the files the stages wrote — nothing is recomputed, so ``rlfm report RUN_DIR``
+Built from the files the stages wrote — no model runs again, so ``rlfm report RUN_DIR``
 rebuilds it at any time, and a stage that has not run yet is simply left out:
 
 - per stage its key figures and curves: pre-training loss and perplexity; SFT validation loss;
@@ -8,8 +8,9 @@ rebuilds it at any time, and a stage that has not run yet is simply left out:
   the labels with it; PPO's proxy score, gold score, KL, β, entropy and response length over
   updates (``plots/ppo.png``, made here);
 - the gold labeler's verdict: PPO's best update against SFT, and the last one;
-- over-optimisation: gold and proxy score against √KL, with replies from both sides of the
-  gold peak;
+- over-optimisation: gold and proxy score against √KL, each term of the gold rule over the
+  updates (the text terms read again from the stored replies), with replies from both sides
+  of the gold peak;
 - 20 random held-out prompts with the SFT and the best PPO reply side by side;
 - the pre-trained, SFT, best-of-n and PPO models on the same held-out prompts, with gold and
   proxy scores; the share of their replies to red-team prompts that are flagged;
@@ -382,6 +383,7 @@ def _overoptimisation(run: Path) -> list[Block]:
             width="72%",
         )
     )
+    blocks += _gold_parts(run)
     if verdict and any(r["best"] != r["last"] for r in verdict):
         rng = random.Random(1)
         picks = rng.sample(verdict, min(5, len(verdict)))
@@ -395,6 +397,49 @@ def _overoptimisation(run: Path) -> list[Block]:
             )
         )
     return blocks
+
+
+def _gold_parts(run: Path) -> list[Block]:
+    """The gold rule's terms over PPO's updates: what the policy gained up to the gold peak and
+    what it lost after it, read from the held-out replies (nothing runs a model)."""
+    from rlfm.evaluate.overoptimisation import GOLD_PARTS, gold_parts_by_update
+
+    rows = gold_parts_by_update(run / "ppo" / "samples.jsonl")
+    if len(rows) < 2:
+        return []
+    first, last = rows[0], rows[-1]
+    peak = max(rows, key=lambda r: r["gold"])
+    gained = max(GOLD_PARTS, key=lambda k: peak[k] - first[k])
+    text = (
+        f"Each term of the gold rule, averaged over the held-out replies of each evaluation. "
+        f"From the SFT policy (update 0) to the gold peak (update {int(peak['update'])}) PPO "
+        f"gained most in {gained} ({first[gained]:+.2f} → {peak[gained]:+.2f})"
+    )
+    if peak is not last:
+        lost = min(GOLD_PARTS, key=lambda k: last[k] - peak[k])
+        text += (
+            f"; from the peak to the last update (update {int(last['update'])}) it lost most in "
+            f"{lost} ({peak[lost]:+.2f} → {last[lost]:+.2f}) while the proxy went "
+            f"{peak['proxy']:+.2f} → {last['proxy']:+.2f}: what the reward model failed to "
+            f"penalise"
+        )
+    return [
+        Text(text + "."),
+        Table(
+            ["update", "gold", "proxy", *GOLD_PARTS, "words"],
+            [
+                [
+                    int(r["update"]),
+                    *(f"{round(r[k], 2) + 0.0:+.2f}" for k in ("gold", "proxy", *GOLD_PARTS)),
+                    f"{r['words']:.1f}",
+                ]
+                for r in rows
+            ],
+            numeric=tuple(range(len(GOLD_PARTS) + 4)),
+            caption="The gold rule's terms (rlfm/data/labelers.py), held-out replies' means; "
+            "proxy: the reward model's score.",
+        ),
+    ]
 
 
 def _pairs(
