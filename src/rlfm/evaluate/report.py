@@ -417,12 +417,15 @@ def _gold_parts(run: Path) -> list[Block]:
     )
     if peak is not last:
         lost = min(GOLD_PARTS, key=lambda k: last[k] - peak[k])
+        proxy = f"{peak['proxy']:+.2f} → {last['proxy']:+.2f}"
         text += (
             f"; from the peak to the last update (update {int(last['update'])}) it lost most in "
-            f"{lost} ({peak[lost]:+.2f} → {last[lost]:+.2f}) while the proxy went "
-            f"{peak['proxy']:+.2f} → {last['proxy']:+.2f}: what the reward model failed to "
-            f"penalise"
+            f"{lost} ({peak[lost]:+.2f} → {last[lost]:+.2f})"
         )
+        if last["proxy"] > peak["proxy"]:
+            text += f" while the proxy rose ({proxy}): what the reward model failed to penalise"
+        else:
+            text += f", and the proxy went {proxy}"
     return [
         Text(text + "."),
         Table(
