@@ -36,6 +36,7 @@ LATE = 12
 
 def probe(run: Path, models: list[Path]) -> None:
     from rlfm.data.labelers import clean_reply
+    from rlfm.evaluate.overoptimisation import gold_parts_by_update
     from rlfm.stages.reward_score import load_reward_model
     from rlfm.tracking import read_metrics
 
@@ -79,8 +80,11 @@ def probe(run: Path, models: list[Path]) -> None:
             f"{counts['late'][0] / max(counts['late'][1], 1):.3f} ({counts['late'][1]})\n"
             "  mean reward by update  " + "  ".join(f"{u}: {mean[u] / n[u]:+.2f}" for u in updates)
         )
-    gold = {u: sum(r["gold"] for r in rows if r["step"] == u) / n[u] for u in updates}
-    print("  mean gold by update    " + "  ".join(f"{u}: {gold[u]:+.2f}" for u in updates))
+    gold = gold_parts_by_update(run / "ppo" / "samples.jsonl")
+    print(
+        "  mean gold by update    "
+        + "  ".join(f"{int(g['update'])}: {g['gold']:+.2f}" for g in gold)
+    )
 
 
 def relabel(run: Path, policy: Path, n: int, out: Path, seed: int) -> None:

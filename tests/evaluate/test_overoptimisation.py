@@ -1,7 +1,7 @@
 """Over-optimisation analysis: the functional forms' fits recover known coefficients, the
 analytic best-of-n KL matches a Monte-Carlo estimate, the best-of-n expectation matches
-enumeration, a PPO run's curve is read relative to its start, and the gold rule's terms are averaged per
-update."""
+enumeration, a PPO run's curve is read relative to its start, and the gold rule's terms are
+averaged per update."""
 
 from __future__ import annotations
 

@@ -25,12 +25,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rlfm.data.labelers import GoldScore
 from rlfm.evaluate.plots import pyplot
 from rlfm.tracking import read_metrics
 
@@ -121,8 +122,9 @@ def ppo_curve(metrics_path: str | Path) -> list[dict[str, float]]:
     ]
 
 
-GOLD_PARTS = ("courtesy", "relevance", "length", "repetition", "form", "fluency")
-"""The gold rule's terms (data/labelers.py), in the order the report shows them."""
+GOLD_PARTS = tuple(f.name for f in fields(GoldScore))
+"""The gold rule's terms (data/labelers.py: courtesy, relevance, length, repetition, form,
+fluency), in the order the report shows them."""
 
 
 def gold_parts_by_update(samples_path: str | Path) -> list[dict[str, float]]:
@@ -139,8 +141,8 @@ def gold_parts_by_update(samples_path: str | Path) -> list[dict[str, float]]:
             continue
         reply = clean_reply(r["response"])
         text = gold_components(r["prompt"], reply)
-        row = {name: float(getattr(text, name)) for name in GOLD_PARTS[:-1]}
-        row["fluency"] = r["gold"] - text.total
+        row = {name: float(getattr(text, name)) for name in GOLD_PARTS}
+        row["fluency"] = r["gold"] - text.total  # the text terms' fluency is 0
         row |= {"gold": r["gold"], "proxy": r["score"], "words": float(len(words(reply)))}
         by_update.setdefault(int(r["step"]), []).append(row)
     return [
