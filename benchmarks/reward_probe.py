@@ -7,8 +7,9 @@ pipeline run's own held-out PPO replies, and what labels of the policy's replies
 ``probe``: every held-out prompt of ``RUN/ppo/samples.jsonl`` has one reply per evaluated update
 (0, 6, 12, ...), each with its gold score. For each prompt, every pair of its replies with
 different gold scores is a comparison; the reward model agrees when it orders the pair as gold
-does. Printed per reward model (default ``RUN/rm``; more directories: each, then their mean):
-agreement over all pairs, over the *late* pairs (both replies from update 12 on, where PPO has
+does, a tie counting half (``rlfm.evaluate.overoptimisation.pair_agreement``, which the report
+applies to the scores PPO received). Printed per reward model (default ``RUN/rm``; more
+directories: each, then their mean): agreement over all pairs, over the *late* pairs (both replies from update 12 on, where PPO has
 moved away from the SFT policy that sampled the labelled replies), and the mean reward per
 update next to the mean gold. An agreement of 0.5 on the late pairs is chance: the proxy no
 longer tells PPO's better replies from its worse ones.
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import itertools
 from pathlib import Path
 
 import torch
@@ -36,7 +36,7 @@ LATE = 12
 
 def probe(run: Path, models: list[Path]) -> None:
     from rlfm.data.labelers import clean_reply
-    from rlfm.evaluate.overoptimisation import gold_parts_by_update
+    from rlfm.evaluate.overoptimisation import gold_parts_by_update, pair_agreement
     from rlfm.stages.reward_score import load_reward_model
     from rlfm.tracking import read_metrics
 
@@ -60,24 +60,14 @@ def probe(run: Path, models: list[Path]) -> None:
         named.append(("mean of the above", [sum(x) / len(x) for x in zip(*rewards)]))
     updates = sorted({r["step"] for r in rows})
     for name, reward in named:
-        by_prompt = collections.defaultdict(list)
-        for r, x in zip(rows, reward):
-            by_prompt[r["prompt"]].append((r["step"], r["gold"], x))
-        counts = {"all": [0, 0], "late": [0, 0]}
-        for replies in by_prompt.values():
-            for (ua, ga, xa), (ub, gb, xb) in itertools.combinations(replies, 2):
-                if ga == gb:
-                    continue
-                agree = (ga - gb) * (xa - xb) > 0
-                for key in ("all", "late") if min(ua, ub) >= LATE else ("all",):
-                    counts[key][0] += agree
-                    counts[key][1] += 1
+        got = pair_agreement(
+            [(r["prompt"], r["step"], r["gold"], x) for r, x in zip(rows, reward)], LATE
+        )
         mean = {u: sum(x for r, x in zip(rows, reward) if r["step"] == u) for u in updates}
         n = collections.Counter(r["step"] for r in rows)
         print(
-            f"{name}: agreement {counts['all'][0] / counts['all'][1]:.3f} ({counts['all'][1]} "
-            f"pairs), late pairs (updates ≥ {LATE}) "
-            f"{counts['late'][0] / max(counts['late'][1], 1):.3f} ({counts['late'][1]})\n"
+            f"{name}: agreement {got['all'][0]:.3f} ({got['all'][1]} pairs), late pairs "
+            f"(updates ≥ {LATE}) {got['late'][0]:.3f} ({got['late'][1]})\n"
             "  mean reward by update  " + "  ".join(f"{u}: {mean[u] / n[u]:+.2f}" for u in updates)
         )
     gold = gold_parts_by_update(run / "ppo" / "samples.jsonl")

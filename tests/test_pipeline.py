@@ -206,6 +206,8 @@ def test_human_labels_report_skips_finished_stages_and_resumes_after_sigkill(mic
     evaluated = {x["step"] for x in samples if x["split"] == "held-out"}
     table = re.search(r"\| update \| gold \| proxy \| courtesy .*?\n\n", md, re.S)
     assert table is not None and len(table.group(0).strip().splitlines()) == 2 + len(evaluated)
+    # whether the proxy still ranks PPO's replies as gold does, on the same held-out replies
+    assert re.search(r"orders \d+\.\d% of the [\d,]+ pairs of one held-out prompt's replies", md)
     # the pipeline's labels: two replies per prompt at temperature 1, two at 0.5
     assert "(2 at temperature 1, 2 at temperature 0.5)" in (ref / "report.md").read_text()
     timings = json.loads((ref / "timings.json").read_text())

@@ -1,7 +1,8 @@
 """Over-optimisation analysis: the functional forms' fits recover known coefficients, the
 analytic best-of-n KL matches a Monte-Carlo estimate, the best-of-n expectation matches
-enumeration, a PPO run's curve is read relative to its start, and the gold rule's terms are
-averaged per update."""
+enumeration, a PPO run's curve is read relative to its start, the gold rule's terms are
+averaged per update, and the proxy's agreement with gold on pairs of one prompt's replies is
+counted by hand."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ from rlfm.evaluate.overoptimisation import (
     bon_kl,
     fit,
     gold_parts_by_update,
+    pair_agreement,
     plot_overoptimisation,
     ppo_curve,
+    proxy_agreement,
 )
 
 
@@ -190,3 +193,58 @@ def test_gold_parts_by_update_is_empty_without_a_gold_labeler(tmp_path):
     row = {"step": 0, "split": "held-out", "prompt": "x", "response": "y", "score": 0.0}
     path.write_text(json.dumps(row) + "\n")
     assert gold_parts_by_update(path) == []
+
+
+def _held_out(step, prompt, gold, score):
+    return {
+        "step": step,
+        "split": "held-out",
+        "prompt": prompt,
+        "response": "r",
+        "score": score,
+    } | ({} if gold is None else {"gold": gold})
+
+
+def test_pair_agreement_counts_pairs_of_one_prompts_replies_by_hand():
+    """Prompt A at updates 0, 6, 12: gold 0, 1, 2, proxy 0, 2, 1 — pairs (0,6) and (0,12) agree,
+    (6,12) does not. Prompt B: gold 1, 1, 0, proxy 0.5 throughout — (0,6) has equal gold and is
+    skipped, (0,12) and (6,12) are proxy ties, half each. All: (1 + 1 + 0 + ½ + ½) / 5 = 0.6.
+    Late pairs (both from update ≥ 6): A's (6,12) 0, B's (6,12) ½: 0.25 of 2."""
+    rows = [
+        ("A", 0, 0.0, 0.0),
+        ("A", 6, 1.0, 2.0),
+        ("A", 12, 2.0, 1.0),
+        ("B", 0, 1.0, 0.5),
+        ("B", 6, 1.0, 0.5),
+        ("B", 12, 0.0, 0.5),
+    ]
+    got = pair_agreement(rows, late_from=6)
+    assert got["all"] == (pytest.approx(0.6), 5)
+    assert got["late"] == (pytest.approx(0.25), 2)
+    # no late pair at all: nan, 0
+    none = pair_agreement(rows, late_from=13)["late"]
+    assert math.isnan(none[0]) and none[1] == 0
+
+
+def test_proxy_agreement_reads_held_out_replies_and_defaults_late_to_the_runs_second_half(
+    tmp_path,
+):
+    """From samples.jsonl: training rows and rows without gold are ignored; the default late
+    pairs are those from the second half of the run (update ≥ 24 of 48)."""
+    rows = [
+        _held_out(0, "A", 0.0, 0.0),
+        _held_out(24, "A", 1.0, 1.0),  # agrees with update 0
+        _held_out(48, "A", 2.0, 0.5),  # agrees with 0, not with 24 (late)
+        _held_out(48, "B", None, 9.0),  # no gold: ignored
+        {"step": 48, "split": "train", "prompt": "A", "response": "r", "score": -5.0, "gold": 9.0},
+    ]
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = proxy_agreement(path)
+    assert got["late_from"] == 24
+    assert got["all"] == (pytest.approx(2 / 3), 3)
+    assert got["late"] == (pytest.approx(0.0), 1)
+    assert proxy_agreement(path, late_from=48)["late"][1] == 0
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps(_held_out(0, "A", None, 0.0)) + "\n")
+    assert proxy_agreement(empty) is None

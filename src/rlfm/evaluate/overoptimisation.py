@@ -22,9 +22,11 @@ probability C(i−1, n−1) / C(N, n) (:func:`best_of_n_expectation`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -149,6 +151,52 @@ def gold_parts_by_update(samples_path: str | Path) -> list[dict[str, float]]:
         {"update": float(u)} | {k: sum(x[k] for x in rows) / len(rows) for k in rows[0]}
         for u, rows in sorted(by_update.items())
     ]
+
+
+def pair_agreement(
+    rows: Iterable[tuple[str, int, float, float]], late_from: int
+) -> dict[str, tuple[float, int]]:
+    """How often a proxy orders two replies to the same prompt as gold does.
+
+    ``rows`` are (prompt, update, gold, proxy), one per reply. Every pair of one prompt's
+    replies with different gold scores is a comparison; the proxy agrees when it orders the pair
+    as gold does, and a proxy tie counts half. ``"all"``: every pair; ``"late"``: the pairs whose
+    replies both come from update ``late_from`` or later. Each is (agreement, pairs), the
+    agreement nan without pairs; 0.5 is chance."""
+    by_prompt: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
+    for prompt, update, gold, proxy in rows:
+        by_prompt[prompt].append((update, gold, proxy))
+    counts = {"all": [0.0, 0], "late": [0.0, 0]}
+    for replies in by_prompt.values():
+        for (ua, ga, xa), (ub, gb, xb) in itertools.combinations(replies, 2):
+            if ga == gb:
+                continue
+            agree = 0.5 if xa == xb else float((ga - gb) * (xa - xb) > 0)
+            for key in ("all", "late") if min(ua, ub) >= late_from else ("all",):
+                counts[key][0] += agree
+                counts[key][1] += 1
+    return {k: (a / n if n else math.nan, int(n)) for k, (a, n) in counts.items()}
+
+
+def proxy_agreement(
+    samples_path: str | Path, late_from: int | None = None
+) -> dict[str, Any] | None:
+    """Does the reward PPO optimised still rank PPO's own replies? :func:`pair_agreement` over a
+    run's held-out replies (``samples.jsonl``: one reply per held-out prompt per evaluated
+    update, with its gold score and the score PPO received: the reward model's, or the
+    missing-EOS penalty). ``late_from`` defaults to the run's second half (the first evaluated
+    update at or past half the last). None without gold scores."""
+    rows = [
+        (r["prompt"], int(r["step"]), float(r["gold"]), float(r["score"]))
+        for r in read_metrics(samples_path)
+        if r.get("split") == "held-out" and isinstance(r.get("gold"), int | float)
+    ]
+    if not rows:
+        return None
+    updates = sorted({u for _, u, _, _ in rows})
+    if late_from is None:
+        late_from = next(u for u in updates if u >= updates[-1] / 2)
+    return {"late_from": late_from} | pair_agreement(rows, late_from)
 
 
 def plot_overoptimisation(metrics_path: str | Path, png: str | Path) -> Path | None:

@@ -383,7 +383,7 @@ def _overoptimisation(run: Path) -> list[Block]:
             width="72%",
         )
     )
-    blocks += _gold_parts(run)
+    blocks += _gold_parts(run) + _proxy_agreement(run)
     if verdict and any(r["best"] != r["last"] for r in verdict):
         rng = random.Random(1)
         picks = rng.sample(verdict, min(5, len(verdict)))
@@ -443,6 +443,28 @@ def _gold_parts(run: Path) -> list[Block]:
             "proxy: the reward model's score.",
         ),
     ]
+
+
+def _proxy_agreement(run: Path) -> list[Block]:
+    """Whether the proxy still ranks PPO's own replies as gold does (nothing runs a model)."""
+    from rlfm.evaluate.overoptimisation import proxy_agreement
+
+    got = proxy_agreement(run / "ppo" / "samples.jsonl")
+    if got is None or not got["all"][1]:
+        return []
+    (every, n), (late, n_late) = got["all"], got["late"]
+    text = (
+        f"The score PPO optimised (the reward model's, or the penalty for a reply that never "
+        f"ended) orders {every:.1%} of the {n:,} pairs of one held-out prompt's replies from "
+        f"different updates as the gold labeler does"
+    )
+    if n_late:
+        text += (
+            f", and {late:.1%} of the {n_late:,} pairs whose replies both come from update "
+            f"{got['late_from']} on (the run's second half; 50% is chance, the agreement of a "
+            f"proxy that no longer tells PPO's better replies from its worse ones)"
+        )
+    return [Text(text + ".")]
 
 
 def _pairs(
