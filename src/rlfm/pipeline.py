@@ -77,7 +77,7 @@ class Config:
     quick: bool = False
     """A smoke run: the tiny preset and a few steps per stage (a few minutes on a CPU)."""
     pretrain_steps: int | None = None
-    """Pre-training steps (default: the stage's own default)."""
+    """Pre-training steps (default: 500)."""
     model: Path | None = None
     """Your own pre-trained model (a local Hugging Face causal-LM directory): pre-training is
     skipped, SFT starts from it, and it is the gold labeler's fluency model."""
