@@ -190,7 +190,8 @@ def stage_configs(cfg: Config) -> Stages:
         # its peak. On the tiny preset at 6e-5 for 54 updates (3e-5 for 36 was tuned on small):
         # seeds 0-2 won 86.9 / 85.0 / 80.0%, gold peaking at update 30-48; at 3e-5 for 36, seed
         # 0 won 73.5% (gold still rising), at 1e-4 for 36 83.1%. KL target 12 instead of 6: the
-        # same seeds won 88.1 / 88.2 / 88.6% (the tiny reward model still ranks the policy's
+        # same seeds won 88.1 / 88.2 / 88.6%, seeds 3-4 80.2 / 71.8% against 83.3 / 72.5% (mean of
+        # five 83.4% against 81.5%, not a clear gain; the tiny reward model still ranks the policy's
         # replies far from SFT; at 6 β pulled the policy back from KL 12-24 and gold fell)
         "ppo": ppo.Config(
             policy=out / "sft",
