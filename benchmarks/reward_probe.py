@@ -9,9 +9,9 @@ pipeline run's own held-out PPO replies, and what labels of the policy's replies
 different gold scores is a comparison; the reward model agrees when it orders the pair as gold
 does, a tie counting half (``rlfm.evaluate.overoptimisation.pair_agreement``, which the report
 applies to the scores PPO received). Printed per reward model (default ``RUN/rm``; more
-directories: each, then their mean): agreement over all pairs, over the *late* pairs (both replies from update 12 on, where PPO has
-moved away from the SFT policy that sampled the labelled replies), and the mean reward per
-update next to the mean gold. An agreement of 0.5 on the late pairs is chance: the proxy no
+directories: each, then their mean): agreement over all pairs, over the *late* pairs (both
+replies from update 12 on, where PPO has moved away from the SFT policy that sampled the
+labelled replies), and the mean reward per update next to the mean gold. An agreement of 0.5 on the late pairs is chance: the proxy no
 longer tells PPO's better replies from its worse ones.
 
 ``relabel``: POLICY (e.g. ``RUN/ppo/checkpoints/step_30``) samples 4 replies at temperature 1
@@ -36,12 +36,11 @@ LATE = 12
 
 def probe(run: Path, models: list[Path]) -> None:
     from rlfm.data.labelers import clean_reply
-    from rlfm.evaluate.overoptimisation import gold_parts_by_update, pair_agreement
+    from rlfm.evaluate.overoptimisation import gold_parts_by_update, judged_replies, pair_agreement
     from rlfm.stages.reward_score import load_reward_model
-    from rlfm.tracking import read_metrics
 
-    rows = [r for r in read_metrics(run / "ppo" / "samples.jsonl") if r.get("split") == "held-out"]
-    if not rows or rows[0].get("gold") is None:
+    rows = judged_replies(run / "ppo" / "samples.jsonl")
+    if not rows:
         raise SystemExit(f"{run}/ppo/samples.jsonl has no held-out replies with gold scores")
     prompts, texts = [r["prompt"] for r in rows], [clean_reply(r["response"]) for r in rows]
     rewards = []

@@ -129,6 +129,16 @@ GOLD_PARTS = tuple(f.name for f in fields(GoldScore))
 fluency), in the order the report shows them."""
 
 
+def judged_replies(samples_path: str | Path) -> list[dict[str, Any]]:
+    """The held-out replies of a PPO run's ``samples.jsonl`` that carry a gold score (one per
+    held-out prompt per evaluated update); [] for a run without a gold labeler."""
+    return [
+        r
+        for r in read_metrics(samples_path)
+        if r.get("split") == "held-out" and isinstance(r.get("gold"), int | float)
+    ]
+
+
 def gold_parts_by_update(samples_path: str | Path) -> list[dict[str, float]]:
     """What the gold labeler saw at each of a PPO run's held-out evaluations: per update the
     mean of each term of the gold rule over the held-out replies (:data:`GOLD_PARTS`; the
@@ -138,9 +148,7 @@ def gold_parts_by_update(samples_path: str | Path) -> list[dict[str, float]]:
     from rlfm.data.labelers import clean_reply, gold_components, words
 
     by_update: dict[int, list[dict[str, float]]] = {}
-    for r in read_metrics(samples_path):
-        if r.get("split") != "held-out" or not isinstance(r.get("gold"), int | float):
-            continue
+    for r in judged_replies(samples_path):
         reply = clean_reply(r["response"])
         text = gold_components(r["prompt"], reply)
         row = {name: float(getattr(text, name)) for name in GOLD_PARTS}
@@ -188,8 +196,7 @@ def proxy_agreement(
     update at or past half the last). None without gold scores."""
     rows = [
         (r["prompt"], int(r["step"]), float(r["gold"]), float(r["score"]))
-        for r in read_metrics(samples_path)
-        if r.get("split") == "held-out" and isinstance(r.get("gold"), int | float)
+        for r in judged_replies(samples_path)
     ]
     if not rows:
         return None
