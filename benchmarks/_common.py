@@ -107,6 +107,19 @@ def matmul_flops(dtype_name: str, sizes: Sequence[int] = (2048, 4096), repeats: 
     return best
 
 
+def matmul_peaks() -> dict[str, float]:
+    """:func:`matmul_flops` in float32 and bfloat16. On a CPU without bf16 units (AVX2 only)
+    bfloat16 is emulated at a few GFLOP/s, where one 4096² product takes minutes: it is then
+    measured on 512² products only, which is enough to show how slow it is."""
+    import torch
+
+    from rlfm.engine import bf16_supported
+
+    fast = bf16_supported(torch.device("cpu"))
+    bf16 = matmul_flops("bfloat16") if fast else matmul_flops("bfloat16", (512,), 1)
+    return {"float32": matmul_flops("float32"), "bfloat16": bf16}
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Aligned plain-text table: first column left-aligned, the others right-aligned."""
     cells = [list(headers), *[list(r) for r in rows]]

@@ -90,7 +90,7 @@ from _common import (
     StepStamps,
     add_peer_attention_arg,
     fastest_first,
-    matmul_flops,
+    matmul_peaks,
     memory_row,
     print_rows,
     result_row,
@@ -332,7 +332,7 @@ def run_contender(name: str, spec: Spec, work: Path, round_: int, env: dict[str,
 def measure_peaks(label: str) -> dict[str, float]:
     """This CPU's matmul FLOP/s in fp32 and bf16 now, and the load average; printed after
     ``label``."""
-    peak = {d: matmul_flops(d) for d in ("float32", "bfloat16")}
+    peak = matmul_peaks()
     peak["load_average_1min"] = os.getloadavg()[0]
     print(
         f"{label}matmul peak fp32 {peak['float32'] / 1e9:.0f}, "

@@ -347,7 +347,7 @@ def render_markdown(rows: list[dict], meta: dict | None = None) -> str:
 def machine_info() -> dict:
     """CPU model, cores, torch version, the matmul peak per precision, the load meanwhile."""
     import torch
-    from _common import matmul_flops
+    from _common import matmul_peaks
 
     cpu = platform.processor() or "?"
     try:
@@ -359,7 +359,7 @@ def machine_info() -> dict:
         pass
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     isa = [f for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f" {f}" in flags]
-    peak = {d: matmul_flops(d) for d in ("float32", "bfloat16")}
+    peak = matmul_peaks()
     return {
         "cpu": f"{cpu} ({', '.join(isa)})" if isa else cpu,
         "cores": os.cpu_count(),

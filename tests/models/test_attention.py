@@ -82,19 +82,39 @@ def test_a_row_that_may_attend_to_nothing_stays_finite():
 
 
 def test_dropout_keeps_each_element_with_probability_1_minus_p_and_rescales():
-    """The mask is uniform ≥ p: kept elements are x / (1 − p) exactly, the rest 0; the kept
-    share of 10⁶ elements is 1 − p within 5 binomial standard deviations; the gradient is the
-    same mask."""
+    """p is taken to the nearest multiple of 1/32768 (0.1 -> 3277/32768 = 0.100006): kept
+    elements are x / (1 − p') exactly, the rest 0; the kept share of 10⁶ elements is 1 − p'
+    within 5 binomial standard deviations, in each of the four lanes a random draw is cut into
+    too; the gradient is the same mask."""
     torch.manual_seed(0)
     p, n = 0.1, 1_000_000
+    q = 3277 / 32768
+    assert abs(q - p) < 1e-5
     x = (torch.rand(n) + 0.5).requires_grad_()
     y = dropout(x, p)
     kept = y != 0
-    assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
-    torch.testing.assert_close(y[kept], x[kept] / (1 - p), rtol=1e-6, atol=0)
+    sd = (q * (1 - q) / n) ** 0.5
+    assert abs(kept.float().mean().item() - (1 - q)) < 5 * sd
+    for lane in kept.view(-1, 4).float().mean(0):  # elements 4i + j share a 64-bit draw
+        assert abs(lane.item() - (1 - q)) < 5 * 2 * sd
+    torch.testing.assert_close(y[kept], x[kept] / (1 - q), rtol=1e-6, atol=0)
     y.sum().backward()
-    torch.testing.assert_close(x.grad, kept.float() / (1 - p), rtol=1e-6, atol=0)
+    torch.testing.assert_close(x.grad, kept.float() / (1 - q), rtol=1e-6, atol=0)
     assert dropout(x, 0.0) is x
+    assert (dropout(x, 1.0) == 0).all()
+
+
+def test_dropout_masks_of_neighbouring_elements_are_independent():
+    """Elements cut from the same 64-bit draw are dropped independently: over 10⁶ elements,
+    both of two neighbours are kept (1 − p')² of the time, within 5 standard deviations."""
+    torch.manual_seed(1)
+    q = 3277 / 32768
+    kept = (dropout(torch.ones(1_000_000), 0.1) != 0).view(-1, 4).float()
+    m = kept.shape[0]
+    for a, b in ((0, 1), (1, 2), (2, 3)):
+        both = (kept[:, a] * kept[:, b]).mean().item()
+        sd = ((1 - q) ** 2 * (1 - (1 - q) ** 2) / m) ** 0.5
+        assert abs(both - (1 - q) ** 2) < 5 * sd
 
 
 def test_dropout_on_the_weights_is_sdpa_in_expectation_and_without_dropout():

@@ -46,11 +46,21 @@ def test_interleave_by_hand():
     assert interleave([R, s, a]).flatten().tolist() == [1, 10, 100, 2, 20, 200]
 
 
-def test_tokens_enter_the_transformer_in_step_order():
+@pytest.mark.parametrize("prediction_heads", [True, False])
+def test_tokens_enter_the_transformer_in_step_order(prediction_heads):
     """Hidden width 4, one direction per modality (CDT: R̂ → e0, Ĉ → e1, s → e2, a → e3), no
     timestep embedding and no LayerNorm: the first block's input, token by token, is
-    R̂_1/scale·e0, Ĉ_1/scale·e1, s_1·e2, a_1·e3, R̂_2/scale·e0, ..."""
-    m = small(hidden=4, heads=1, cost_tokens=True, state_dim=1, action_dim=1, return_scale=10.0)
+    R̂_1/scale·e0, Ĉ_1/scale·e1, s_1·e2, a_1·e3, R̂_2/scale·e0, ... Without prediction heads
+    nothing reads the last action token, and it is left out."""
+    m = small(
+        hidden=4,
+        heads=1,
+        cost_tokens=True,
+        prediction_heads=prediction_heads,
+        state_dim=1,
+        action_dim=1,
+        return_scale=10.0,
+    )
     with torch.no_grad():
         for p in m.parameters():
             p.zero_()
@@ -66,8 +76,8 @@ def test_tokens_enter_the_transformer_in_step_order():
         timesteps=torch.tensor([[0, 1]]),
         costs_to_go=torch.tensor([[5.0, 4.0]]),
     )
-    x = seen[0][0]  # (8, 4)
-    assert x.shape == (8, 4)
+    x = seen[0][0]  # (8, 4), or (7, 4) without the last action token
+    assert x.shape == (8 if prediction_heads else 7, 4)
     expected = [
         [2.0, 0, 0, 0],  # R̂_1 / 10
         [0, 5.0, 0, 0],  # Ĉ_1 / cost_scale 1
@@ -128,6 +138,22 @@ def test_right_padding_equals_the_unpadded_window():
     for v in padded.values():
         v[:, 2:] = 0
     assert torch.allclose(m(**short).action, m(**padded).action[:, :2], atol=1e-6)
+
+
+@pytest.mark.parametrize("cost_tokens", [False, True])
+def test_leaving_out_the_last_action_token_changes_no_action(cost_tokens):
+    """The same weights with prediction heads (every token computed) and without (the window's
+    last action token left out) predict the same actions at every step."""
+    torch.manual_seed(0)
+    full = small(cost_tokens=cost_tokens, prediction_heads=True).eval()
+    cut = small(cost_tokens=cost_tokens, prediction_heads=False).eval()
+    missing, unexpected = cut.load_state_dict(full.state_dict(), strict=False)
+    assert not missing and all(k.startswith(("predict_reward", "predict_cost")) for k in unexpected)
+    x = inputs()
+    c = torch.rand(2, 4) * 10 if cost_tokens else None
+    torch.testing.assert_close(
+        cut(**x, costs_to_go=c).action, full(**x, costs_to_go=c).action, atol=1e-6, rtol=0
+    )
 
 
 def test_last_only_matches_the_full_forward_and_act_cuts_history():

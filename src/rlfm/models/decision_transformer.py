@@ -39,8 +39,9 @@ training with dropout, the written-out causal softmax of ``models/attention.py``
 cheaper dropout mask), and the outputs at real tokens equal those of the unpadded window
 exactly (the original pads on the left and masks); (3) the last block computes only the tokens
 a loss or an action reads (the state tokens, and the action tokens when prediction heads are
-on), which saves about a quarter of a 3-layer model's work; (4) nothing depends on a library's
-private modeling code.
+on), which saves about a quarter of a 3-layer model's work, and without prediction heads the
+window's last action token (which no output reads, and which no other token sees) is not
+computed at all; (4) nothing depends on a library's private modeling code.
 
 **Deviations from the papers** (everything else follows the original code's Gym setup: K=20,
 128 wide, 3 layers, 1 head, ReLU MLP of width 4·128, dropout 0.1, LayerNorm on embeddings):
@@ -289,7 +290,11 @@ class DecisionTransformer(nn.Module):
             tokens.append(self.embed_cost(costs_to_go[..., None] / cfg.cost_scale))
         tokens += [self.embed_state(s), self.embed_action(a)]
         n = len(tokens)
-        x = self.drop(self.embed_ln(interleave([e + time for e in tokens])))
+        x = interleave([e + time for e in tokens])
+        read_actions = self.predict_reward is not None and not last_only
+        if not read_actions:  # nothing reads the last action token, and it comes last
+            x = x[:, :-1]
+        x = self.drop(self.embed_ln(x))
         for block in self.blocks[:-1]:
             x = block(x)
         # the last block computes only the tokens read below
@@ -297,7 +302,7 @@ class DecisionTransformer(nn.Module):
         if last_only:
             state_rows = state_rows[-1:]
         read = [state_rows]
-        if self.predict_reward is not None and not last_only:
+        if read_actions:
             read.append(state_rows + 1)  # action tokens
         rows = torch.cat(read)
         x = self.ln_f(self.blocks[-1](x, rows))  # (B, len(rows), h)

@@ -330,6 +330,7 @@ def train(cfg: Config) -> dict[str, float]:
         if run.finished:
             return run.summary
         engine = run.engine
+        engine.reuse_freed_cpu_memory()
         task = single_task(cfg)
         datas = training_data(cfg, task)
         is_bc = cfg.method not in TRANSFORMERS

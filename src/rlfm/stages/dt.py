@@ -222,6 +222,7 @@ def train(cfg: Config) -> dict[str, float]:
         if run.finished:
             return run.summary
         engine = run.engine
+        engine.reuse_freed_cpu_memory()
         tasks = load_tasks(cfg.dataset)
         data = TrajectoryData(tasks)
         if run.resume is not None:
