@@ -11,8 +11,9 @@ does, a tie counting half (``rlfm.evaluate.overoptimisation.pair_agreement``, wh
 applies to the scores PPO received). Printed per reward model (default ``RUN/rm``; more
 directories: each, then their mean): agreement over all pairs, over the *late* pairs (both
 replies from update 12 on, where PPO has moved away from the SFT policy that sampled the
-labelled replies), and the mean reward per update next to the mean gold. An agreement of 0.5 on the late pairs is chance: the proxy no
-longer tells PPO's better replies from its worse ones.
+labelled replies), and the mean reward per update next to the mean gold. An agreement of 0.5
+on the late pairs is chance: the proxy no longer tells PPO's better replies from its worse
+ones.
 
 ``relabel``: POLICY (e.g. ``RUN/ppo/checkpoints/step_30``) samples 4 replies at temperature 1
 to the first N training prompts of the built-in task; the simulated labelers rank them with

@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from rlfm.engine import Engine
 
@@ -51,12 +52,6 @@ def test_reuse_freed_memory_stops_the_page_faults_of_repeated_allocations():
 def test_only_a_cpu_engine_changes_the_allocator(monkeypatch):
     calls = []
     monkeypatch.setattr("rlfm.engine.reuse_freed_memory", lambda: calls.append(1) or True)
-    assert Engine(torch_device("cpu"), "fp32").reuse_freed_cpu_memory()
-    assert not Engine(torch_device("cuda"), "fp32").reuse_freed_cpu_memory()
+    assert Engine(torch.device("cpu"), "fp32").reuse_freed_cpu_memory()
+    assert not Engine(torch.device("cuda"), "fp32").reuse_freed_cpu_memory()
     assert calls == [1]
-
-
-def torch_device(name: str):
-    import torch
-
-    return torch.device(name)

@@ -67,12 +67,9 @@ def reuse_freed_memory() -> bool:
     reused, not leaked: the peak is that of the live tensors, but the process keeps its peak
     size until it exits. A no-op (False) where the C library has no ``mallopt`` (not glibc)."""
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
+    try:  # the process's own symbols, libc's among them (no library search, no subprocess)
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     ok = mallopt(_M_MMAP_THRESHOLD, KEEP_FREED_MAX) == 1
