@@ -155,7 +155,7 @@ class Size:
 SIZES: dict[str, Size] = {
     s.name: s
     for s in [
-        Size("tiny", "tiny", 4096, 256, "2 layers × 128, vocabulary 4,096 (~0.6M parameters)"),
+        Size("tiny", "tiny", 4096, 256, "2 layers × 128, vocabulary 4,096 (~0.95M parameters)"),
         Size("small", "small", 8192, 256, "4 layers × 256, vocabulary 8,192 (~5.3M parameters)"),
         # GPT-3 Small's shape (Brown et al. 2020, Table 2.1: 12 layers × 768, 12 heads) with a
         # shorter context and a smaller vocabulary: 85M in the blocks + 12.6M embedding ≈ 98M

@@ -20,8 +20,8 @@
 
 Each stage writes into its own directory and resumes there when the pipeline is run again, so an
 interrupted pipeline continues where it stopped, and a finished stage is skipped (it says so).
-``--quick`` runs every stage on a tiny model for a few steps: a smoke test of the whole chain in
-a few minutes. ``<out>/timings.json`` holds each stage's wall time and peak memory (of the
+``--quick`` runs every stage for a few steps on fewer prompts, with a 2,048-token vocabulary and
+a context of 128: a smoke test of the whole chain in a few minutes. ``<out>/timings.json`` holds each stage's wall time and peak memory (of the
 stages that ran; a skipped stage keeps its earlier entry).
 
 A YAML file (``--config``) describes a pipeline of your own: besides this command's fields
@@ -75,7 +75,8 @@ class Config:
     out: Path = Path("runs/demo")
     """Run directory; each stage writes into <out>/<stage>/."""
     quick: bool = False
-    """A smoke run: the tiny preset and a few steps per stage (a few minutes on a CPU)."""
+    """A smoke run: a 2,048-token vocabulary, a context of 128, a few steps per stage and fewer
+    prompts (a few minutes on a CPU)."""
     pretrain_steps: int | None = None
     """Pre-training steps (default: 500)."""
     model: Path | None = None
@@ -129,7 +130,7 @@ QUICK: dict[str, dict[str, Any]] = {
     ),
     "eval": dict(n_prompts=8, best_of=4),
 }
-"""--quick: every stage on the tiny preset for a few steps."""
+"""--quick: a smaller vocabulary and context, a few steps per stage, fewer prompts."""
 
 
 @dataclass(frozen=True)
