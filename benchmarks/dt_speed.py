@@ -22,7 +22,9 @@ the same torch threads (``--threads``: 1, or the machine's default count), the s
 steps; evaluation at the paper's Hopper target return 3600 on the same reset seeds,
 scored 100·(R − ref_min)/(ref_max − ref_min) with the dataset's reference scores. Training
 rates are steps over the training loop's time (data sampling included, evaluation excluded);
-evaluation rates are episodes over the evaluation's time. A like-for-like evaluation row runs
+evaluation rates are episodes over the evaluation's time, and environment steps over it (a
+policy whose episodes end sooner plays more episodes per second, so the steps/s row compares
+the per-step work whatever each side's episode lengths). A like-for-like evaluation row runs
 rlfm one episode at a time too.
 
     rlfm offline make --env Hopper-v5 --kind medium --policy runs/learning/hopper-seed0 \\
@@ -69,6 +71,12 @@ def paper_settings(steps: int, warmup: int, precision: str = "fp32") -> dict:
     )
 
 
+def total_rate(runs) -> float:
+    """Total work over total time of runs given as (work, rate) pairs."""
+    runs = list(runs)
+    return sum(w for w, _ in runs) / sum(w / r for w, r in runs)
+
+
 def set_threads(threads: int) -> None:
     """``threads`` torch threads (0: the machine's default count)."""
     import torch
@@ -113,17 +121,25 @@ def rlfm_child(
         )
     )
     (r,) = result["tasks"][0]["results"]
+    eval_s = episodes / result["episodes_per_s"]
+    one_eps, one_steps, one_n = rlfm_one_at_a_time(dataset, out, episodes)
     return {
         "train_steps_per_s": row["steps_per_s"],
         "eval_episodes_per_s": result["episodes_per_s"],
+        "eval_steps_per_s": r["length_mean"] * episodes / eval_s,
+        "eval_env_steps": r["length_mean"] * episodes,
         "return": r["return_mean"],
         "score": r["normalised_score"],
-        "like_for_like_eval_episodes_per_s": rlfm_one_at_a_time(dataset, out, episodes),
+        "episode_length": r["length_mean"],
+        "like_for_like_eval_episodes_per_s": one_eps,
+        "like_for_like_eval_steps_per_s": one_steps,
+        "like_for_like_eval_env_steps": one_n,
     }
 
 
-def rlfm_one_at_a_time(dataset: str, out: Path, episodes: int) -> float:
-    """rlfm's evaluation of the trained model, one episode after another (like for like)."""
+def rlfm_one_at_a_time(dataset: str, out: Path, episodes: int) -> tuple[float, float, int]:
+    """rlfm's evaluation of the trained model, one episode after another (like for like):
+    episodes/s, environment steps/s and the environment steps run."""
     from rlfm.checkpoint import resolve_model_dir
     from rlfm.data.trajectories import load_episodes
     from rlfm.evaluate.episodes import evaluate_model
@@ -132,9 +148,12 @@ def rlfm_one_at_a_time(dataset: str, out: Path, episodes: int) -> float:
     model = DecisionTransformer.from_pretrained(resolve_model_dir(out)).eval()
     d = load_episodes(dataset)
     t0 = time.perf_counter()
+    steps = 0
     for i in range(episodes):
-        evaluate_model(model, d.env_spec, d.name, [(TARGET, None)], 1, seed=EVAL_SEED + i)
-    return episodes / (time.perf_counter() - t0)
+        (e,) = evaluate_model(model, d.env_spec, d.name, [(TARGET, None)], 1, seed=EVAL_SEED + i)
+        steps += e.length
+    seconds = time.perf_counter() - t0
+    return episodes / seconds, steps / seconds, steps
 
 
 def reference_child(
@@ -219,7 +238,7 @@ def reference_child(
     train_s = time.perf_counter() - t0
 
     model.eval()
-    returns = []
+    returns, env_steps = [], 0
     t0 = time.perf_counter()
     with torch.no_grad():  # fp32 on both sides (rlfm dt eval's default), whatever --precision
         for ep in range(episodes):  # the original evaluate_episode_rtg with get_action
@@ -253,6 +272,7 @@ def reference_child(
                 rtg = torch.cat([rtg, rtg[-1:] - reward / SCALE])
                 ts = torch.cat([ts, torch.tensor([[min(t, max_ep_len - 1)]])], dim=1)
             returns.append(total)
+            env_steps += t
             env.close()
     eval_s = time.perf_counter() - t0
     ret = float(np.mean(returns))
@@ -260,8 +280,11 @@ def reference_child(
     return {
         "train_steps_per_s": steps / train_s,
         "eval_episodes_per_s": episodes / eval_s,
+        "eval_steps_per_s": env_steps / eval_s,
         "return": ret,
         "score": 100 * (ret - lo) / (hi - lo),
+        "episode_length": env_steps / episodes,
+        "eval_env_steps": env_steps,
     }
 
 
@@ -303,6 +326,8 @@ def main() -> None:
             f"{x['side']} (round {x['round']})",
             f"{x['train_steps_per_s']:.2f}",
             f"{x['eval_episodes_per_s']:.3f}",
+            f"{x['eval_steps_per_s']:.0f}",
+            f"{x['episode_length']:.0f}",
             f"{x['return']:.0f}",
             f"{x['score']:.1f}",
             f"{x['peak_rss_mib']:.0f}",
@@ -312,7 +337,16 @@ def main() -> None:
     import torch
 
     threads = f"{a.threads or torch.get_num_threads()} thread(s)"
-    heads = ["run", "train steps/s", "eval episodes/s", "return", "score", "peak RSS MiB"]
+    heads = [
+        "run",
+        "train steps/s",
+        "eval episodes/s",
+        "eval env steps/s",
+        "episode length",
+        "return",
+        "score",
+        "peak RSS MiB",
+    ]
     print(
         f"\n{a.dataset}: {a.steps:,} training steps per run, target {TARGET:g}, {a.precision}, {threads}"
     )
@@ -321,17 +355,21 @@ def main() -> None:
     for side in ("rlfm", "reference"):
         mine = [x for x in runs if x["side"] == side]
         summary[side] = {
-            "train_steps_per_s": a.steps
-            * len(mine)
-            / sum(a.steps / x["train_steps_per_s"] for x in mine),
-            "eval_episodes_per_s": a.episodes
-            * len(mine)
-            / sum(a.episodes / x["eval_episodes_per_s"] for x in mine),
+            "train_steps_per_s": total_rate((a.steps, x["train_steps_per_s"]) for x in mine),
+            "eval_episodes_per_s": total_rate((a.episodes, x["eval_episodes_per_s"]) for x in mine),
+            "eval_steps_per_s": total_rate(
+                (x["eval_env_steps"], x["eval_steps_per_s"]) for x in mine
+            ),
             "score_mean": statistics.mean(x["score"] for x in mine),
             "score_std": statistics.pstdev(x["score"] for x in mine),
         }
-    lfl = [x["like_for_like_eval_episodes_per_s"] for x in runs if x["side"] == "rlfm"]
-    summary["rlfm"]["like_for_like_eval_episodes_per_s"] = len(lfl) / sum(1 / v for v in lfl)
+    mine = [x for x in runs if x["side"] == "rlfm"]
+    summary["rlfm"]["like_for_like_eval_episodes_per_s"] = total_rate(
+        (a.episodes, x["like_for_like_eval_episodes_per_s"]) for x in mine
+    )
+    summary["rlfm"]["like_for_like_eval_steps_per_s"] = total_rate(
+        (x["like_for_like_eval_env_steps"], x["like_for_like_eval_steps_per_s"]) for x in mine
+    )
     ours, ref = summary["rlfm"], summary["reference"]
     train_ratio = ours["train_steps_per_s"] / ref["train_steps_per_s"]
     print(f"training steps/s ratio rlfm / reference: {train_ratio:.2f}× (target ≥ 1.5×)")
@@ -339,7 +377,9 @@ def main() -> None:
         "evaluation episodes/s ratio: "
         f"{ours['like_for_like_eval_episodes_per_s'] / ref['eval_episodes_per_s']:.2f}× one "
         f"episode at a time (like for like), "
-        f"{ours['eval_episodes_per_s'] / ref['eval_episodes_per_s']:.2f}× side by side"
+        f"{ours['eval_episodes_per_s'] / ref['eval_episodes_per_s']:.2f}× side by side; "
+        "per environment step (whatever each side's episode lengths): "
+        f"{ours['like_for_like_eval_steps_per_s'] / ref['eval_steps_per_s']:.2f}× one at a time"
     )
     print(
         f"normalised score: rlfm {ours['score_mean']:.1f} ± {ours['score_std']:.1f}, reference "
@@ -366,6 +406,12 @@ def main() -> None:
             "eval episodes/s (rlfm side by side)",
             ours["eval_episodes_per_s"],
             ref["eval_episodes_per_s"],
+            None,
+        ),
+        row(
+            "eval env steps/s (one at a time)",
+            ours["like_for_like_eval_steps_per_s"],
+            ref["eval_steps_per_s"],
             None,
         ),
         row("normalised score at target 3600", ours["score_mean"], ref["score_mean"], None),
