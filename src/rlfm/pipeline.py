@@ -21,8 +21,9 @@
 Each stage writes into its own directory and resumes there when the pipeline is run again, so an
 interrupted pipeline continues where it stopped, and a finished stage is skipped (it says so).
 ``--quick`` runs every stage for a few steps on fewer prompts, with a 2,048-token vocabulary and
-a context of 128: a smoke test of the whole chain in a few minutes. ``<out>/timings.json`` holds each stage's wall time and peak memory (of the
-stages that ran; a skipped stage keeps its earlier entry).
+a context of 128: a smoke test of the whole chain in a few minutes. ``<out>/timings.json``
+holds each stage's wall time and peak memory (of the stages that ran; a skipped stage keeps its
+earlier entry).
 
 A YAML file (``--config``) describes a pipeline of your own: besides this command's fields
 (``model``: your own pre-trained model directory, which skips pre-training; ``prompts``: your
