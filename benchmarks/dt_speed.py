@@ -77,6 +77,12 @@ def total_rate(runs) -> float:
     return sum(w for w, _ in runs) / sum(w / r for w, r in runs)
 
 
+def env_steps_per_s(run: dict, episodes: int, prefix: str = "") -> float:
+    """Environment steps per second of a run's evaluation (``prefix`` "like_for_like_": rlfm's
+    one-at-a-time one): its steps over the time its ``episodes`` took."""
+    return run[f"{prefix}eval_env_steps"] * run[f"{prefix}eval_episodes_per_s"] / episodes
+
+
 def set_threads(threads: int) -> None:
     """``threads`` torch threads (0: the machine's default count)."""
     import torch
@@ -121,25 +127,21 @@ def rlfm_child(
         )
     )
     (r,) = result["tasks"][0]["results"]
-    eval_s = episodes / result["episodes_per_s"]
-    one_eps, one_steps, one_n = rlfm_one_at_a_time(dataset, out, episodes)
+    one_at_a_time, one_at_a_time_steps = rlfm_one_at_a_time(dataset, out, episodes)
     return {
         "train_steps_per_s": row["steps_per_s"],
         "eval_episodes_per_s": result["episodes_per_s"],
-        "eval_steps_per_s": r["length_mean"] * episodes / eval_s,
-        "eval_env_steps": r["length_mean"] * episodes,
+        "eval_env_steps": round(r["length_mean"] * episodes),
         "return": r["return_mean"],
         "score": r["normalised_score"],
-        "episode_length": r["length_mean"],
-        "like_for_like_eval_episodes_per_s": one_eps,
-        "like_for_like_eval_steps_per_s": one_steps,
-        "like_for_like_eval_env_steps": one_n,
+        "like_for_like_eval_episodes_per_s": one_at_a_time,
+        "like_for_like_eval_env_steps": one_at_a_time_steps,
     }
 
 
-def rlfm_one_at_a_time(dataset: str, out: Path, episodes: int) -> tuple[float, float, int]:
+def rlfm_one_at_a_time(dataset: str, out: Path, episodes: int) -> tuple[float, int]:
     """rlfm's evaluation of the trained model, one episode after another (like for like):
-    episodes/s, environment steps/s and the environment steps run."""
+    episodes/s and the environment steps they ran."""
     from rlfm.checkpoint import resolve_model_dir
     from rlfm.data.trajectories import load_episodes
     from rlfm.evaluate.episodes import evaluate_model
@@ -152,8 +154,7 @@ def rlfm_one_at_a_time(dataset: str, out: Path, episodes: int) -> tuple[float, f
     for i in range(episodes):
         (e,) = evaluate_model(model, d.env_spec, d.name, [(TARGET, None)], 1, seed=EVAL_SEED + i)
         steps += e.length
-    seconds = time.perf_counter() - t0
-    return episodes / seconds, steps / seconds, steps
+    return episodes / (time.perf_counter() - t0), steps
 
 
 def reference_child(
@@ -280,11 +281,9 @@ def reference_child(
     return {
         "train_steps_per_s": steps / train_s,
         "eval_episodes_per_s": episodes / eval_s,
-        "eval_steps_per_s": env_steps / eval_s,
+        "eval_env_steps": env_steps,
         "return": ret,
         "score": 100 * (ret - lo) / (hi - lo),
-        "episode_length": env_steps / episodes,
-        "eval_env_steps": env_steps,
     }
 
 
@@ -326,8 +325,8 @@ def main() -> None:
             f"{x['side']} (round {x['round']})",
             f"{x['train_steps_per_s']:.2f}",
             f"{x['eval_episodes_per_s']:.3f}",
-            f"{x['eval_steps_per_s']:.0f}",
-            f"{x['episode_length']:.0f}",
+            f"{env_steps_per_s(x, a.episodes):.0f}",
+            f"{x['eval_env_steps'] / a.episodes:.0f}",
             f"{x['return']:.0f}",
             f"{x['score']:.1f}",
             f"{x['peak_rss_mib']:.0f}",
@@ -358,7 +357,7 @@ def main() -> None:
             "train_steps_per_s": total_rate((a.steps, x["train_steps_per_s"]) for x in mine),
             "eval_episodes_per_s": total_rate((a.episodes, x["eval_episodes_per_s"]) for x in mine),
             "eval_steps_per_s": total_rate(
-                (x["eval_env_steps"], x["eval_steps_per_s"]) for x in mine
+                (x["eval_env_steps"], env_steps_per_s(x, a.episodes)) for x in mine
             ),
             "score_mean": statistics.mean(x["score"] for x in mine),
             "score_std": statistics.pstdev(x["score"] for x in mine),
@@ -368,7 +367,8 @@ def main() -> None:
         (a.episodes, x["like_for_like_eval_episodes_per_s"]) for x in mine
     )
     summary["rlfm"]["like_for_like_eval_steps_per_s"] = total_rate(
-        (x["like_for_like_eval_env_steps"], x["like_for_like_eval_steps_per_s"]) for x in mine
+        (x["like_for_like_eval_env_steps"], env_steps_per_s(x, a.episodes, "like_for_like_"))
+        for x in mine
     )
     ours, ref = summary["rlfm"], summary["reference"]
     train_ratio = ours["train_steps_per_s"] / ref["train_steps_per_s"]
