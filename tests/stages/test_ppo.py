@@ -411,18 +411,97 @@ def held_out_replies(run, step: int) -> list[tuple[str, str]]:
 def test_sigkill_at_a_random_moment_then_resume_ends_as_uninterrupted(
     policy_dir, reward_dir, tmp_path
 ):
-    """PPO SIGKILLed at a random moment after its first checkpoint, then the same command:
-    the same score, KL, β and value loss at every update, the same final evaluation (policy,
-    value model, optimizers, schedules, β, RNG and data position all come back)."""
+    """PPO (with PPO-ptx on) SIGKILLed at a random moment after its first checkpoint, then the
+    same command: the same score, KL, β, value loss and pre-training loss at every update, the
+    same final evaluation (policy, value model, optimizers, schedules, β, RNG, prompt order and
+    the ptx windows' sampler all come back). Without ptx the state is the same less the
+    sampler."""
+    docs = policy_dir[0].parent / "docs.jsonl"
+    ptx = dict(ptx_coef=0.5, ptx_data=docs, ptx_batch=4, ptx_context=16)
     kw = dict(updates=12, save_every=2, eval_every=6)
     ref = tmp_path / "ref"
-    ppo.train(config(policy_dir, ref, reward=reward_dir, **kw))
+    ppo.train(config(policy_dir, ref, reward=reward_dir, **kw, **ptx))
     out = tmp_path / "run"
-    cmd = cli_args(policy_dir, reward_dir, out, **kw)
+    cmd = cli_args(policy_dir, reward_dir, out, **kw) + flags(**ptx)
     kill_at_random_moment(cmd, out, seed=4, max_delay=1.5)
     r = rlfm(*cmd)
     assert r.returncode == 0 and "resuming from" in r.stderr, r.stderr[-2000:]
-    assert_same_run(ref, out, ("score", "kl", "beta", "value_loss", "eval_score", "eval_kl"))
+    keys = ("score", "kl", "beta", "value_loss", "ptx_loss", "eval_score", "eval_kl")
+    assert_same_run(ref, out, keys)
+    assert all("ptx_loss" in r for r in read_metrics(out / "metrics.jsonl") if r["step"])
+
+
+def test_ptx_adds_gamma_times_the_pretraining_loss_gradient(policy_dir, tmp_path, monkeypatch):
+    """PPO-ptx (InstructGPT eq. 2): with γ = 2 the policy's gradient at the first optimizer
+    step is the plain run's plus 2 × the gradient of the mean next-token loss of the first
+    batch of pre-training windows, computed here outside PPO from the SFT weights."""
+    import torch.nn.functional as F
+
+    from rlfm.checkpoint import resolve_model_dir
+    from rlfm.engine import Engine
+    from rlfm.models.loading import load_causal_lm
+    from rlfm.models.tokenizer import load_tokenizer
+
+    run, _ = policy_dir
+    docs = run.parent / "docs.jsonl"
+    grads: dict[float, dict[str, torch.Tensor]] = {}
+    plain_step = ppo.Learner.step
+    for coef in (0.0, 2.0):
+
+        def step(self, engine, max_grad_norm, coef=coef):
+            grads.setdefault(
+                coef,
+                {
+                    n: p.grad.clone()
+                    for n, p in self.policy.named_parameters()
+                    if p.grad is not None
+                },
+            )
+            plain_step(self, engine, max_grad_norm)
+
+        monkeypatch.setattr(ppo.Learner, "step", step)
+        cfg = config(
+            policy_dir,
+            tmp_path / f"coef{coef}",
+            updates=1,
+            eval_every=1,
+            ptx_coef=coef,
+            ptx_data=docs,
+            ptx_batch=4,
+            ptx_context=16,
+        )
+        ppo.train(cfg, reward_fn=romeo_count)
+    row = read_metrics(tmp_path / "coef2.0" / "metrics.jsonl")[1]
+    assert "ptx_loss" not in read_metrics(tmp_path / "coef0.0" / "metrics.jsonl")[1]
+
+    model_dir = resolve_model_dir(run)
+    model = load_causal_lm(model_dir).eval()
+    windows = ppo.PretrainingMix.load(
+        cfg, Engine(torch.device("cpu"), "fp32"), load_tokenizer(model_dir), 32
+    ).next_batch()
+    logits = model(input_ids=windows[:, :-1]).logits
+    loss = F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
+    loss.backward()
+    assert row["ptx_loss"] > 0
+    for name, p in model.named_parameters():
+        expected = grads[0.0][name] + 2.0 * p.grad
+        assert torch.allclose(grads[2.0][name], expected, rtol=1e-4, atol=1e-6), name
+
+
+def test_ptx_settings_are_checked(policy_dir, tmp_path):
+    """A negative γ, a missing text file or windows longer than the policy's positions: errors
+    that name the setting, before any work."""
+    from rlfm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ptx_coef"):
+        config(policy_dir, tmp_path / "a", ptx_coef=-1.0)
+    with pytest.raises(ConfigError, match="ptx_data"):
+        config(policy_dir, tmp_path / "b", ptx_coef=1.0, ptx_data=tmp_path / "missing.txt")
+    docs = policy_dir[0].parent / "docs.jsonl"
+    cfg = config(policy_dir, tmp_path / "c", ptx_coef=1.0, ptx_data=docs, ptx_context=4096)
+    with pytest.raises(ConfigError, match="ptx_context: 4096 exceeds"):
+        ppo.train(cfg, reward_fn=romeo_count)
+    assert not checkpoints(tmp_path / "c")
 
 
 def test_two_process_ddp_matches_one_process(policy_dir, reward_dir, tmp_path):
@@ -574,7 +653,7 @@ def test_a_reward_model_made_with_transformers_scores_ppo_and_reward_score(
     policy_emb = models.policy.get_input_embeddings().weight
     assert torch.equal(models.value.body.get_input_embeddings().weight, policy_emb)
     prompts = [f"{n} greets" for n in NAMES]
-    ro = ppo.collect(cfg, Engine.create("cpu", "fp32"), policy_tok, models, prompts, None)
+    ro = ppo.collect(cfg, Engine(torch.device("cpu"), "fp32"), policy_tok, models, prompts, None)
     ended = ro.samples.ended
     assert ended.any()
     direct = transformers_scores(hf, rm_tok, ro.prompts, ro.responses)
@@ -601,7 +680,12 @@ def test_a_reward_model_sharing_the_policy_tokenizer_reads_its_tokens(policy_dir
     value_emb = models.value.body.get_input_embeddings().weight
     assert torch.equal(value_emb, hf.base_model.get_input_embeddings().weight)
     ro = ppo.collect(
-        cfg, Engine.create("cpu", "fp32"), policy_tok, models, [f"{n} greets" for n in NAMES], None
+        cfg,
+        Engine(torch.device("cpu"), "fp32"),
+        policy_tok,
+        models,
+        [f"{n} greets" for n in NAMES],
+        None,
     )
     ids, mask, _ = ro.samples.sequences()
     with torch.no_grad():

@@ -24,6 +24,9 @@ One update:
      advantages and returns (= advantages + values), advantages are whitened. Clipped policy
      loss (ε) and clipped value loss; Adam (eps 1e-5), learning rates annealed linearly to 0
      over ``updates``.
+     With ``--ptx-coef γ > 0`` (InstructGPT's PPO-ptx) every policy step also adds
+     γ × the mean next-token loss of ``ptx_batch`` windows of pre-training text (``--ptx-data``,
+     default the built-in corpus's training plays), drawn by a resumable sampler.
   4. β ← adaptive KL controller (target, horizon), or fixed with ``--kl-target none``.
 
 Batch hierarchy: rollout batch (prompts per update, all processes together) → minibatches
@@ -50,7 +53,9 @@ The learning rates default per adapter (``DEFAULT_LR``): a LoRA adapter starts a
 moves only through a low-rank update, so it needs a larger step than full fine-tuning to change
 the policy as fast.
 
-Deviation from the papers: no pre-training-mix term (InstructGPT's PPO-ptx).
+Deviation from the papers: the pre-training mix (InstructGPT's PPO-ptx, γ = 27.8 on a summed
+loss there) is off by default (``ptx_coef`` 0), as in Stiennon et al. and Ziegler et al.; its γ
+here weighs a per-token mean loss.
 
 One process:   rlfm ppo --policy runs/demo/sft --reward runs/demo/rm --out runs/demo/ppo
 N processes:   torchrun --nproc_per_node 8 -m rlfm ppo --policy sft/ --reward rm/ \\
@@ -76,6 +81,7 @@ from transformers import PreTrainedTokenizerBase
 
 from rlfm import checkpoint
 from rlfm.config import AdapterSettings, RunSettings, check, lora_alpha, settings
+from rlfm.data.blocks import BlockSampler, gather_windows, tokenize_stream
 from rlfm.data.order import EpochOrder
 from rlfm.engine import Engine
 from rlfm.errors import ConfigError, ModelError, RunError
@@ -123,6 +129,7 @@ from rlfm.rollout import (
     prompt_budget,
 )
 from rlfm.run import Run
+from rlfm.stages import pretrain
 from rlfm.stages.reward_score import load_reward_model
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
@@ -215,6 +222,17 @@ class Config:
     """Discount of GAE."""
     lam: float = 0.95
     """λ of GAE."""
+    ptx_coef: float = 0.0
+    """γ of InstructGPT's PPO-ptx: every policy step adds γ × the mean next-token loss of
+    pre-training text, so the policy keeps the language it was pre-trained on. 0: off."""
+    ptx_data: Path | None = None
+    """Pre-training text of the ptx term (as `rlfm pretrain --data`: text files, a directory,
+    JSONL/Parquet rows with a `text` column, a saved `datasets` directory). Default: the built-in
+    corpus's training plays."""
+    ptx_batch: int = 8
+    """Windows of pre-training text per policy step, over all processes."""
+    ptx_context: int = 128
+    """Tokens per window of pre-training text."""
     missing_eos_penalty: float = -1.0
     """Score of a response that did not end with EOS (in the reward model's normalised units)."""
     gold: Path | None = None
@@ -252,6 +270,11 @@ class Config:
             f"must be > 0 or none, got {self.kl_target}",
         )
         check(self.kl_horizon >= 1, "kl_horizon", "must be ≥ 1")
+        check(self.ptx_coef >= 0, "ptx_coef", f"must be ≥ 0, got {self.ptx_coef}")
+        for name in ("ptx_batch", "ptx_context"):
+            check(getattr(self, name) >= 1, name, f"must be ≥ 1, got {getattr(self, name)}")
+        if self.ptx_data is not None:
+            check(Path(self.ptx_data).exists(), "ptx_data", f"{self.ptx_data} does not exist")
         check(self.eval_size is None or self.eval_size >= 1, "eval_size", "must be ≥ 1")
         check(0 < self.clip_eps < 1, "clip_eps", f"must be in (0, 1), got {self.clip_eps}")
         check(0 < self.gamma <= 1, "gamma", f"must be in (0, 1], got {self.gamma}")
@@ -438,6 +461,37 @@ class Progress:
 
 
 @dataclass
+class PretrainingMix:
+    """The ptx term's data: the pre-training text as one token stream, with a resumable sampler
+    of windows (its state goes into every checkpoint)."""
+
+    stream: torch.Tensor  # (N,) token ids
+    sampler: BlockSampler
+    rows: slice  # this process's rows of each global batch
+    context: int
+
+    @classmethod
+    def load(
+        cls, cfg: Config, engine: Engine, tokenizer: PreTrainedTokenizerBase, positions: int
+    ) -> PretrainingMix:
+        if cfg.ptx_context > positions:
+            raise ConfigError(
+                f"ptx_context: {cfg.ptx_context} exceeds the policy's {positions} positions"
+            )
+        docs, _, _ = pretrain.load_corpus(
+            pretrain.Config(data=cfg.ptx_data, seed=cfg.seed, model="tiny"), engine
+        )
+        stream = tokenize_stream(tokenizer, docs)
+        sampler = BlockSampler(len(stream), cfg.ptx_context, cfg.ptx_batch, cfg.seed, "ptx_data")
+        return cls(stream, sampler, engine.shard(cfg.ptx_batch), cfg.ptx_context)
+
+    def next_batch(self) -> torch.Tensor:
+        """This process's rows of the next global batch of windows: (b, context + 1)."""
+        starts = self.sampler.next_batch()[self.rows]
+        return gather_windows(self.stream, starts, self.context + 1)
+
+
+@dataclass
 class Learner:
     """What the updates optimise: the policy and the value model (DDP-wrapped when there are
     several processes), each with its optimizer and learning-rate schedule."""
@@ -520,6 +574,11 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
         learner = Learner.create(cfg, engine, models)
         kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
         progress = Progress()
+        ptx = None
+        extra: dict[str, Any] = {}
+        if cfg.ptx_coef > 0:
+            ptx = PretrainingMix.load(cfg, engine, tokenizer, model_positions(models.policy))
+            extra["ptx_data"] = ptx.sampler
         update = run.track(
             models.policy,
             tokenizer,
@@ -531,6 +590,7 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
             kl_controller=kl_ctl,
             data=order,
             progress=progress,
+            **extra,
         )
         n_train = sum(p.numel() for p in models.policy.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in models.policy.parameters())
@@ -585,6 +645,7 @@ def train(cfg: Config, reward_fn: RewardFn | None = None) -> dict[str, float]:
                 update=update,
                 mb_size=mb_size,
                 n_micro=n_micro,
+                ptx=ptx,
             )
             train_time = time.perf_counter() - t0 - gen_time
             update += 1
@@ -789,9 +850,11 @@ def optimise(
     update: int,
     mb_size: int,
     n_micro: int,
+    ptx: PretrainingMix | None = None,
 ) -> dict[str, float]:
     """``ppo_epochs`` passes of minibatch steps over one rollout; returns the statistics' token
-    means over all passes and processes (explained variance: over the first pass)."""
+    means over all passes and processes (explained variance: over the first pass), and with
+    ``ptx`` the mean of its loss (``ptx_loss``) over the policy steps."""
     B = ro.samples.response_ids.shape[0]  # this process's rollout rows
     micro = mb_size // n_micro
     rewards_all = shaped_rewards(ro.scores, ro.kl, ro.samples.response_mask, kl_coef)
@@ -807,6 +870,7 @@ def optimise(
         "explained_variance",
     )
     sums = torch.zeros(len(names) + 2, dtype=torch.float64)  # token-weighted sums, tokens ×2
+    ptx_sum = torch.zeros(2, dtype=torch.float64)  # ptx loss summed over steps and processes, steps
     lengths = ro.samples.lengths()
     for epoch in range(cfg.ppo_epochs):
         if cfg.group_by_length:
@@ -822,6 +886,12 @@ def optimise(
             advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
             advantages = _whiten_global(engine, advantages, mask, shift_mean=True)
             n_tokens = mask.sum().clamp(min=1)
+            if ptx is not None:  # γ × the mean of the processes' losses, synced with the last
+                with engine.micro_step(learner.policy, last=False):
+                    windows = ptx.next_batch().to(ro.scores.device)
+                    x_loss = pretrain.lm_loss(learner.policy, windows, None)
+                    engine.backward(x_loss, cfg.ptx_coef / engine.world_size)
+                ptx_sum += torch.tensor([float(x_loss.detach()), 1.0]) / engine.world_size
             for i in range(n_micro):
                 sl = slice(i * micro, (i + 1) * micro)
                 part = s.select(sl).trimmed() if cfg.group_by_length else s.select(sl)
@@ -862,10 +932,12 @@ def optimise(
                             sums[len(names) - 1] += ev * n
                             sums[-1] += n
             learner.step(engine, cfg.max_grad_norm)
-    total = engine.all_reduce_sum(sums)
-    out = {name: float(total[j] / total[-2].clamp(min=1)) for j, name in enumerate(names[:-1])}
-    if total[-1] > 0:
-        out["explained_variance"] = float(total[len(names) - 1] / total[-1])
+    total = engine.all_reduce_sum(torch.cat([sums, ptx_sum]))
+    out = {name: float(total[j] / total[-4].clamp(min=1)) for j, name in enumerate(names[:-1])}
+    if total[-3] > 0:
+        out["explained_variance"] = float(total[len(names) - 1] / total[-3])
+    if ptx is not None:
+        out["ptx_loss"] = float(total[-2] / total[-1])
     return out
 
 
