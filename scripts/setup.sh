@@ -15,7 +15,9 @@ torch_spec="${RLFM_TORCH:-torch==2.13.0}"
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+# --no-compile, then compileall on every core below: pip byte-compiles on one core (174 s for
+# the whole setup against 149 s on a 2-core machine)
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-compile)
 
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
@@ -37,4 +39,8 @@ if [ -n "$extras" ]; then
 else
   "${pip[@]}" -e .
 fi
+# byte-compile what was installed, as pip would have (files that are not Python 3 are skipped)
+.venv/bin/python -m compileall -q -j 0 src \
+  "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+  >/dev/null 2>&1 || true
 echo "setup: done ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
