@@ -477,7 +477,7 @@ def test_ptx_adds_gamma_times_the_pretraining_loss_gradient(policy_dir, tmp_path
     model_dir = resolve_model_dir(run)
     model = load_causal_lm(model_dir).eval()
     windows = ppo.PretrainingMix.load(
-        cfg, Engine(torch.device("cpu"), "fp32"), load_tokenizer(model_dir), 32
+        cfg, Engine.create("cpu", "fp32"), load_tokenizer(model_dir), 32
     ).next_batch()
     logits = model(input_ids=windows[:, :-1]).logits
     loss = F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
@@ -653,7 +653,7 @@ def test_a_reward_model_made_with_transformers_scores_ppo_and_reward_score(
     policy_emb = models.policy.get_input_embeddings().weight
     assert torch.equal(models.value.body.get_input_embeddings().weight, policy_emb)
     prompts = [f"{n} greets" for n in NAMES]
-    ro = ppo.collect(cfg, Engine(torch.device("cpu"), "fp32"), policy_tok, models, prompts, None)
+    ro = ppo.collect(cfg, Engine.create("cpu", "fp32"), policy_tok, models, prompts, None)
     ended = ro.samples.ended
     assert ended.any()
     direct = transformers_scores(hf, rm_tok, ro.prompts, ro.responses)
@@ -680,12 +680,7 @@ def test_a_reward_model_sharing_the_policy_tokenizer_reads_its_tokens(policy_dir
     value_emb = models.value.body.get_input_embeddings().weight
     assert torch.equal(value_emb, hf.base_model.get_input_embeddings().weight)
     ro = ppo.collect(
-        cfg,
-        Engine(torch.device("cpu"), "fp32"),
-        policy_tok,
-        models,
-        [f"{n} greets" for n in NAMES],
-        None,
+        cfg, Engine.create("cpu", "fp32"), policy_tok, models, [f"{n} greets" for n in NAMES], None
     )
     ids, mask, _ = ro.samples.sequences()
     with torch.no_grad():

@@ -227,8 +227,9 @@ class Config:
     pre-training text, so the policy keeps the language it was pre-trained on. 0: off."""
     ptx_data: Path | None = None
     """Pre-training text of the ptx term (as `rlfm pretrain --data`: text files, a directory,
-    JSONL/Parquet rows with a `text` column, a saved `datasets` directory). Default: the built-in
-    corpus's training plays."""
+    JSONL/Parquet rows with a `text` column, a saved `datasets` directory), of which the
+    training share `rlfm pretrain` takes with the same seed. Default: the built-in corpus's
+    training plays."""
     ptx_batch: int = 8
     """Windows of pre-training text per policy step, over all processes."""
     ptx_context: int = 128
@@ -478,9 +479,7 @@ class PretrainingMix:
             raise ConfigError(
                 f"ptx_context: {cfg.ptx_context} exceeds the policy's {positions} positions"
             )
-        docs, _, _ = pretrain.load_corpus(
-            pretrain.Config(data=cfg.ptx_data, seed=cfg.seed, model="tiny"), engine
-        )
+        docs, _, _ = pretrain.load_corpus(cfg.ptx_data, engine, seed=cfg.seed)  # training share
         stream = tokenize_stream(tokenizer, docs)
         sampler = BlockSampler(len(stream), cfg.ptx_context, cfg.ptx_batch, cfg.seed, "ptx_data")
         return cls(stream, sampler, engine.shard(cfg.ptx_batch), cfg.ptx_context)
@@ -870,7 +869,7 @@ def optimise(
         "explained_variance",
     )
     sums = torch.zeros(len(names) + 2, dtype=torch.float64)  # token-weighted sums, tokens ×2
-    ptx_sum = torch.zeros(2, dtype=torch.float64)  # ptx loss summed over steps and processes, steps
+    ptx_sums = torch.zeros(2, dtype=torch.float64)  # ptx loss (process mean) summed, steps
     lengths = ro.samples.lengths()
     for epoch in range(cfg.ppo_epochs):
         if cfg.group_by_length:
@@ -891,7 +890,7 @@ def optimise(
                     windows = ptx.next_batch().to(ro.scores.device)
                     x_loss = pretrain.lm_loss(learner.policy, windows, None)
                     engine.backward(x_loss, cfg.ptx_coef / engine.world_size)
-                ptx_sum += torch.tensor([float(x_loss.detach()), 1.0]) / engine.world_size
+                ptx_sums += torch.tensor([float(x_loss.detach()), 1.0]) / engine.world_size
             for i in range(n_micro):
                 sl = slice(i * micro, (i + 1) * micro)
                 part = s.select(sl).trimmed() if cfg.group_by_length else s.select(sl)
@@ -932,12 +931,13 @@ def optimise(
                             sums[len(names) - 1] += ev * n
                             sums[-1] += n
             learner.step(engine, cfg.max_grad_norm)
-    total = engine.all_reduce_sum(torch.cat([sums, ptx_sum]))
-    out = {name: float(total[j] / total[-4].clamp(min=1)) for j, name in enumerate(names[:-1])}
-    if total[-3] > 0:
-        out["explained_variance"] = float(total[len(names) - 1] / total[-3])
+    both = engine.all_reduce_sum(torch.cat([sums, ptx_sums]))  # one collective
+    total, ptx_total = both[: len(sums)], both[len(sums) :]
+    out = {name: float(total[j] / total[-2].clamp(min=1)) for j, name in enumerate(names[:-1])}
+    if total[-1] > 0:
+        out["explained_variance"] = float(total[len(names) - 1] / total[-1])
     if ptx is not None:
-        out["ptx_loss"] = float(total[-2] / total[-1])
+        out["ptx_loss"] = float(ptx_total[0] / ptx_total[1])
     return out
 
 

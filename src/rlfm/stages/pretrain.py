@@ -151,17 +151,24 @@ class Config:
         )
 
 
-def load_corpus(cfg: Config, engine: Engine) -> tuple[list[Document], list[Document], str]:
-    """Training and validation documents, and a line saying where they came from."""
-    if cfg.data is None:
+def load_corpus(
+    data: Path | None,
+    engine: Engine,
+    text_field: str = "text",
+    val_fraction: float = 0.05,
+    seed: int = 0,
+) -> tuple[list[Document], list[Document], str]:
+    """Training and validation documents of ``data`` (None: the built-in corpus, its held-out
+    plays as validation), and a line saying where they came from."""
+    if data is None:
         if engine.is_main:  # download once; the others read the cache
             load_builtin_corpus()
         engine.barrier()
         corpus = load_builtin_corpus()
         return corpus.train, corpus.val, f"built-in corpus: {corpus.source} ({corpus.credit})"
-    docs = load_documents(cfg.data, text_field=cfg.text_field)
-    train, val = split_documents(docs, cfg.val_fraction, cfg.seed)
-    return train, val, f"data: {cfg.data}"
+    docs = load_documents(data, text_field=text_field)
+    train, val = split_documents(docs, val_fraction, seed)
+    return train, val, f"data: {data}"
 
 
 def setup_tokenizer(
@@ -326,7 +333,9 @@ def train(cfg: Config) -> dict[str, float]:
         if run.finished:
             return run.summary
         engine, resume = run.engine, run.resume
-        train_docs, val_docs, source = load_corpus(cfg, engine)
+        train_docs, val_docs, source = load_corpus(
+            cfg.data, engine, cfg.text_field, cfg.val_fraction, cfg.seed
+        )
         tokenizer = setup_tokenizer(cfg, engine, train_docs, resume)
         model = setup_model(cfg, tokenizer, resume)
         block = cfg.context or min(model.config.max_position_embeddings, 1024)
