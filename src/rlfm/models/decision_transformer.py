@@ -69,6 +69,7 @@ from torch import nn
 
 from rlfm.errors import ModelError
 from rlfm.models.attention import dropout, explicit_attention
+from rlfm.models.linear import linear, relu_mlp
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -147,11 +148,11 @@ class Block(nn.Module):
         nh = self.heads
         a = self.ln_1(x)
         if rows is None:
-            q, k, v = self.qkv(a).split(h, dim=-1)
+            q, k, v = linear(a, self.qkv.weight, self.qkv.bias).split(h, dim=-1)
         else:  # keys and values at every token, queries only at the rows computed
             w, b = self.qkv.weight, self.qkv.bias
-            q = F.linear(a[:, rows], w[:h], b[:h])
-            k, v = F.linear(a, w[h:], b[h:]).split(h, dim=-1)
+            q = linear(a[:, rows], w[:h], b[:h])
+            k, v = linear(a, w[h:], b[h:]).split(h, dim=-1)
         k = k.view(B, L, nh, h // nh).transpose(1, 2)  # (B, nh, L, d)
         v = v.view(B, L, nh, h // nh).transpose(1, 2)
         q = q.view(B, q.shape[1], nh, h // nh).transpose(1, 2)  # (B, nh, L or R, d)
@@ -172,8 +173,13 @@ class Block(nn.Module):
             y = y.transpose(1, 2).reshape(B, R, h)
             if R < L:
                 x = x[:, rows]
-        x = x + self.drop(self.proj(y))
-        return x + self.drop(self.fc_proj(self.act(self.fc(self.ln_2(x)))))
+        x = x + self.drop(linear(y, self.proj.weight, self.proj.bias))
+        return x + self.drop(self.mlp(self.ln_2(x)))
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.act, nn.ReLU):
+            return relu_mlp(x, self.fc, self.fc_proj)
+        return self.fc_proj(self.act(self.fc(x)))
 
 
 def interleave(tokens: list[torch.Tensor]) -> torch.Tensor:

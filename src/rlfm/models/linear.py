@@ -1,0 +1,148 @@
+"""Linear layers through oneDNN's matrix multiply on the CPU in float32.
+
+PyTorch's ``F.linear`` on a CPU calls MKL's GEMM. For the narrow layers of the small models
+rlfm trains on CPUs (a Decision Transformer at the paper's size: 3,776 token rows × 128 → 384 /
+128 / 512, and 512 → 128), oneDNN's matrix multiply, which PyTorch ships in every x86 CPU
+build, is faster, and it applies a ReLU on its output in the same pass. Measured on one
+thread of a 2-core AMD EPYC (AVX2, fp32, interleaved rounds, medians): the forward product
+1.13–1.29× faster, the input gradient's product 1.20–1.44×; for the weight gradient
+(3,776-long inner dimension) MKL stays faster (oneDNN 0.61–0.86×), so it keeps computing that.
+A Decision Transformer training step at the paper's size runs ~8% more steps/s.
+
+:func:`linear` and :func:`relu_mlp` compute the plain formulas — x·Wᵀ + b, and
+fc_proj(relu(fc(x))) — with autograd; oneDNN computes the forward and input-gradient
+products where :func:`fast_path` says so (float32 CPU tensors outside autocast, PyTorch built
+with oneDNN), ``F.linear`` otherwise (GPUs, bf16 autocast, float64). Results agree with
+``F.linear`` to float32 rounding (the tests compare outputs and every gradient).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+
+def _onednn_linear() -> (
+    Any
+):  # the op inductor's CPU backend uses; absent from builds without oneDNN
+    try:
+        return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_OP = _onednn_linear() if torch.backends.mkldnn.is_available() else None
+ENABLED = _OP is not None
+"""Whether :func:`fast_path` may choose oneDNN at all (False turns it off, e.g. to compare)."""
+MIN_ROWS = 1024
+"""Fewest rows (the product of x's leading dimensions) oneDNN computes: each call costs it
+~40 µs more than MKL (primitive lookup), which only large products repay (at 1 row: 64 against
+20 µs; at 256 rows × 128 → 384: 428 against 393 µs; at 3,776: 5.6 against 7.3 ms)."""
+
+
+def fast_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether oneDNN computes ``x @ weight.T`` (float32 CPU tensors, no autocast, at least
+    :data:`MIN_ROWS` rows)."""
+    return (
+        ENABLED
+        and x.numel() >= MIN_ROWS * x.shape[-1]
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def _mm(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool = False
+) -> torch.Tensor:
+    """(..., K) @ (N, K)ᵀ + b, relu'd if asked, by oneDNN."""
+    assert _OP is not None
+    return _OP(x, weight, bias, "relu" if relu else "none", [], "")
+
+
+def _weight_grad(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Σ_rows gᵀ x for (..., N) output gradients and (..., K) inputs -> (N, K) (MKL)."""
+    return g.reshape(-1, g.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+
+
+def _bias_grad(g: torch.Tensor) -> torch.Tensor:
+    return g.reshape(-1, g.shape[-1]).sum(0)
+
+
+Grads = tuple[torch.Tensor | None, ...]
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _mm(x, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, g: torch.Tensor) -> Grads:
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        gx = _mm(g, weight.t(), None) if need_x else None
+        gw = _weight_grad(g, x) if need_w else None
+        gb = _bias_grad(g) if ctx.has_bias and need_b else None
+        return gx, gw, gb
+
+
+class _ReluMLP(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        x: torch.Tensor,
+        w1: torch.Tensor,
+        b1: torch.Tensor | None,
+        w2: torch.Tensor,
+        b2: torch.Tensor | None,
+    ) -> torch.Tensor:
+        h = _mm(x, w1, b1, relu=True)
+        ctx.save_for_backward(x, w1, h, w2)
+        return _mm(h, w2, b2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, g: torch.Tensor) -> Grads:
+        x, w1, h, w2 = ctx.saved_tensors
+        need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
+        gw2 = _weight_grad(g, h) if need_w2 else None
+        gb2 = _bias_grad(g) if need_b2 else None
+        gh = _mm(g, w2.t(), None)  # a fresh tensor: masked in place where relu was 0
+        torch.ops.aten.threshold_backward.grad_input(gh, h, 0, grad_input=gh)
+        gx = _mm(gh, w1.t(), None) if need_x else None
+        gw1 = _weight_grad(gh, x) if need_w1 else None
+        gb1 = _bias_grad(gh) if need_b1 else None
+        return gx, gw1, gb1, gw2, gb2
+
+
+def _needs_graph(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``: (..., K), (N, K), (N,) -> (..., N)."""
+    if not fast_path(x, weight):
+        return F.linear(x, weight, bias)
+    if _needs_graph(x, weight, bias):
+        return _Linear.apply(x, weight, bias)
+    return _mm(x, weight, bias)
+
+
+def relu_mlp(x: torch.Tensor, fc: nn.Linear, proj: nn.Linear) -> torch.Tensor:
+    """``proj(relu(fc(x)))``, the hidden activations masked in place in the backward pass."""
+    if not fast_path(x, fc.weight):
+        return proj(F.relu(fc(x)))
+    if _needs_graph(x, fc.weight, fc.bias, proj.weight, proj.bias):
+        return _ReluMLP.apply(x, fc.weight, fc.bias, proj.weight, proj.bias)
+    return _mm(_mm(x, fc.weight, fc.bias, relu=True), proj.weight, proj.bias)

@@ -1,0 +1,98 @@
+"""models/linear.py: oneDNN's products compute F.linear's formulas, forward and backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import rlfm.models.linear as lin
+from rlfm.models.decision_transformer import DecisionTransformer, DTConfig
+
+needs_onednn = pytest.mark.skipif(not lin.ENABLED, reason="PyTorch built without oneDNN")
+
+
+def grads(fn, *tensors):
+    out = fn()
+    out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape))
+    result = [out.detach()] + [t.grad.clone() for t in tensors]
+    for t in tensors:
+        t.grad = None
+    return result
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("strided", [False, True])
+def test_linear_and_its_gradients_equal_f_linear(bias, strided):
+    torch.manual_seed(0)
+    x = torch.randn(8, 300 if strided else 150, 24, requires_grad=True)
+    w = torch.randn(40, 24, requires_grad=True)
+    b = torch.randn(40, requires_grad=True) if bias else None
+    leaves = [t for t in (x, w, b) if t is not None]
+    xs = (lambda: x[:, ::2]) if strided else (lambda: x)  # a view, as the DT's last block passes
+    assert lin.fast_path(xs(), w)
+    fast = grads(lambda: lin.linear(xs(), w, b), *leaves)
+    plain = grads(lambda: F.linear(xs(), w, b), *leaves)
+    for a, e in zip(fast, plain):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_relu_mlp_and_its_gradients_equal_the_plain_formula():
+    torch.manual_seed(1)
+    fc, proj = nn.Linear(16, 64), nn.Linear(64, 16)
+    x = torch.randn(1100, 16, requires_grad=True)
+    leaves = [x, fc.weight, fc.bias, proj.weight, proj.bias]
+    fast = grads(lambda: lin.relu_mlp(x, fc, proj), *leaves)
+    plain = grads(lambda: proj(F.relu(fc(x))), *leaves)
+    assert (fc(x) <= 0).any() and (fc(x) > 0).any()  # the mask matters
+    for a, e in zip(fast, plain):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_the_plain_path_where_onednn_does_not_apply(monkeypatch):
+    w = torch.randn(4, 3)
+    assert not lin.fast_path(torch.randn(10, 3), w)  # too few rows to repay a oneDNN call
+    assert not lin.fast_path(torch.randn(2000, 3, dtype=torch.float64), w.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not lin.fast_path(torch.randn(2000, 3), w)
+    monkeypatch.setattr(lin, "ENABLED", False)
+    x = torch.randn(2000, 3)
+    assert not lin.fast_path(x, w)
+    assert torch.equal(lin.linear(x, w), F.linear(x, w))  # F.linear itself
+
+
+@needs_onednn
+def test_a_decision_transformer_step_equals_the_plain_one(monkeypatch):
+    torch.manual_seed(2)
+    cfg = DTConfig(state_dim=5, action_dim=2, context=20, hidden=32, layers=2, dropout=0.0)
+    model = DecisionTransformer(cfg)
+    B, T = 64, 20  # 64 × 59 token rows: on oneDNN
+    batch = (
+        torch.randn(B, T, 5),
+        torch.rand(B, T, 2) * 2 - 1,
+        torch.rand(B, T) * 100,
+        torch.randint(0, 1000, (B, T)),
+    )
+
+    def step():
+        out = model(*batch).action
+        out.square().sum().backward()
+        g = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        model.zero_grad()
+        return [out.detach()] + g
+
+    calls = []
+    op = lin._OP
+    monkeypatch.setattr(lin, "_OP", lambda *a: calls.append(a[0].shape) or op(*a))
+    fast = step()
+    assert len(calls) == 2 * (
+        4 + 5
+    )  # each product of the 2 blocks (the last: q and kv apart), forward and input gradient
+    monkeypatch.setattr(lin, "ENABLED", False)
+    plain = step()
+    assert len(fast) == len(plain) > 10
+    for a, e in zip(fast, plain):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
