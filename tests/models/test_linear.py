@@ -27,9 +27,9 @@ def grads(fn, *tensors):
 @pytest.mark.parametrize("strided", [False, True])
 def test_linear_and_its_gradients_equal_f_linear(bias, strided):
     torch.manual_seed(0)
-    x = torch.randn(8, 300 if strided else 150, 24, requires_grad=True)
-    w = torch.randn(40, 24, requires_grad=True)
-    b = torch.randn(40, requires_grad=True) if bias else None
+    x = torch.randn(8, 300 if strided else 150, 128, requires_grad=True)
+    w = torch.randn(160, 128, requires_grad=True)
+    b = torch.randn(160, requires_grad=True) if bias else None
     leaves = [t for t in (x, w, b) if t is not None]
     xs = (lambda: x[:, ::2]) if strided else (lambda: x)  # a view, as the DT's last block passes
     assert lin.fast_path(xs(), w)
@@ -42,8 +42,8 @@ def test_linear_and_its_gradients_equal_f_linear(bias, strided):
 @needs_onednn
 def test_relu_mlp_and_its_gradients_equal_the_plain_formula():
     torch.manual_seed(1)
-    fc, proj = nn.Linear(16, 64), nn.Linear(64, 16)
-    x = torch.randn(1100, 16, requires_grad=True)
+    fc, proj = nn.Linear(128, 512), nn.Linear(512, 128)
+    x = torch.randn(1100, 128, requires_grad=True)
     leaves = [x, fc.weight, fc.bias, proj.weight, proj.bias]
     fast = grads(lambda: lin.relu_mlp(x, fc, proj), *leaves)
     plain = grads(lambda: proj(F.relu(fc(x))), *leaves)
@@ -53,13 +53,15 @@ def test_relu_mlp_and_its_gradients_equal_the_plain_formula():
 
 
 def test_the_plain_path_where_onednn_does_not_apply(monkeypatch):
-    w = torch.randn(4, 3)
-    assert not lin.fast_path(torch.randn(10, 3), w)  # too few rows to repay a oneDNN call
-    assert not lin.fast_path(torch.randn(2000, 3, dtype=torch.float64), w.double())
+    w = torch.randn(128, 128)
+    assert not lin.fast_path(torch.randn(10, 128), w)  # too few rows to repay a oneDNN call
+    assert not lin.fast_path(torch.randn(2000, 64), torch.randn(128, 64))  # too narrow
+    assert not lin.fast_path(torch.randn(2000, 128, dtype=torch.float64), w.double())
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not lin.fast_path(torch.randn(2000, 3), w)
+        assert not lin.fast_path(torch.randn(2000, 128), w)
+    assert lin.fast_path(torch.randn(2000, 128), w) == lin.ENABLED
     monkeypatch.setattr(lin, "ENABLED", False)
-    x = torch.randn(2000, 3)
+    x = torch.randn(2000, 128)
     assert not lin.fast_path(x, w)
     assert torch.equal(lin.linear(x, w), F.linear(x, w))  # F.linear itself
 
@@ -67,7 +69,7 @@ def test_the_plain_path_where_onednn_does_not_apply(monkeypatch):
 @needs_onednn
 def test_a_decision_transformer_step_equals_the_plain_one(monkeypatch):
     torch.manual_seed(2)
-    cfg = DTConfig(state_dim=5, action_dim=2, context=20, hidden=32, layers=2, dropout=0.0)
+    cfg = DTConfig(state_dim=5, action_dim=2, context=20, hidden=128, layers=2, dropout=0.0)
     model = DecisionTransformer(cfg)
     B, T = 64, 20  # 64 × 59 token rows: on oneDNN
     batch = (

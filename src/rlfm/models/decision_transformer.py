@@ -41,7 +41,9 @@ exactly (the original pads on the left and masks); (3) the last block computes o
 a loss or an action reads (the state tokens, and the action tokens when prediction heads are
 on), which saves about a quarter of a 3-layer model's work, and without prediction heads the
 window's last action token (which no output reads, and which no other token sees) is not
-computed at all; (4) nothing depends on a library's private modeling code.
+computed at all; (4) nothing depends on a library's private modeling code. The blocks' linear
+layers go through ``models/linear.py`` (oneDNN's products on a CPU in float32 at the paper's
+width and batch; the same formula as ``F.linear``).
 
 **Deviations from the papers** (everything else follows the original code's Gym setup: K=20,
 128 wide, 3 layers, 1 head, ReLU MLP of width 4·128, dropout 0.1, LayerNorm on embeddings):
