@@ -22,6 +22,7 @@ from rlfm.models.attention import (
     dropout,
     explicit_attention,
     explicit_is_faster,
+    packed_attention,
     use_fast_attention,
 )
 from rlfm.models.heads import shared_prompt_mask
@@ -128,6 +129,49 @@ def test_dropout_on_the_weights_is_sdpa_in_expectation_and_without_dropout():
     torch.manual_seed(0)
     draws = [explicit_attention(q, k, v, allowed, causal=False, dropout_p=0.5) for _ in range(4000)]
     torch.testing.assert_close(torch.stack(draws).mean(0), exact, atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("separate_q", [False, True])
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_packed_attention_and_its_gradients_equal_explicit_attention(separate_q, p):
+    """Forward and every gradient against autograd through split + explicit_attention, with
+    the same dropout draws (the same seed): all queries over a causal mask, or the queries of
+    some rows given apart from a [k v] projection (the DT's last block)."""
+    torch.manual_seed(0)
+    B, L, h = 3, 7, 8
+    rows = torch.tensor([1, 4, 6]) if separate_q else torch.arange(L)
+    allowed = torch.arange(L)[None, :] <= rows[:, None]
+    packed = torch.randn(B, L, (2 if separate_q else 3) * h, requires_grad=True)
+    q = torch.randn(B, len(rows), h, requires_grad=True) if separate_q else None
+    leaves = [packed] + ([q] if separate_q else [])
+    dy = torch.randn(B, len(rows), h)
+
+    def run(fn):
+        torch.manual_seed(1)
+        y = fn()
+        y.backward(dy)
+        grads = [t.grad.clone() for t in leaves]
+        for t in leaves:
+            t.grad = None
+        return [y.detach()] + grads
+
+    def plain():
+        if separate_q:
+            qq, (k, v) = q, packed.split(h, dim=-1)
+        else:
+            qq, k, v = packed.split(h, dim=-1)
+        y = explicit_attention(
+            qq[:, None], k[:, None], v[:, None], allowed, causal=False, dropout_p=p
+        )
+        return y[:, 0]
+
+    fast = run(lambda: packed_attention(packed, allowed, q, dropout_p=p))
+    expected = run(plain)
+    for a, e in zip(fast, expected):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
+    if p:  # the draws matter: another seed gives other outputs
+        torch.manual_seed(2)
+        assert not torch.allclose(packed_attention(packed, allowed, q, dropout_p=p), fast[0])
 
 
 def test_which_path():

@@ -67,9 +67,12 @@ def test_the_plain_path_where_onednn_does_not_apply(monkeypatch):
 
 
 @needs_onednn
-def test_a_decision_transformer_step_equals_the_plain_one(monkeypatch):
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_a_decision_transformer_step_equals_the_plain_one(monkeypatch, p):
+    """oneDNN's products and the packed attention against nn.Linear, split and
+    explicit_attention / SDPA: the same outputs and gradients, with dropout the same draws."""
     torch.manual_seed(2)
-    cfg = DTConfig(state_dim=5, action_dim=2, context=20, hidden=128, layers=2, dropout=0.0)
+    cfg = DTConfig(state_dim=5, action_dim=2, context=20, hidden=128, layers=2, dropout=p)
     model = DecisionTransformer(cfg)
     B, T = 64, 20  # 64 × 59 token rows: on oneDNN
     batch = (
@@ -80,6 +83,7 @@ def test_a_decision_transformer_step_equals_the_plain_one(monkeypatch):
     )
 
     def step():
+        torch.manual_seed(3)
         out = model(*batch).action
         out.square().sum().backward()
         g = [p.grad.clone() for p in model.parameters() if p.grad is not None]

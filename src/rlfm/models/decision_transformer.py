@@ -43,7 +43,9 @@ on), which saves about a quarter of a 3-layer model's work, and without predicti
 window's last action token (which no output reads, and which no other token sees) is not
 computed at all; (4) nothing depends on a library's private modeling code. The blocks' linear
 layers go through ``models/linear.py`` (oneDNN's products on a CPU in float32 at the paper's
-width and batch; the same formula as ``F.linear``).
+width and batch; the same formula as ``F.linear``), and a single head's attention in training
+there reads q, k and v from the packed projection and writes their gradients back into one
+buffer (``packed_attention``: the same formula and dropout draws as the written-out one).
 
 **Deviations from the papers** (everything else follows the original code's Gym setup: K=20,
 128 wide, 3 layers, 1 head, ReLU MLP of width 4·128, dropout 0.1, LayerNorm on embeddings):
@@ -70,8 +72,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlfm.errors import ModelError
-from rlfm.models.attention import dropout, explicit_attention
-from rlfm.models.linear import linear, relu_mlp
+from rlfm.models.attention import dropout, explicit_attention, packed_attention
+from rlfm.models.linear import fast_path, linear, relu_mlp
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -149,6 +151,8 @@ class Block(nn.Module):
         B, L, h = x.shape  # batch, tokens, width
         nh = self.heads
         a = self.ln_1(x)
+        if nh == 1 and self.training and torch.is_grad_enabled() and fast_path(a, self.qkv.weight):
+            return self.finish(x, self.packed_attention(a, rows), rows)
         if rows is None:
             q, k, v = linear(a, self.qkv.weight, self.qkv.bias).split(h, dim=-1)
         else:  # keys and values at every token, queries only at the rows computed
@@ -173,8 +177,27 @@ class Block(nn.Module):
             else:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
             y = y.transpose(1, 2).reshape(B, R, h)
-            if R < L:
-                x = x[:, rows]
+        return self.finish(x, y, rows)
+
+    def packed_attention(self, a: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """One head's attention output (B, L or R, h) for the LayerNorm'd input ``a``, its
+        gradients written into one buffer (models/attention.py: packed_attention)."""
+        L, h = a.shape[1], a.shape[2]
+        w, b = self.qkv.weight, self.qkv.bias
+        p = self.dropout if self.training else 0.0
+        keys = torch.arange(L, device=a.device)
+        if rows is None:
+            allowed = keys[None, :] <= keys[:, None]
+            return packed_attention(linear(a, w, b), allowed, dropout_p=p)
+        q = linear(a[:, rows], w[:h], b[:h])
+        allowed = keys[None, :] <= rows[:, None]
+        return packed_attention(linear(a, w[h:], b[h:]), allowed, q, dropout_p=p)
+
+    def finish(self, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """The residual sums after attention: x (B, L, h) the block's input, y (B, L or R, h)
+        the attention output -> the block's output at the rows computed."""
+        if rows is not None and rows.numel() < x.shape[1]:
+            x = x[:, rows]
         x = x + self.drop(linear(y, self.proj.weight, self.proj.bias))
         return x + self.drop(self.mlp(self.ln_2(x)))
 
