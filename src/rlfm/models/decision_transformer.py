@@ -274,17 +274,22 @@ class DecisionTransformer(nn.Module):
             return torch.zeros(B, dtype=torch.long, device=self.state_mean.device)
         return task.long()
 
+    def per_task(self, statistic: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
+        """A per-task buffer's row of each window, (B, ...); without ``task`` its first row
+        (1, ...), which broadcasts over the windows (no copy: acting one step at a time makes
+        many small calls)."""
+        return statistic[:1] if task is None else statistic[task.long()]
+
     def unit_actions(self, actions: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
         """Box actions in environment units -> the unit box [−1, 1]. (B, T, A) -> (B, T, A)."""
-        t = self.task_rows(task, actions.shape[0])
-        low, high = self.action_low[t][:, None], self.action_high[t][:, None]
+        low = self.per_task(self.action_low, task)[:, None]
+        high = self.per_task(self.action_high, task)[:, None]
         span = (high - low).clamp(min=1e-8)  # padded dimensions of smaller tasks: low = high
         return (2 * (actions - low) / span - 1).clamp(-1, 1)
 
     def env_actions(self, unit: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
         """Unit-box actions -> environment units. (B, A) -> (B, A)."""
-        t = self.task_rows(task, unit.shape[0])
-        low, high = self.action_low[t], self.action_high[t]
+        low, high = self.per_task(self.action_low, task), self.per_task(self.action_high, task)
         return low + (unit.clamp(-1, 1) + 1) * (high - low) / 2
 
     # ---------------------------------------------------------------- forward
@@ -310,8 +315,9 @@ class DecisionTransformer(nn.Module):
         assert cfg.context >= T, f"{T} steps exceed the context of {cfg.context}"
         assert returns_to_go.shape == (B, T) and timesteps.shape == (B, T)
         assert (costs_to_go is not None) == cfg.cost_tokens, "cost-to-go iff cost tokens"
-        t = self.task_rows(task, B)
-        s = (states - self.state_mean[t][:, None]) / self.state_std[t][:, None]
+        t = None if task is None and self.embed_task is None else self.task_rows(task, B)
+        mean, std = self.per_task(self.state_mean, t), self.per_task(self.state_std, t)
+        s = (states - mean[:, None]) / std[:, None]
         time = self.embed_timestep(timesteps.long().clamp(0, cfg.max_timestep - 1))  # (B, T, h)
         if self.embed_task is not None:
             time = time + self.embed_task(t)[:, None]
