@@ -156,15 +156,18 @@ def test_leaving_out_the_last_action_token_changes_no_action(cost_tokens):
     )
 
 
-def test_last_only_matches_the_full_forward_and_act_cuts_history():
-    m = small(cost_tokens=True, stochastic=True, prediction_heads=True)
+@pytest.mark.parametrize("cdt", [True, False])
+def test_last_only_matches_the_full_forward_and_act_cuts_history(cdt):
+    m = small(cost_tokens=cdt, stochastic=cdt, prediction_heads=cdt).eval()
     x = inputs()
-    c = torch.rand(2, 4)
+    c = torch.rand(2, 4) if cdt else None
     full = m(**x, costs_to_go=c)
     last = m(**x, costs_to_go=c, last_only=True)
     assert torch.allclose(full.action[:, -1:], last.action, atol=1e-6)
+    if not cdt:  # act: the last step's action in environment units (default bounds [−1, 1])
+        assert torch.allclose(m.act(**x), full.action[:, -1], atol=1e-6)
     long = inputs(T=7)
-    act = m.act(**long, costs_to_go=torch.rand(2, 7))
+    act = m.act(**long, costs_to_go=torch.rand(2, 7) if cdt else None)
     assert act.shape == (2, 2) and act.abs().max() <= 1  # default bounds [−1, 1]
 
 

@@ -129,6 +129,12 @@ class Dropout(nn.Module):
         return dropout(x, self.p) if self.training else x
 
 
+def train_dropout(drop: Dropout, x: torch.Tensor) -> torch.Tensor:
+    """``drop(x)`` in training; in eval mode ``x`` without a module call (acting makes many
+    small calls)."""
+    return drop(x) if drop.training else x
+
+
 class Block(nn.Module):
     """A pre-LayerNorm transformer block with causal self-attention."""
 
@@ -145,12 +151,21 @@ class Block(nn.Module):
         self.act = nn.ReLU() if cfg.activation == "relu" else nn.GELU(approximate="tanh")
         self.drop = Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rows: torch.Tensor | None = None, last: bool = False
+    ) -> torch.Tensor:
         """x: (B, L, h) -> (B, L, h); with ``rows`` (R,) only those positions are computed
-        (they attend to everything up to themselves) -> (B, R, h)."""
+        (they attend to everything up to themselves) -> (B, R, h); with ``last`` only the last
+        position (it attends to every token, no mask) -> (B, 1, h)."""
         B, L, h = x.shape  # batch, tokens, width
         nh = self.heads
         a = self.ln_1(x)
+        if last:  # acting: the window's last token
+            w, b = self.qkv.weight, self.qkv.bias
+            q = linear(a[:, -1:], w[:h], b[:h]).view(B, 1, nh, h // nh).transpose(1, 2)
+            k, v = linear(a, w[h:], b[h:]).view(B, L, 2 * nh, h // nh).transpose(1, 2).chunk(2, 1)
+            y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, 1, h)
+            return self.finish(x[:, -1:], y, None)
         if nh == 1 and self.training and torch.is_grad_enabled() and fast_path(a, self.qkv.weight):
             return self.finish(x, self.packed_attention(a, rows), rows)
         if rows is None:
@@ -198,8 +213,8 @@ class Block(nn.Module):
         the attention output -> the block's output at the rows computed."""
         if rows is not None and rows.numel() < x.shape[1]:
             x = x[:, rows]
-        x = x + self.drop(linear(y, self.proj.weight, self.proj.bias))
-        return x + self.drop(self.mlp(self.ln_2(x)))
+        x = x + train_dropout(self.drop, linear(y, self.proj.weight, self.proj.bias))
+        return x + train_dropout(self.drop, self.mlp(self.ln_2(x)))
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.act, nn.ReLU):
@@ -331,19 +346,19 @@ class DecisionTransformer(nn.Module):
         read_actions = self.predict_reward is not None and not last_only
         if not read_actions:  # nothing reads the last action token, and it comes last
             x = x[:, :-1]
-        x = self.drop(self.embed_ln(x))
+        x = train_dropout(self.drop, self.embed_ln(x))
         for block in self.blocks[:-1]:
             x = block(x)
         # the last block computes only the tokens read below
-        state_rows = torch.arange(n - 2, n * T, n, device=x.device)  # (T,)
-        if last_only:
-            state_rows = state_rows[-1:]
-        read = [state_rows]
-        if read_actions:
-            read.append(state_rows + 1)  # action tokens
-        rows = torch.cat(read)
-        x = self.ln_f(self.blocks[-1](x, rows))  # (B, len(rows), h)
-        Ts = state_rows.numel()
+        if last_only:  # the last state token, which is the window's last token
+            x, Ts = self.ln_f(self.blocks[-1](x, last=True)), 1
+        else:
+            state_rows = torch.arange(n - 2, n * T, n, device=x.device)  # (T,)
+            read = [state_rows]
+            if read_actions:
+                read.append(state_rows + 1)  # action tokens
+            x = self.ln_f(self.blocks[-1](x, torch.cat(read)))  # (B, len(rows), h)
+            Ts = T
         hs = x[:, :Ts]  # (B, Ts, h) state tokens
         head = self.predict_action(hs)
         out = DTOutput(action=head)
@@ -352,7 +367,7 @@ class DecisionTransformer(nn.Module):
             out = DTOutput(action=mean, log_std=log_std.clamp(LOG_STD_MIN, LOG_STD_MAX))
         elif not cfg.discrete:
             out = DTOutput(action=torch.tanh(head))
-        if len(read) == 2:
+        if read_actions:
             ha = x[:, Ts:]  # (B, T, h) action tokens
             out.reward = self.predict_reward(ha).squeeze(-1)
             out.cost = self.predict_cost(ha).squeeze(-1)
@@ -387,7 +402,7 @@ class DecisionTransformer(nn.Module):
         t = self.task_rows(task, B)
         return (self.action_high[t] > self.action_low[t]).float()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(
         self,
         states: torch.Tensor,

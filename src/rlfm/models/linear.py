@@ -53,8 +53,8 @@ def fast_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
     :data:`MIN_ROWS` rows and :data:`MIN_WIDTH` inputs and outputs)."""
     return (
         ENABLED
-        and min(weight.shape) >= MIN_WIDTH
         and x.numel() >= MIN_ROWS * x.shape[-1]
+        and min(weight.shape) >= MIN_WIDTH
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
