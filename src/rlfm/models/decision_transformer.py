@@ -129,6 +129,13 @@ class Dropout(nn.Module):
         return dropout(x, self.p) if self.training else x
 
 
+def attends(L: int, rows: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """(R, L) bool: True where the query at each of ``rows`` (all L positions without) may
+    attend, i.e. at keys up to its own position."""
+    keys = torch.arange(L, device=device)
+    return keys[None, :] <= (keys if rows is None else rows)[:, None]
+
+
 def train_dropout(drop: Dropout, x: torch.Tensor) -> torch.Tensor:
     """``drop(x)`` in training; in eval mode ``x`` without a module call (acting makes many
     small calls)."""
@@ -160,58 +167,45 @@ class Block(nn.Module):
         B, L, h = x.shape  # batch, tokens, width
         nh = self.heads
         a = self.ln_1(x)
-        if last:  # acting: the window's last token
-            w, b = self.qkv.weight, self.qkv.bias
-            q = linear(a[:, -1:], w[:h], b[:h]).view(B, 1, nh, h // nh).transpose(1, 2)
-            k, v = linear(a, w[h:], b[h:]).view(B, L, 2 * nh, h // nh).transpose(1, 2).chunk(2, 1)
-            y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, 1, h)
-            return self.finish(x[:, -1:], y, None)
-        if nh == 1 and self.training and torch.is_grad_enabled() and fast_path(a, self.qkv.weight):
-            return self.finish(x, self.packed_attention(a, rows), rows)
-        if rows is None:
-            q, k, v = linear(a, self.qkv.weight, self.qkv.bias).split(h, dim=-1)
-        else:  # keys and values at every token, queries only at the rows computed
-            w, b = self.qkv.weight, self.qkv.bias
-            q = linear(a[:, rows], w[:h], b[:h])
-            k, v = linear(a, w[h:], b[h:]).split(h, dim=-1)
+        at: torch.Tensor | slice | None = slice(L - 1, L) if last else rows
+        q, packed = self.project(a, at)
+        p = self.dropout if self.training else 0.0
+        training = self.training and torch.is_grad_enabled()
+        if nh == 1 and not last and training and fast_path(a, self.qkv.weight):
+            # the gradients of q, k, v written into one buffer (models/attention.py)
+            y = packed_attention(packed, attends(L, rows, x.device), q, dropout_p=p)
+            return self.finish(x, y, at)
+        q, k, v = packed.split(h, dim=-1) if q is None else (q, *packed.split(h, dim=-1))
         k = k.view(B, L, nh, h // nh).transpose(1, 2)  # (B, nh, L, d)
         v = v.view(B, L, nh, h // nh).transpose(1, 2)
         q = q.view(B, q.shape[1], nh, h // nh).transpose(1, 2)  # (B, nh, L or R, d)
-        p = self.dropout if self.training else 0.0
-        if rows is None:
-            if p > 0:
-                rows = torch.arange(L, device=x.device)
-            else:  # PyTorch's fused causal kernel
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-                y = y.transpose(1, 2).reshape(B, L, h)
-        if rows is not None:
-            R = rows.numel()
-            allowed = torch.arange(L, device=x.device)[None, :] <= rows[:, None]  # (R, L)
-            if p > 0:
-                y = explicit_attention(q, k, v, allowed, causal=False, dropout_p=p)
-            else:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-            y = y.transpose(1, 2).reshape(B, R, h)
-        return self.finish(x, y, rows)
+        if last:  # the last token sees every key
+            y = F.scaled_dot_product_attention(q, k, v)
+        elif rows is None and p == 0:  # PyTorch's fused causal kernel
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif p > 0:
+            y = explicit_attention(q, k, v, attends(L, rows, x.device), causal=False, dropout_p=p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attends(L, rows, x.device))
+        return self.finish(x, y.transpose(1, 2).reshape(B, q.shape[2], h), at)
 
-    def packed_attention(self, a: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-        """One head's attention output (B, L or R, h) for the LayerNorm'd input ``a``, its
-        gradients written into one buffer (models/attention.py: packed_attention)."""
-        L, h = a.shape[1], a.shape[2]
+    def project(
+        self, a: torch.Tensor, rows: torch.Tensor | slice | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The LayerNorm'd input's projections: without ``rows``, (None, [q k v] at every
+        token) (B, L, 3h); with them, (q at the rows (B, R, h), [k v] at every token (B, L, 2h))."""
         w, b = self.qkv.weight, self.qkv.bias
-        p = self.dropout if self.training else 0.0
-        keys = torch.arange(L, device=a.device)
         if rows is None:
-            allowed = keys[None, :] <= keys[:, None]
-            return packed_attention(linear(a, w, b), allowed, dropout_p=p)
-        q = linear(a[:, rows], w[:h], b[:h])
-        allowed = keys[None, :] <= rows[:, None]
-        return packed_attention(linear(a, w[h:], b[h:]), allowed, q, dropout_p=p)
+            return None, linear(a, w, b)
+        h = a.shape[-1]
+        return linear(a[:, rows], w[:h], b[:h]), linear(a, w[h:], b[h:])
 
-    def finish(self, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    def finish(
+        self, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | slice | None
+    ) -> torch.Tensor:
         """The residual sums after attention: x (B, L, h) the block's input, y (B, L or R, h)
-        the attention output -> the block's output at the rows computed."""
-        if rows is not None and rows.numel() < x.shape[1]:
+        the attention output at ``rows`` (all without) -> the block's output there."""
+        if rows is not None:
             x = x[:, rows]
         x = x + train_dropout(self.drop, linear(y, self.proj.weight, self.proj.bias))
         return x + train_dropout(self.drop, self.mlp(self.ln_2(x)))
