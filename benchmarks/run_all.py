@@ -21,7 +21,8 @@ is left of it (and its own ceiling), and a script that no longer fits is recorde
 ``peer_settings``, ``metric``, ``rlfm``, ``peer_value``, ``ratio``, ``target``, ``met`` (and
 more: the rounds, the kind of comparison, the load). If the file exists, the rows of the jobs
 run now replace that job's old rows and the others are kept, so a run can be completed later
-with ``--only``/``--sizes``. Everything else the scripts measured goes to ``<out>.details.json``.
+with ``--only``/``--sizes``; a job that fails, times out or is skipped keeps its last measured
+rows, with a row beside them that says why it measured nothing this time. Everything else the scripts measured goes to ``<out>.details.json``.
 ``benchmarks/RESULTS.md`` is rendered from the rows (``--render-only`` re-renders it without
 running anything).
 """
@@ -198,6 +199,7 @@ def failed_row(job: Job, why: str) -> dict:
         "met": None,
         "kind": "",
         "note": why,
+        "failed": True,
     }
 
 
@@ -225,10 +227,34 @@ def rows_from_output(job: Job, out_file: Path, log_tail: str) -> tuple[list[dict
     return good, details
 
 
+def job_of(row: dict) -> str:
+    return row.get("job", f"{row['workload']}@{row['size']}")
+
+
+def is_failed(row: dict) -> bool:
+    """A row that stands for a run that measured nothing (older files: no value, no metric)."""
+    return bool(row.get("failed")) or (row.get("rlfm") is None and not row.get("metric"))
+
+
 def merge_rows(old: list[dict], new: list[dict], jobs_run: set[str]) -> list[dict]:
-    """``old`` without the rows of ``jobs_run``, then ``new``, in workload and size order."""
-    kept = [r for r in old if r.get("job", f"{r['workload']}@{r['size']}") not in jobs_run]
-    return sorted(kept + new, key=row_order)
+    """``old`` without the rows of ``jobs_run``, then ``new``, in workload and size order.
+
+    A job whose new run measured nothing (it failed, timed out or was skipped) keeps the rows of
+    its last run that did: a crash does not erase a measurement. Its failure row is added beside
+    them and says that they are older."""
+    measured = {job_of(r) for r in new if not is_failed(r)}
+    failed = {job_of(r) for r in new if is_failed(r)} - measured
+    kept = [
+        r for r in old if job_of(r) not in jobs_run or (job_of(r) in failed and not is_failed(r))
+    ]
+    earlier = {job_of(r) for r in kept} & failed
+    new = [
+        r | {"note": f"{r['note']} (the rows of this job above are from its last measured run)"}
+        if is_failed(r) and job_of(r) in earlier
+        else r
+        for r in new
+    ]
+    return sorted(kept + new, key=lambda r: (*row_order(r), is_failed(r)))
 
 
 def row_order(row: dict) -> tuple:

@@ -119,6 +119,26 @@ def test_rows_from_output_and_merge(run_all, tmp_path):
     assert [(r["job"], r["rlfm"]) for r in merged] == [("sft@tiny", 2.0), ("ppo@tiny", 200.0)]
 
 
+def test_a_failed_run_keeps_the_job_s_last_measured_rows(run_all):
+    job = run_all.JOBS[0]
+    old = [_row(job=job.name, rlfm=1.0), _row(job=job.name, rlfm=3.0, metric="peak MiB")]
+    crash = run_all.failed_row(job, "exit status 1 after 794 s; output:\nOSError") | {
+        "job": job.name
+    }
+    merged = run_all.merge_rows(old, [crash], {job.name})
+    assert [r["rlfm"] for r in merged] == [1.0, 3.0, None]  # the measurement, then the failure
+    assert "exit status 1" in merged[2]["note"] and "last measured run" in merged[2]["note"]
+    # a failure on a failure: only the newest failure row
+    (again,) = run_all.merge_rows([crash], [crash], {job.name})
+    assert again["failed"] and "last measured run" not in again["note"]
+    # a run that measures replaces the rows and the old failure
+    fresh = _row(job=job.name, rlfm=2.0)
+    assert run_all.merge_rows(merged, [fresh], {job.name}) == [fresh]
+    # other jobs' rows are untouched
+    other = _row(job="ppo@tiny", workload="ppo (full)")
+    assert other in run_all.merge_rows([*old, other], [crash], {job.name})
+
+
 def test_cli_choices(run_all):
     a = run_all.parse_args(["--out", "x.json", "--only", "sft,reward", "--sizes", "tiny,100m"])
     assert a.only == ["sft", "reward"] and a.sizes == ["tiny", "100m"]
