@@ -22,7 +22,8 @@ is left of it (and its own ceiling), and a script that no longer fits is recorde
 more: the rounds, the kind of comparison, the load). If the file exists, the rows of the jobs
 run now replace that job's old rows and the others are kept, so a run can be completed later
 with ``--only``/``--sizes``; a job that fails, times out or is skipped keeps its last measured
-rows, with a row beside them that says why it measured nothing this time. Everything else the scripts measured goes to ``<out>.details.json``.
+rows, with a row beside them that says why it measured nothing this time. Everything else the
+scripts measured goes to ``<out>.details.json``.
 ``benchmarks/RESULTS.md`` is rendered from the rows (``--render-only`` re-renders it without
 running anything).
 """
@@ -258,7 +259,7 @@ def merge_rows(old: list[dict], new: list[dict], jobs_run: set[str]) -> list[dic
 
 
 def row_order(row: dict) -> tuple:
-    w = str(row.get("job", row["workload"])).split("@")[0]
+    w = job_of(row).split("@")[0]
     return (
         WORKLOADS.index(w) if w in WORKLOADS else len(WORKLOADS),
         SIZE_NAMES.index(row["size"]) if row["size"] in SIZE_NAMES else len(SIZE_NAMES),

@@ -90,6 +90,13 @@ def dropout_keep(
     return bits.ge_(cut).to(dtype).mul_(DROPOUT_LEVELS / (DROPOUT_LEVELS - cut))
 
 
+def causal_mask(L: int, rows: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """(R, L) bool: True where the query at each position of ``rows`` (all L positions
+    without) may attend, i.e. at keys up to its own position."""
+    keys = torch.arange(L, device=device)
+    return keys[None, :] <= (keys if rows is None else rows)[:, None]
+
+
 def explicit_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -112,7 +119,7 @@ def explicit_attention(
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     scores = torch.matmul(query, key.transpose(-1, -2)).float() * scale
     if mask is None and causal and Tq > 1:
-        mask = torch.ones(Tq, Tk, dtype=torch.bool, device=query.device).tril(Tk - Tq)
+        mask = causal_mask(Tk, torch.arange(Tk - Tq, Tk, device=query.device), query.device)
     if mask is not None:
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)

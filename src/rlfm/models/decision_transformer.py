@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlfm.errors import ModelError
-from rlfm.models.attention import dropout, explicit_attention, packed_attention
+from rlfm.models.attention import causal_mask, dropout, explicit_attention, packed_attention
 from rlfm.models.linear import fast_path, linear, relu_mlp
 
 CONFIG_FILE = "config.json"
@@ -129,13 +129,6 @@ class Dropout(nn.Module):
         return dropout(x, self.p) if self.training else x
 
 
-def attends(L: int, rows: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-    """(R, L) bool: True where the query at each of ``rows`` (all L positions without) may
-    attend, i.e. at keys up to its own position."""
-    keys = torch.arange(L, device=device)
-    return keys[None, :] <= (keys if rows is None else rows)[:, None]
-
-
 def train_dropout(drop: Dropout, x: torch.Tensor) -> torch.Tensor:
     """``drop(x)`` in training; in eval mode ``x`` without a module call (acting makes many
     small calls)."""
@@ -173,7 +166,7 @@ class Block(nn.Module):
         training = self.training and torch.is_grad_enabled()
         if nh == 1 and not last and training and fast_path(a, self.qkv.weight):
             # the gradients of q, k, v written into one buffer (models/attention.py)
-            y = packed_attention(packed, attends(L, rows, x.device), q, dropout_p=p)
+            y = packed_attention(packed, causal_mask(L, rows, x.device), q, dropout_p=p)
             return self.finish(x, y, at)
         q, k, v = packed.split(h, dim=-1) if q is None else (q, *packed.split(h, dim=-1))
         k = k.view(B, L, nh, h // nh).transpose(1, 2)  # (B, nh, L, d)
@@ -184,9 +177,11 @@ class Block(nn.Module):
         elif rows is None and p == 0:  # PyTorch's fused causal kernel
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         elif p > 0:
-            y = explicit_attention(q, k, v, attends(L, rows, x.device), causal=False, dropout_p=p)
+            y = explicit_attention(
+                q, k, v, causal_mask(L, rows, x.device), causal=False, dropout_p=p
+            )
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attends(L, rows, x.device))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(L, rows, x.device))
         return self.finish(x, y.transpose(1, 2).reshape(B, q.shape[2], h), at)
 
     def project(

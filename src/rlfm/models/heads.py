@@ -171,7 +171,7 @@ def shared_prompt_mask(segment_ids: torch.Tensor) -> torch.Tensor:
     """
     B, T = segment_ids.shape
     q, k = segment_ids[:, :, None], segment_ids[:, None, :]
-    causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()
+    causal = attention.causal_mask(T, None, segment_ids.device)
     allowed = causal & ((k == q) | (k == 0)) & (q >= 0) & (k >= 0)
     allowed |= torch.eye(T, dtype=torch.bool, device=segment_ids.device)
     return allowed[:, None]
