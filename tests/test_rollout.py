@@ -339,3 +339,35 @@ def test_length_grouped_minibatches_partition_the_rows_by_length():
     assert [b.tolist() for b in again] != [b.tolist() for b in batches]
     small = length_grouped(lengths[:6], 4, torch.Generator().manual_seed(1))
     assert sorted(len(b) for b in small) == [2, 4]  # the last minibatch is the remainder
+
+
+def test_sampling_a_256_wide_model_with_packed_weights_decodes_what_a_full_forward_says():
+    """At the `small` preset's width and 8 rows the decoding products run on oneDNN-packed
+    weights (models/linear.py): greedy tokens still equal the argmax of a plain full forward
+    at every step, and the log-probs equal log-softmax(logits / T) of it."""
+    import rlfm.models.linear as lin
+
+    model = build_model(model_config("small", vocab_size=300, context=64), seed=0).eval()
+    ids = torch.randint(3, 300, (8, 6))
+    ids[0, :2] = PAD
+    mask = (ids != PAD).long()
+    with lin.packed_for_inference(model, rows=8) as n:
+        assert n == 17 if lin.ENABLED else n == 0  # 4 blocks × 4 Conv1D + the LM head
+    for T in (0.0, 0.8):
+        out = sample(
+            model, ids, mask, max_new_tokens=6, eos_token_id=EOS, pad_token_id=PAD,
+            temperature=T, generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
+        full = torch.cat([ids, out.response_ids], 1)
+        full_mask = torch.cat([mask, out.response_mask], 1)
+        pos = (full_mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            logits = model(input_ids=full, attention_mask=full_mask, position_ids=pos).logits
+        logits = logits[:, ids.shape[1] - 1 : -1]
+        real = out.response_mask.bool()
+        if T == 0:
+            assert torch.equal(logits.argmax(-1)[real], out.response_ids[real])
+        else:
+            lp = (logits / T).log_softmax(-1).gather(-1, out.response_ids[..., None])[..., 0]
+            torch.testing.assert_close(lp * out.response_mask, out.logprobs, atol=1e-4, rtol=1e-4)
+    assert not any("forward" in m.__dict__ for m in model.modules())

@@ -14,6 +14,7 @@ learner that recomputes them with the same temperature gets the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache, DynamicLayer
 
 from rlfm.errors import ConfigError
+from rlfm.models.linear import packed_for_inference
 
 
 @dataclass
@@ -364,6 +366,30 @@ def sample(
 ) -> Samples:
     """Sample up to ``max_new_tokens`` per row; rows stop at EOS. Greedy when temperature=0.
     ``shard``: see :func:`generate`."""
+    B, P = prompt_ids.shape  # batch, prompt length
+    # oneDNN-packed weights for the decoding products, except under adapters (LoRA is chosen to
+    # share the frozen weights, and packing would copy them)
+    adapters = hasattr(getattr(model, "module", model), "peft_config")
+    with torch.no_grad(), contextlib.nullcontext() if adapters else packed_for_inference(model, B):
+        return _sample(
+            model, prompt_ids, prompt_mask, max_new_tokens, eos_token_id, pad_token_id,
+            temperature, top_k, top_p, generator, shard,
+        )  # fmt: skip
+
+
+def _sample(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator | None,
+    shard: tuple[int, int] | None,
+) -> Samples:
     B, P = prompt_ids.shape  # batch, prompt length
     device = prompt_ids.device
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)

@@ -102,3 +102,57 @@ def test_a_decision_transformer_step_equals_the_plain_one(monkeypatch, p):
     assert len(fast) == len(plain) > 10
     for a, e in zip(fast, plain):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+
+
+def _gpt2_small(vocab=300):
+    from rlfm.models.presets import build_model, model_config
+
+    return build_model(model_config("small", vocab_size=vocab, context=64), seed=0).eval()
+
+
+@needs_onednn
+def test_packed_layers_compute_the_models_own_outputs_and_are_restored():
+    """Inside ``packed_for_inference`` every 256-wide Conv1D / Linear of a GPT-2 (the tied head
+    too) computes from packed weights, gradient-free calls give the model's logits to float32
+    rounding, calls with gradients take the layers' own forward, and on exit the layers are
+    the class's again with their weights untouched."""
+    model = _gpt2_small()
+    convs = [m for m in model.modules() if type(m).__name__ == "Conv1D"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.randint(0, 300, (8, 12))
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+    with lin.packed_for_inference(model, rows=8) as n:
+        assert n == len(convs) + 1  # every Conv1D and the LM head
+        assert all("forward" in m.__dict__ for m in convs)
+        with torch.no_grad():
+            packed = model(input_ids=ids).logits
+        graded = model(input_ids=ids).logits  # gradients wanted: the layers' own forward
+    torch.testing.assert_close(packed, plain, rtol=1e-4, atol=1e-4)
+    assert not torch.equal(packed, plain)  # really computed another way (float32 rounding)
+    torch.testing.assert_close(graded, plain, rtol=0, atol=0)
+    graded.sum().backward()
+    assert all(m.weight.grad is not None for m in convs)
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@needs_onednn
+def test_nothing_is_packed_for_few_rows_narrow_layers_or_other_dtypes():
+    narrow = nn.Sequential(nn.Linear(128, 128), nn.Linear(128, 512))
+    wide = nn.Sequential(nn.Linear(256, 300), nn.Linear(300, 256))
+    with lin.packed_for_inference(narrow, rows=32) as n:
+        assert n == 0  # each has a 128-wide side
+    with lin.packed_for_inference(wide, rows=lin.PACK_MIN_ROWS - 1) as n:
+        assert n == 0
+    with lin.packed_for_inference(wide.double(), rows=32) as n:
+        assert n == 0
+    x = torch.randn(3, 5, 256)
+    wide.float()
+    with torch.no_grad():
+        expect = wide(x)
+        with lin.packed_for_inference(wide, rows=32) as n:
+            assert n == 2
+            torch.testing.assert_close(wide(x), expect, rtol=1e-5, atol=1e-5)
+            assert wide(x[:0]).shape == (0, 5, 256)  # an empty input: the layers' own forward

@@ -19,6 +19,9 @@ with oneDNN), ``F.linear`` otherwise (GPUs, bf16 autocast, float64). Results agr
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -151,3 +154,71 @@ def relu_mlp(x: torch.Tensor, fc: nn.Linear, proj: nn.Linear) -> torch.Tensor:
     if _needs_graph(x, fc.weight, fc.bias, proj.weight, proj.bias):
         return _ReluMLP.apply(x, fc.weight, fc.bias, proj.weight, proj.bias)
     return _mm(_mm(x, fc.weight, fc.bias, relu=True), proj.weight, proj.bias)
+
+
+PACK_MIN_ROWS = 8
+"""Fewest rows per call for which :func:`packed_for_inference` packs: at one row a decoding
+step of the ``small`` preset was ~6% slower packed, at 8 rows 1.28× faster."""
+PACK_MIN_WIDTH = 256
+"""Narrowest layer :func:`packed_for_inference` packs: the ``tiny`` preset's 128-wide layers
+decoded 6–11% slower packed (per-call cost), the ``small`` preset's 256-wide 1.28–1.34× faster."""
+
+
+def _packable(module: nn.Module) -> bool:
+    """A float32 CPU ``nn.Linear`` or GPT-2 ``Conv1D`` at least :data:`PACK_MIN_WIDTH` wide."""
+    if not (isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"):
+        return False
+    w = getattr(module, "weight", None)
+    return (
+        isinstance(w, torch.Tensor)
+        and w.dim() == 2
+        and w.device.type == "cpu"
+        and w.dtype == torch.float32
+        and min(w.shape) >= PACK_MIN_WIDTH
+    )
+
+
+def _packed_forward(module: nn.Module, packed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` from the oneDNN-packed weight; the module's own forward wherever the
+    packed product would not be the same computation (gradients wanted, autocast, another
+    dtype or device, an empty input)."""
+    if (
+        torch.is_grad_enabled()
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or torch.is_autocast_enabled("cpu")
+        or x.numel() == 0
+    ):
+        return type(module).forward(module, x)
+    return _mm(x, packed, module.bias)
+
+
+@contextmanager
+def packed_for_inference(model: nn.Module, rows: int) -> Iterator[int]:
+    """Inside: the model's float32 CPU linear layers (``nn.Linear`` and GPT-2's ``Conv1D``, at
+    least :data:`PACK_MIN_WIDTH` wide) compute x·Wᵀ + b by oneDNN from a copy of their weights
+    reordered once into oneDNN's blocked layout for ``rows``-row inputs, in gradient-free
+    calls; calls that want gradients use the layers' own forward. Nothing is packed below
+    :data:`PACK_MIN_ROWS` rows or where PyTorch has no oneDNN. Yields how many layers were
+    packed. Costs one copy of those weights while inside.
+
+    For incremental decoding — a few rows against every weight at each step — this is what
+    makes the products fast: at 32 rows a GPT-3-Small-shaped layer ran 65–91 GFLOP/s packed
+    against 22–46 through ``F.linear`` (2-core AMD EPYC, fp32), and sampling 32 rows from the
+    ``small`` preset and a ~100M GPT-2 1.3× faster. The weights must not change inside (the
+    copies would go stale)."""
+    patched: list[nn.Module] = []
+    try:
+        if ENABLED and rows >= PACK_MIN_ROWS:
+            for module in model.modules():
+                if not _packable(module) or "forward" in module.__dict__:
+                    continue
+                w = module.weight.detach()  # nn.Linear: (out, in); Conv1D stores (in, out)
+                w = w if isinstance(module, nn.Linear) else w.t().contiguous()
+                packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+                module.forward = functools.partial(_packed_forward, module, packed)
+                patched.append(module)
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward
