@@ -370,80 +370,61 @@ def sample(
     # oneDNN-packed weights for the decoding products, except under adapters (LoRA is chosen to
     # share the frozen weights, and packing would copy them)
     adapters = hasattr(getattr(model, "module", model), "peft_config")
-    with torch.no_grad(), contextlib.nullcontext() if adapters else packed_for_inference(model, B):
-        return _sample(
-            model, prompt_ids, prompt_mask, max_new_tokens, eos_token_id, pad_token_id,
-            temperature, top_k, top_p, generator, shard,
-        )  # fmt: skip
-
-
-def _sample(
-    model: nn.Module,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    max_new_tokens: int,
-    eos_token_id: int,
-    pad_token_id: int,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    generator: torch.Generator | None,
-    shard: tuple[int, int] | None,
-) -> Samples:
-    B, P = prompt_ids.shape  # batch, prompt length
-    device = prompt_ids.device
-    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    cache_arg, extra = _forward_args(model)
-    # The KV cache and the mask are allocated once at full width (prompt + max_new_tokens) and
-    # filled in place: growing them by torch.cat copies everything so far at every step. The
-    # model sees the mask's first columns, as many as the tokens it has been given.
-    cache = _preallocated_cache(model, P + max_new_tokens)
-    mask = torch.cat([prompt_mask, prompt_mask.new_ones(B, max_new_tokens)], dim=1)
-    if cache is not None:  # else the model's own, growing cache
-        extra = {**extra, cache_arg: cache}
-    out = model(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        position_ids=positions,
-        use_cache=True,
-        **extra,
-    )
-    cache, logits = _cache(out), out.logits[:, -1, :]
-    next_pos = positions[:, -1:] + 1
-    tokens, logps = [], []
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    ended = torch.zeros(B, dtype=torch.bool, device=device)
-    for t in range(max_new_tokens):
-        tok, tok_logp = draw(logits.float(), temperature, top_k, top_p, generator, shard)
-        tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
-        tokens.append(tok)
-        logps.append(torch.where(done, torch.zeros_like(tok_logp), tok_logp))
-        ended |= ~done & (tok == eos_token_id)
-        done |= tok == eos_token_id
-        if bool(done.all()) or t == max_new_tokens - 1:
-            break
+    packing = contextlib.nullcontext() if adapters else packed_for_inference(model, B)
+    with torch.no_grad(), packing:
+        device = prompt_ids.device
+        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+        cache_arg, extra = _forward_args(model)
+        # The KV cache and the mask are allocated once at full width (prompt + max_new_tokens) and
+        # filled in place: growing them by torch.cat copies everything so far at every step. The
+        # model sees the mask's first columns, as many as the tokens it has been given.
+        cache = _preallocated_cache(model, P + max_new_tokens)
+        mask = torch.cat([prompt_mask, prompt_mask.new_ones(B, max_new_tokens)], dim=1)
+        if cache is not None:  # else the model's own, growing cache
+            extra = {**extra, cache_arg: cache}
         out = model(
-            input_ids=tok[:, None],
-            attention_mask=mask[:, : P + t + 1],
-            position_ids=next_pos,
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            position_ids=positions,
             use_cache=True,
-            **{cache_arg: cache},
+            **extra,
         )
         cache, logits = _cache(out), out.logits[:, -1, :]
-        next_pos = next_pos + 1
-    response = torch.stack(tokens, dim=1)  # (B, R)
-    # a token is real up to and including the row's first EOS
-    after_eos = (response == eos_token_id).long().cumsum(-1) - (response == eos_token_id).long()
-    response_mask = (after_eos == 0).long()
-    response = response.masked_fill(response_mask == 0, pad_token_id)
-    return Samples(
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask,
-        response_ids=response,
-        response_mask=response_mask,
-        logprobs=torch.stack(logps, dim=1) * response_mask,
-        ended=ended,
-    )
+        next_pos = positions[:, -1:] + 1
+        tokens, logps = [], []
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        ended = torch.zeros(B, dtype=torch.bool, device=device)
+        for t in range(max_new_tokens):
+            tok, tok_logp = draw(logits.float(), temperature, top_k, top_p, generator, shard)
+            tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
+            tokens.append(tok)
+            logps.append(torch.where(done, torch.zeros_like(tok_logp), tok_logp))
+            ended |= ~done & (tok == eos_token_id)
+            done |= tok == eos_token_id
+            if bool(done.all()) or t == max_new_tokens - 1:
+                break
+            out = model(
+                input_ids=tok[:, None],
+                attention_mask=mask[:, : P + t + 1],
+                position_ids=next_pos,
+                use_cache=True,
+                **{cache_arg: cache},
+            )
+            cache, logits = _cache(out), out.logits[:, -1, :]
+            next_pos = next_pos + 1
+        response = torch.stack(tokens, dim=1)  # (B, R)
+        # a token is real up to and including the row's first EOS
+        after_eos = (response == eos_token_id).long().cumsum(-1) - (response == eos_token_id).long()
+        response_mask = (after_eos == 0).long()
+        response = response.masked_fill(response_mask == 0, pad_token_id)
+        return Samples(
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            response_ids=response,
+            response_mask=response_mask,
+            logprobs=torch.stack(logps, dim=1) * response_mask,
+            ended=ended,
+        )
 
 
 def decode_responses(tokenizer: PreTrainedTokenizerBase, samples: Samples) -> list[str]:

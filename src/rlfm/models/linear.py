@@ -203,8 +203,8 @@ def packed_for_inference(model: nn.Module, rows: int) -> Iterator[int]:
     packed. Costs one copy of those weights while inside.
 
     For incremental decoding — a few rows against every weight at each step — this is what
-    makes the products fast: at 32 rows a GPT-3-Small-shaped layer ran 65–91 GFLOP/s packed
-    against 22–46 through ``F.linear`` (2-core AMD EPYC, fp32), and sampling 32 rows from the
+    makes the products fast: at 32 rows a GPT-3-Small-shaped layer ran 64–91 GFLOP/s packed
+    against 22–62 through ``F.linear`` (2-core AMD EPYC, fp32), and sampling 32 rows from the
     ``small`` preset and a ~100M GPT-2 1.3× faster. The weights must not change inside (the
     copies would go stale)."""
     patched: list[nn.Module] = []
