@@ -148,6 +148,13 @@ def test_nothing_is_packed_for_few_rows_narrow_layers_or_other_dtypes():
         assert n == 0
     with lin.packed_for_inference(wide.double(), rows=32) as n:
         assert n == 0
+
+    class Scaled(nn.Linear):  # a subclass with its own forward: packing would skip it
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    with lin.packed_for_inference(nn.Sequential(Scaled(256, 256)), rows=32) as n:
+        assert n == 0
     x = torch.randn(3, 5, 256)
     wide.float()
     with torch.no_grad():

@@ -165,8 +165,13 @@ decoded 6–11% slower packed (per-call cost), the ``small`` preset's 256-wide 1
 
 
 def _packable(module: nn.Module) -> bool:
-    """A float32 CPU ``nn.Linear`` or GPT-2 ``Conv1D`` at least :data:`PACK_MIN_WIDTH` wide."""
-    if not (isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"):
+    """A float32 CPU ``nn.Linear`` or transformers ``Conv1D`` (GPT-2's) at least
+    :data:`PACK_MIN_WIDTH` wide, computing with its class's own forward (a subclass that
+    changes the forward, e.g. a quantised or adapter layer, is left alone)."""
+    cls = type(module)
+    plain = cls.forward is nn.Linear.forward
+    conv1d = cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers.")
+    if not (plain or conv1d):
         return False
     w = getattr(module, "weight", None)
     return (
