@@ -155,6 +155,25 @@ def test_nothing_is_packed_for_few_rows_narrow_layers_or_other_dtypes():
 
     with lin.packed_for_inference(nn.Sequential(Scaled(256, 256)), rows=32) as n:
         assert n == 0
+
+
+@needs_onednn
+def test_nothing_is_packed_when_the_copies_would_take_over_half_the_available_memory(
+    monkeypatch,
+):
+    real = lin.available_memory()
+    assert real is None or real > 0  # Linux: /proc/meminfo's MemAvailable
+    wide = nn.Sequential(nn.Linear(256, 300), nn.Linear(300, 256))
+    size = 2 * 256 * 300 * 4  # bytes of the two weights
+    monkeypatch.setattr(lin, "available_memory", lambda: 2 * size - 1)
+    with lin.packed_for_inference(wide, rows=32) as n:
+        assert n == 0
+    monkeypatch.setattr(lin, "available_memory", lambda: 2 * size)
+    with lin.packed_for_inference(wide, rows=32) as n:
+        assert n == 2
+    monkeypatch.setattr(lin, "available_memory", lambda: None)  # the system does not say
+    with lin.packed_for_inference(wide, rows=32) as n:
+        assert n == 2
     x = torch.randn(3, 5, 256)
     wide.float()
     with torch.no_grad():

@@ -164,6 +164,19 @@ PACK_MIN_WIDTH = 256
 decoded 6–11% slower packed (per-call cost), the ``small`` preset's 256-wide 1.28–1.34× faster."""
 
 
+def available_memory() -> int | None:
+    """Bytes of memory the system can still give without swapping (Linux ``MemAvailable``);
+    None where it does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _packable(module: nn.Module) -> bool:
     """A float32 CPU ``nn.Linear`` or transformers ``Conv1D`` (GPT-2's) at least
     :data:`PACK_MIN_WIDTH` wide, computing with its class's own forward (a subclass that
@@ -204,8 +217,10 @@ def packed_for_inference(model: nn.Module, rows: int) -> Iterator[int]:
     least :data:`PACK_MIN_WIDTH` wide) compute x·Wᵀ + b by oneDNN from a copy of their weights
     reordered once into oneDNN's blocked layout for ``rows``-row inputs, in gradient-free
     calls; calls that want gradients use the layers' own forward. Nothing is packed below
-    :data:`PACK_MIN_ROWS` rows or where PyTorch has no oneDNN. Yields how many layers were
-    packed. Costs one copy of those weights while inside.
+    :data:`PACK_MIN_ROWS` rows, where PyTorch has no oneDNN, or where the copies would take
+    more than half of the memory the system has available (a large model sampled on a CPU
+    keeps its plain layers rather than risk running out). Yields how many layers were packed.
+    Costs one copy of those weights while inside.
 
     For incremental decoding — a few rows against every weight at each step — this is what
     makes the products fast: at 32 rows a GPT-3-Small-shaped layer ran 64–91 GFLOP/s packed
@@ -214,10 +229,11 @@ def packed_for_inference(model: nn.Module, rows: int) -> Iterator[int]:
     copies would go stale)."""
     patched: list[nn.Module] = []
     try:
-        if ENABLED and rows >= PACK_MIN_ROWS:
-            for module in model.modules():
-                if not _packable(module) or "forward" in module.__dict__:
-                    continue
+        layers = [m for m in model.modules() if _packable(m) and "forward" not in m.__dict__]
+        size = sum(m.weight.numel() * m.weight.element_size() for m in layers)
+        free = available_memory() if layers else None
+        if ENABLED and rows >= PACK_MIN_ROWS and (free is None or 2 * size <= free):
+            for module in layers:
                 w = module.weight.detach()  # nn.Linear: (out, in); Conv1D stores (in, out)
                 w = w if isinstance(module, nn.Linear) else w.t().contiguous()
                 packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
