@@ -14,7 +14,6 @@ learner that recomputes them with the same temperature gets the same numbers.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -367,11 +366,8 @@ def sample(
     """Sample up to ``max_new_tokens`` per row; rows stop at EOS. Greedy when temperature=0.
     ``shard``: see :func:`generate`."""
     B, P = prompt_ids.shape  # batch, prompt length
-    # oneDNN-packed weights for the decoding products, except under adapters (LoRA is chosen to
-    # share the frozen weights, and packing would copy them)
-    adapters = hasattr(getattr(model, "module", model), "peft_config")
-    packing = contextlib.nullcontext() if adapters else packed_for_inference(model, B)
-    with torch.no_grad(), packing:
+    # the decoding products from oneDNN-packed weights where that pays (models/linear.py)
+    with torch.no_grad(), packed_for_inference(model, B):
         device = prompt_ids.device
         positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
         cache_arg, extra = _forward_args(model)

@@ -155,6 +155,19 @@ def test_nothing_is_packed_for_few_rows_narrow_layers_or_other_dtypes():
 
     with lin.packed_for_inference(nn.Sequential(Scaled(256, 256)), rows=32) as n:
         assert n == 0
+    from rlfm.models.adapters import add_lora
+
+    lora = add_lora(_gpt2_small(), r=4)  # adapters share the frozen weights: not copied
+    with lin.packed_for_inference(lora, rows=32) as n:
+        assert n == 0
+    x = torch.randn(3, 5, 256)
+    wide.float()
+    with torch.no_grad():
+        expect = wide(x)
+        with lin.packed_for_inference(wide, rows=32) as n:
+            assert n == 2
+            torch.testing.assert_close(wide(x), expect, rtol=1e-5, atol=1e-5)
+            assert wide(x[:0]).shape == (0, 5, 256)  # an empty input: the layers' own forward
 
 
 @needs_onednn
@@ -174,11 +187,3 @@ def test_nothing_is_packed_when_the_copies_would_take_over_half_the_available_me
     monkeypatch.setattr(lin, "available_memory", lambda: None)  # the system does not say
     with lin.packed_for_inference(wide, rows=32) as n:
         assert n == 2
-    x = torch.randn(3, 5, 256)
-    wide.float()
-    with torch.no_grad():
-        expect = wide(x)
-        with lin.packed_for_inference(wide, rows=32) as n:
-            assert n == 2
-            torch.testing.assert_close(wide(x), expect, rtol=1e-5, atol=1e-5)
-            assert wide(x[:0]).shape == (0, 5, 256)  # an empty input: the layers' own forward

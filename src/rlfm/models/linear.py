@@ -20,6 +20,7 @@ with oneDNN), ``F.linear`` otherwise (GPUs, bf16 autocast, float64). Results agr
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -196,6 +197,16 @@ def _packable(module: nn.Module) -> bool:
     )
 
 
+def _has_adapters(model: nn.Module) -> bool:
+    """Whether ``model`` carries peft adapters; without importing peft (≈ 4 s) where nothing
+    has: a model can only be a peft model once peft is loaded."""
+    if "peft" not in sys.modules:
+        return False
+    from rlfm.models.adapters import is_peft_model  # adapters imports the loaders
+
+    return is_peft_model(model)
+
+
 def _packed_forward(module: nn.Module, packed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``module(x)`` from the oneDNN-packed weight; the module's own forward wherever the
     packed product would not be the same computation (gradients wanted, autocast, another
@@ -217,10 +228,11 @@ def packed_for_inference(model: nn.Module, rows: int) -> Iterator[int]:
     least :data:`PACK_MIN_WIDTH` wide) compute x·Wᵀ + b by oneDNN from a copy of their weights
     reordered once into oneDNN's blocked layout for ``rows``-row inputs, in gradient-free
     calls; calls that want gradients use the layers' own forward. Nothing is packed below
-    :data:`PACK_MIN_ROWS` rows, where PyTorch has no oneDNN, or where the copies would take
-    more than half of the memory the system has available (a large model sampled on a CPU
-    keeps its plain layers rather than risk running out). Yields how many layers were packed.
-    Costs one copy of those weights while inside.
+    :data:`PACK_MIN_ROWS` rows, where PyTorch has no oneDNN, in a model with peft adapters
+    (LoRA and prefix-tuning are chosen to share the frozen weights; packing would copy them),
+    or where the copies would take more than half of the memory the system has available (a
+    large model sampled on a CPU keeps its plain layers rather than risk running out). Yields
+    how many layers were packed. Costs one copy of those weights while inside.
 
     For incremental decoding — a few rows against every weight at each step — this is what
     makes the products fast: at 32 rows a GPT-3-Small-shaped layer ran 64–91 GFLOP/s packed
@@ -229,10 +241,13 @@ def packed_for_inference(model: nn.Module, rows: int) -> Iterator[int]:
     copies would go stale)."""
     patched: list[nn.Module] = []
     try:
-        layers = [m for m in model.modules() if _packable(m) and "forward" not in m.__dict__]
+        wanted = ENABLED and rows >= PACK_MIN_ROWS and not _has_adapters(model)
+        layers = [
+            m for m in model.modules() if wanted and _packable(m) and "forward" not in m.__dict__
+        ]
         size = sum(m.weight.numel() * m.weight.element_size() for m in layers)
         free = available_memory() if layers else None
-        if ENABLED and rows >= PACK_MIN_ROWS and (free is None or 2 * size <= free):
+        if layers and (free is None or 2 * size <= free):
             for module in layers:
                 w = module.weight.detach()  # nn.Linear: (out, in); Conv1D stores (in, out)
                 w = w if isinstance(module, nn.Linear) else w.t().contiguous()
