@@ -1,0 +1,246 @@
+"""Where a training step's time goes, on each side: a benchmark's own contenders (rlfm and its
+peer, the same work as in the ``*_vs_*.py`` script) run under ``cProfile``, one after the
+other, each in its own process.
+
+    python benchmarks/profile_step.py --workload sft|reward|ppo [--size tiny] [--steps 40]
+        [--case pairs|k4|k8] [--prompts 32] [--top 22] [--out FILE.txt]
+
+- ``sft``: ``sft_vs_trl.py``'s children (full fine-tuning, batch 16; TRL with eager attention,
+  its faster one on a CPU);
+- ``reward``: ``reward_vs_trl.py``'s (``--case``: pairs, or rankings of 4 or 8);
+- ``ppo``: ``ppo_vs_trl.py``'s part (a) (full fine-tuning, 4 epochs; ``--steps`` updates).
+
+Precision: bf16 where the CPU has bf16 units, else fp32 (as the benchmarks); torch's default
+threads. Each side runs twice: once plain, for the step time its benchmark's stamps measure,
+once under the profiler (Python-heavy code slows more there). The report gives, per side, both
+step times and, per step run (warm-up included), the time in the autograd backward and in the
+forward: rlfm's training forward with its loss (the model's calls from its training loop, so
+evaluation is left out), the peer's outermost model forward (its benchmarks do not evaluate).
+For ``sft`` and ``reward`` it adds the *ceiling*: the peer's plain step time over the part of
+rlfm's plain step that is forward + backward (their share of its profiled step), the ratio rlfm
+would reach if all else it does cost nothing. Then the functions with the most cumulative time (what a part of the step costs,
+callees included) and the most own time (where the CPU actually is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+BACKWARD = "<method 'run_backward' of 'torch._C._EngineBase' objects>"
+
+
+def ppo_child(spec_file: Path) -> None:
+    """One PPO contender in this process (the parent wraps it in cProfile)."""
+    import ppo_vs_trl
+
+    spec = json.loads(spec_file.read_text())
+    fn = {"rlfm": ppo_vs_trl.child_rlfm_ppo, "trl": ppo_vs_trl.child_trl_ppo}[spec["kind"]]
+    res = fn(spec)
+    st = res["stamps"]
+    walls = [b["wall"] - a["wall"] for a, b in zip(st, st[1:])]
+    extra = f"generation s per update: {[round(g['s'], 2) for g in res['gens']]}"
+    out = {"step_s": sum(walls) / max(1, len(walls)), "unit": "update", "extra": extra}
+    Path(spec["result"]).write_text(json.dumps(out))
+
+
+def sides(a: argparse.Namespace, root: Path, precision: str) -> dict[str, tuple[list[str], int]]:
+    """Each side's command (without the interpreter) and the optimizer steps it runs in all."""
+    py = [sys.executable]
+    if a.workload == "sft":
+        import sft_vs_trl
+
+        ns = argparse.Namespace(size=a.size, rows=3000, max_length=128)
+        sft_vs_trl.prepare(ns, root)
+        flags = [f"--size={a.size}", f"--steps={a.steps}", f"--warmup={a.warmup}",
+                 f"--precision={precision}", "--rows=3000", "--max-length=128",
+                 "--batch-size=16", "--lr=0.0003", "--trl-loss=nll", "--adapter=full",
+                 f"--workdir={root}", "--attention=eager"]  # fmt: skip
+        script = str(HERE / "sft_vs_trl.py")
+        return {w: ([*py, script, "--child", w, *flags], a.steps) for w in ("rlfm", "trl")}
+    if a.workload == "reward":
+        import reward_vs_trl as rw
+
+        assets = rw.make_assets(root, 400, a.size)
+        rl_file, trl_file = assets["files"][a.case]
+        k = rw.CASES[a.case]
+        per_step = rw.RANKINGS[a.case] * math.comb(k, 2)
+        spec = {"model": assets["model"], "steps": a.steps, "warmup": a.warmup, "k": k,
+                "precision": precision, "rankings": rw.RANKINGS[a.case],
+                "pairs_per_step": per_step}  # fmt: skip
+        (root / "rlfm").mkdir()
+        rlfm_cmd = rw.rlfm_command(spec | {"data": rl_file, "out": str(root / "rlfm" / "r.json")})
+        (root / "trl").mkdir()
+        peer = spec | {"data": trl_file, "out": str(root / "trl" / "r.json"), "attention": "eager"}
+        (root / "trl.spec.json").write_text(json.dumps(peer))
+        trl_cmd = [*py, str(HERE / "reward_vs_trl.py"), "--child", str(root / "trl.spec.json")]
+        return {"rlfm": (rlfm_cmd, a.steps), "trl": (trl_cmd, a.steps)}
+    import ppo_vs_trl
+
+    ns = argparse.Namespace(size=a.size, prompts=a.prompts, prompt_tokens=24)
+    assets = ppo_vs_trl.make_assets(root, ns)
+    spec = {
+        "prompt_ids": assets["prompt_ids"][: a.prompts], "prompts_file": assets["prompts_file"],
+        "batch": a.prompts, "prompt_tokens": 24, "new_tokens": 32, "precision": "fp32", "lora_r": 8,
+        "epochs": 4, "trl_checkpointing": False, "pad": assets["pad"], "eos": assets["eos"],
+        "model": assets["model"], "rm": assets["rm"], "adapter": "full", "micro_batch": None,
+        "updates": a.steps + 1,
+    }  # fmt: skip
+    out = {}
+    for kind in ("rlfm", "trl"):
+        f = root / f"{kind}.spec.json"
+        result = str(root / f"{kind}.result.json")
+        f.write_text(json.dumps(spec | {"kind": f"{kind}-ppo", "out": str(root / f"{kind}-out")}
+                                | {"kind": kind, "result": result}))  # fmt: skip
+        out[kind] = ([*py, str(Path(__file__).resolve()), "--ppo-child", str(f)], a.steps + 1)
+    return out
+
+
+def step_seconds(workload: str, who: str, root: Path, stdout: str) -> tuple[float, str]:
+    """The step time the benchmark's own stamps measured, and an extra line."""
+    if workload == "sft":
+        line = [x for x in stdout.splitlines() if x.startswith("RESULT ")][-1]
+        return 16 / json.loads(line[len("RESULT ") :])["samples_per_s"], ""
+    if workload == "reward":
+        res = json.loads((root / who / "r.json").read_text())
+        per_step = json.loads((root / "trl.spec.json").read_text())["pairs_per_step"]
+        return per_step / res["rate"], ""
+    res = json.loads((root / f"{who}.result.json").read_text())
+    return res["step_s"], res["extra"]
+
+
+# rlfm's training forward (with its loss), as (callee, caller) pairs of (file, function): the
+# time of the callee's calls made from the caller, so evaluation forwards are left out
+TRAINING_FORWARD = {
+    "sft": [("sft.py", "batch_loss"), ("sft.py", "train")],
+    "reward": [("module.py", "_wrapped_call_impl"), ("reward.py", "train")],
+}
+
+
+def called_from(stats: pstats.Stats, callee: tuple[str, str], caller: tuple[str, str]) -> float:
+    """Cumulative seconds of ``callee``'s calls made directly from ``caller``."""
+
+    def match(key: tuple, want: tuple[str, str]) -> bool:
+        return Path(key[0]).name == want[0] and key[2] == want[1]
+
+    raw = stats.stats  # type: ignore[attr-defined]
+    return sum(
+        ct
+        for key, value in raw.items()
+        if match(key, callee)
+        for who, (_cc, _nc, _tt, ct) in value[4].items()
+        if match(who, caller)
+    )
+
+
+def phases(stats: pstats.Stats, steps: int, workload: str, who: str) -> dict[str, float]:
+    """Backward and forward seconds per step run: rlfm's training forward where known, else
+    the outermost model forward (evaluation and sampling forwards included)."""
+    raw = stats.stats  # type: ignore[attr-defined]
+    backward = sum(v[3] for k, v in raw.items() if k[2] == BACKWARD)
+    if who == "rlfm" and workload in TRAINING_FORWARD:
+        forward = called_from(stats, *TRAINING_FORWARD[workload])
+    else:
+        forward = max((v[3] for k, v in raw.items() if k[0].endswith("modeling_gpt2.py") and
+                       k[2] == "forward"), default=0.0)  # fmt: skip
+    return {"backward": backward / steps, "forward": forward / steps}
+
+
+def ceiling(rl: dict[str, float], peer: dict[str, float]) -> tuple[float, float]:
+    """(share, ceiling): the share of rlfm's profiled step that is forward + backward (at most
+    1), and the peer's plain step over that share of rlfm's plain step."""
+    share = min(1.0, (rl["forward"] + rl["backward"]) / rl["step"])
+    return share, peer["plain"] / (share * rl["plain"])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workload", choices=["sft", "reward", "ppo"], default="ppo")
+    p.add_argument("--size", default="tiny")
+    p.add_argument("--steps", type=int, default=None, help="sft 60, reward 40, ppo 2 (updates)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed first steps (sft, reward)")
+    p.add_argument("--case", choices=["pairs", "k4", "k8"], default="pairs", help="reward only")
+    p.add_argument("--prompts", type=int, default=32, help="ppo: prompts per update (100m: 8)")
+    p.add_argument("--top", type=int, default=22)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--ppo-child", type=Path, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.ppo_child:
+        return ppo_child(a.ppo_child)
+    a.steps = a.steps or {"sft": 60, "reward": 40, "ppo": 2}[a.workload]
+    if a.workload != "ppo" and a.steps <= a.warmup:
+        p.error(f"--steps ({a.steps}) must exceed --warmup ({a.warmup})")
+    import torch
+
+    from rlfm.engine import bf16_supported
+
+    precision = "bf16" if a.workload != "ppo" and bf16_supported(torch.device("cpu")) else "fp32"
+    root = Path(tempfile.mkdtemp(prefix=f"{a.workload}-prof-"))
+    cmds = sides(a, root, precision)
+    load = os.getloadavg()[0]
+    command = " ".join(["python benchmarks/profile_step.py", *sys.argv[1:]])
+    text = [f"# {a.workload}, {a.size} size, {precision}, default threads ({command}); "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, 1-min load {load:.1f}; "
+            "the two sides ran one after the other, each in its own process"]  # fmt: skip
+    got: dict[str, dict[str, float]] = {}
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
+
+    def run(who: str, cmd: list[str]) -> tuple[float, str]:
+        for old in (root / who / "rlfm-out", root / who / "trl-out", root / f"{who}-out"):
+            shutil.rmtree(old, ignore_errors=True)  # a finished run directory would not train
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"{who} failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+        return step_seconds(a.workload, who, root, r.stdout)
+
+    got: dict[str, dict[str, float]] = {}
+    unit = "update" if a.workload == "ppo" else "step"
+    for who, (cmd, steps) in cmds.items():
+        plain, _ = run(who, cmd)  # the step time without the profiler's overhead
+        prof = root / f"{who}.prof"
+        step_s, extra = run(who, [cmd[0], "-m", "cProfile", "-o", str(prof), *cmd[1:]])
+        stats = pstats.Stats(str(prof))
+        got[who] = phases(stats, steps, a.workload, who) | {"step": step_s, "plain": plain}
+        fwd = "training forward and loss" if who == "rlfm" and a.workload != "ppo" else "forward"
+        out = io.StringIO()
+        print(f"\n### {who}: {plain:.3f} s per timed {unit} (the benchmark's stamps), "
+              f"{step_s:.3f} s under the profiler; per {unit} run ({steps} in all, under the "
+              f"profiler): backward {got[who]['backward']:.3f} s, {fwd} "
+              f"{got[who]['forward']:.3f} s", file=out)  # fmt: skip
+        if extra:
+            print(extra, file=out)
+        for key in ("cumulative", "tottime"):
+            print(f"\n-- by {key}", file=out)
+            stats.stream = out  # type: ignore[attr-defined]
+            stats.strip_dirs().sort_stats(key).print_stats(a.top)
+        text.append(out.getvalue())
+    rl, peer = got["rlfm"], got["trl"]
+    line = f"ratio {peer['plain'] / rl['plain']:.2f}x"
+    line += f" ({peer['step'] / rl['step']:.2f}x under the profiler)"
+    if a.workload != "ppo":
+        share, top = ceiling(rl, peer)
+        line += (f"; forward + backward are {100 * share:.0f}% of rlfm's step (profiled), so its "
+                 f"ceiling is TRL's step {peer['plain']:.3f} s / ({share:.2f} x rlfm's "
+                 f"{rl['plain']:.3f} s) = {top:.2f}x")  # fmt: skip
+    text.insert(1, line)
+    report = "\n".join(text)
+    print(report)
+    if a.out:
+        a.out.write_text(report)
+
+
+if __name__ == "__main__":
+    main()
