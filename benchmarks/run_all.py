@@ -38,7 +38,7 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -76,10 +76,12 @@ class Job:
     timeout_s: float
     out_flag: str = "--json"
     """How the script is told where to write its rows."""
+    precision: str = ""
+    """``"fp32"`` for a workload of ``PRECISION_WORKLOADS`` run in fp32, else empty."""
 
     @property
     def name(self) -> str:
-        return f"{self.workload}@{self.size}"
+        return f"{self.workload}@{self.size}" + (f"/{self.precision}" if self.precision else "")
 
 
 def _sized(workload: str, script: str, common: list[str], per_size: dict) -> list[Job]:
@@ -433,8 +435,30 @@ def run_job(job: Job, workdir: Path, timeout_s: float, python: str) -> tuple[lis
     return [stamp | r for r in rows], details | {"exit_status": res.returncode, "load": load}
 
 
-def select_jobs(only: list[str], sizes: list[str]) -> list[Job]:
-    return [j for j in JOBS if j.workload in only and (j.workload in UNSIZED or j.size in sizes)]
+PRECISION_WORKLOADS = ("sft", "reward")
+"""Workloads whose headline precision is bf16 where the CPU has bf16 units, else fp32. Their
+fp32 runs are separate jobs (``sft@tiny/fp32``): a CPU without bf16 units adds rows beside the
+bf16 ones a CPU with them measured, instead of replacing them."""
+
+
+def select_jobs(only: list[str], sizes: list[str], precision: str | None = None) -> list[Job]:
+    """The jobs of ``only`` at ``sizes``; ``precision`` (``bf16``/``fp32``; None: bf16 where
+    this CPU has bf16 units, else fp32) for the workloads of ``PRECISION_WORKLOADS``."""
+    jobs = [j for j in JOBS if j.workload in only and (j.workload in UNSIZED or j.size in sizes)]
+    if precision is None and any(j.workload in PRECISION_WORKLOADS for j in jobs):
+        import torch
+
+        from rlfm.engine import bf16_supported
+
+        precision = "bf16" if bf16_supported(torch.device("cpu")) else "fp32"
+    return [
+        replace(
+            j, args=(*j.args, "--precision", precision), precision=precision * (precision == "fp32")
+        )
+        if j.workload in PRECISION_WORKLOADS
+        else j
+        for j in jobs
+    ]
 
 
 def _csv(choices: tuple[str, ...]):
@@ -463,6 +487,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=list(SIZE_NAMES),
         help=f"comma-separated sizes ({','.join(SIZE_NAMES)})",
     )
+    p.add_argument(
+        "--precision",
+        choices=["bf16", "fp32"],
+        default=None,
+        help="sft and reward: both sides' precision (default: bf16 where the CPU has bf16 units, "
+        "else fp32); fp32 rows are kept apart from bf16 ones",
+    )
     p.add_argument("--budget", type=float, default=4 * 3600, help="seconds for the whole run")
     p.add_argument("--idle-load", type=float, default=1.0, help="1-min load average deemed idle")
     p.add_argument("--idle-wait", type=float, default=600, help="seconds to wait for it at first")
@@ -487,7 +518,7 @@ def main(argv: list[str] | None = None) -> None:
         a.results_md.write_text(render_markdown(old, old_details.get("meta")))
         print(f"rendered {a.results_md}")
         return
-    jobs = select_jobs(a.only, a.sizes)
+    jobs = select_jobs(a.only, a.sizes, a.precision)
     if a.dry_run:
         for j in jobs:
             print(j.name, shlex.join(["python", f"benchmarks/{j.script}", *j.args]))

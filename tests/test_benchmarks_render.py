@@ -142,7 +142,18 @@ def test_a_failed_run_keeps_the_job_s_last_measured_rows(run_all):
 def test_cli_choices(run_all):
     a = run_all.parse_args(["--out", "x.json", "--only", "sft,reward", "--sizes", "tiny,100m"])
     assert a.only == ["sft", "reward"] and a.sizes == ["tiny", "100m"]
-    jobs = run_all.select_jobs(a.only, a.sizes)
+    assert a.precision is None  # bf16 where the CPU has bf16 units, else fp32
+    jobs = run_all.select_jobs(a.only, a.sizes, "bf16")
     assert [j.name for j in jobs] == ["sft@tiny", "sft@100m", "reward@tiny", "reward@100m"]
+    assert all(j.args[-2:] == ("--precision", "bf16") for j in jobs)
+    a = run_all.parse_args(["--out", "x.json", "--only", "sft,ppo", "--sizes", "tiny"] +
+                           ["--precision", "fp32"])  # fmt: skip
+    sft, ppo = run_all.select_jobs(a.only, a.sizes, a.precision)
+    assert (sft.name, sft.args[-2:]) == ("sft@tiny/fp32", ("--precision", "fp32"))
+    assert ppo.name == "ppo@tiny" and "--precision" not in ppo.args  # PPO is fp32 on both sides
+    # fp32 rows join the bf16 rows of the same workload and size instead of replacing them
+    bf16 = _row(job="sft@tiny", rlfm=1.0)
+    merged = run_all.merge_rows([bf16], [_row(job=sft.name, rlfm=2.0)], {sft.name})
+    assert [(r["job"], r["rlfm"]) for r in merged] == [("sft@tiny", 1.0), ("sft@tiny/fp32", 2.0)]
     with pytest.raises(SystemExit):
         run_all.parse_args(["--out", "x.json", "--only", "nope"])
