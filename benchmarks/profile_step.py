@@ -16,9 +16,11 @@ once under the profiler (Python-heavy code slows more there). The report gives, 
 step times and, per step run (warm-up included), the time in the autograd backward and in the
 forward: rlfm's training forward with its loss (the model's calls from its training loop, so
 evaluation is left out), the peer's outermost model forward (its benchmarks do not evaluate).
-For ``sft`` and ``reward`` it adds the *ceiling*: the peer's plain step time over the part of
-rlfm's plain step that is forward + backward (their share of its profiled step), the ratio rlfm
-would reach if all else it does cost nothing. Then the functions with the most cumulative time (what a part of the step costs,
+For ``sft`` and ``reward`` it adds the *ceiling*: in the profiled runs, the peer's step over
+the part of rlfm's step that is forward + backward, the ratio rlfm would reach if all else it
+does cost nothing (plain runs minutes apart differ by more than the profiler's overhead on this
+machine; the profiler slows the peer's more Python-heavy step more, so the ceiling errs in
+rlfm's favour). Then the functions with the most cumulative time (what a part of the step costs,
 callees included) and the most own time (where the CPU actually is).
 """
 
@@ -160,10 +162,12 @@ def phases(stats: pstats.Stats, steps: int, workload: str, who: str) -> dict[str
 
 
 def ceiling(rl: dict[str, float], peer: dict[str, float]) -> tuple[float, float]:
-    """(share, ceiling): the share of rlfm's profiled step that is forward + backward (at most
-    1), and the peer's plain step over that share of rlfm's plain step."""
+    """(share, ceiling) from the profiled runs: the share of rlfm's step that is forward +
+    backward (at most 1), and the peer's step over that part of rlfm's step. Both steps come
+    from the same kind of run, minutes apart at most; the profiler slows the peer's more
+    Python-heavy step more, so the ceiling errs in rlfm's favour."""
     share = min(1.0, (rl["forward"] + rl["backward"]) / rl["step"])
-    return share, peer["plain"] / (share * rl["plain"])
+    return share, peer["step"] / (share * rl["step"])
 
 
 def main() -> None:
@@ -232,9 +236,9 @@ def main() -> None:
     line += f" ({peer['step'] / rl['step']:.2f}x under the profiler)"
     if a.workload != "ppo":
         share, top = ceiling(rl, peer)
-        line += (f"; forward + backward are {100 * share:.0f}% of rlfm's step (profiled), so its "
-                 f"ceiling is TRL's step {peer['plain']:.3f} s / ({share:.2f} x rlfm's "
-                 f"{rl['plain']:.3f} s) = {top:.2f}x")  # fmt: skip
+        line += (f"; under the profiler forward + backward are {100 * share:.0f}% of rlfm's "
+                 f"step, so its ceiling is TRL's step {peer['step']:.3f} s / ({share:.2f} x "
+                 f"rlfm's {rl['step']:.3f} s) = {top:.2f}x")  # fmt: skip
     text.insert(1, line)
     report = "\n".join(text)
     print(report)

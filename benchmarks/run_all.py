@@ -405,12 +405,13 @@ def run_job(job: Job, workdir: Path, timeout_s: float, python: str) -> tuple[lis
     with the load, and its details."""
     from _common import cpu_busy_s, others_share, run_child
 
-    out_file = workdir / f"{job.name}.json"
+    stem = job.name.replace("/", "-")  # sft@tiny/fp32: one file, not a folder
+    out_file = workdir / f"{stem}.json"
     out_file.unlink(missing_ok=True)
     cmd = [python, str(HERE / job.script), *job.args, job.out_flag, str(out_file)]
     print(f"\n== {job.name}: {shlex.join(cmd[1:])}  (at most {timeout_s:.0f} s)", flush=True)
     load_before, busy_before, t0 = os.getloadavg()[0], cpu_busy_s(), time.perf_counter()
-    res = run_child(cmd, workdir / f"{job.name}.log", timeout_s=timeout_s)
+    res = run_child(cmd, workdir / f"{stem}.log", timeout_s=timeout_s)
     wall = time.perf_counter() - t0
     load = {
         "before": load_before,
