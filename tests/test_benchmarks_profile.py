@@ -67,13 +67,13 @@ def test_called_from_counts_only_the_caller_s_calls(profile_step, tmp_path):
 
 
 def test_ceiling_by_hand(profile_step):
-    # rlfm: forward 0.02 + backward 0.03 of a 0.06 s profiled step = 5/6; plain step 0.05 s.
-    # The peer's plain step 0.1 s over (5/6 x 0.05 s) = 2.4x.
-    rl = {"forward": 0.02, "backward": 0.03, "step": 0.06, "plain": 0.05}
-    share, top = profile_step.ceiling(rl, {"plain": 0.1})
+    # rlfm, profiled: forward 0.02 + backward 0.03 of a 0.06 s step = 5/6 of it. The peer's
+    # profiled step 0.1 s over (5/6 x 0.06 s = 0.05 s) = 2x. Plain steps do not enter.
+    rl = {"forward": 0.02, "backward": 0.03, "step": 0.06, "plain": 0.5}
+    share, top = profile_step.ceiling(rl, {"step": 0.1, "plain": 9.0})
     assert share == pytest.approx(5 / 6)
-    assert top == pytest.approx(2.4)
-    # forward + backward counted over warm-up steps can exceed the timed step: capped at 1
-    share, top = profile_step.ceiling(rl | {"step": 0.04}, {"plain": 0.1})
-    assert share == 1.0
     assert top == pytest.approx(2.0)
+    # forward + backward counted over warm-up steps can exceed the timed step: capped at 1
+    share, top = profile_step.ceiling(rl | {"step": 0.04}, {"step": 0.1})
+    assert share == 1.0
+    assert top == pytest.approx(2.5)
