@@ -60,7 +60,7 @@ def ppo_child(spec_file: Path) -> None:
 
 
 def sides(a: argparse.Namespace, root: Path, precision: str) -> dict[str, tuple[list[str], int]]:
-    """Each side's command (without the interpreter) and the optimizer steps it runs in all."""
+    """Each side's command line and the optimizer steps (PPO: updates) it runs in all."""
     py = [sys.executable]
     if a.workload == "sft":
         import sft_vs_trl
@@ -105,8 +105,8 @@ def sides(a: argparse.Namespace, root: Path, precision: str) -> dict[str, tuple[
     for kind in ("rlfm", "trl"):
         f = root / f"{kind}.spec.json"
         result = str(root / f"{kind}.result.json")
-        f.write_text(json.dumps(spec | {"kind": f"{kind}-ppo", "out": str(root / f"{kind}-out")}
-                                | {"kind": kind, "result": result}))  # fmt: skip
+        f.write_text(json.dumps(spec | {"kind": kind, "out": str(root / f"{kind}-out"),
+                                        "result": result}))  # fmt: skip
         out[kind] = ([*py, str(Path(__file__).resolve()), "--ppo-child", str(f)], a.steps + 1)
     return out
 
@@ -244,6 +244,7 @@ def main() -> None:
     print(report)
     if a.out:
         a.out.write_text(report)
+    shutil.rmtree(root, ignore_errors=True)  # models, data and .prof files
 
 
 if __name__ == "__main__":
