@@ -16,12 +16,13 @@ once under the profiler (Python-heavy code slows more there). The report gives, 
 step times and, per step run (warm-up included), the time in the autograd backward and in the
 forward: rlfm's training forward with its loss (the model's calls from its training loop, so
 evaluation is left out), the peer's outermost model forward (its benchmarks do not evaluate).
-For ``sft`` and ``reward`` it adds the *ceiling*: in the profiled runs, the peer's step over
-the part of rlfm's step that is forward + backward, the ratio rlfm would reach if all else it
-does cost nothing (plain runs minutes apart differ by more than the profiler's overhead on this
-machine; the profiler slows the peer's more Python-heavy step more, so the ceiling errs in
-rlfm's favour). Then the functions with the most cumulative time (what a part of the step costs,
-callees included) and the most own time (where the CPU actually is).
+It adds the *ceiling*: in the profiled runs, the peer's step over the part of rlfm's step that
+is arithmetic the peer does too (training forward + backward; for PPO its epochs: forward,
+backward and optimizer), the ratio rlfm would reach if all else it does cost nothing. (Plain
+runs minutes apart differ by more than the profiler's overhead on a shared machine; the
+profiler slows the peer's more Python-heavy step more, so the ceiling errs in rlfm's favour.)
+Then the functions with the most cumulative time (what a part of the step costs, callees
+included) and the most own time (where the CPU actually is).
 """
 
 from __future__ import annotations
@@ -148,25 +149,38 @@ def called_from(stats: pstats.Stats, callee: tuple[str, str], caller: tuple[str,
     )
 
 
-def phases(stats: pstats.Stats, steps: int, workload: str, who: str) -> dict[str, float]:
-    """Backward and forward seconds per step run: rlfm's training forward where known, else
-    the outermost model forward (evaluation and sampling forwards included)."""
+def cumulative(stats: pstats.Stats, function: tuple[str, str]) -> float:
+    """Cumulative seconds of ``function`` (file name, function name), all its calls."""
     raw = stats.stats  # type: ignore[attr-defined]
-    backward = sum(v[3] for k, v in raw.items() if k[2] == BACKWARD)
+    return sum(
+        v[3] for k, v in raw.items() if Path(k[0]).name == function[0] and k[2] == function[1]
+    )
+
+
+def phases(stats: pstats.Stats, steps: int, workload: str, who: str) -> dict[str, float]:
+    """Seconds per step run: ``backward``, ``forward`` (rlfm's training forward for SFT and
+    reward models, else the outermost model forward, sampling and evaluation included) and, for
+    rlfm, ``train``: the arithmetic the peer does too — training forward + backward (SFT,
+    reward), the PPO epochs (``optimise``: forward, backward, optimizer) for PPO."""
+    raw = stats.stats  # type: ignore[attr-defined]
+    backward = sum(v[3] for k, v in raw.items() if k[2] == BACKWARD) / steps
+    forward = max((v[3] for k, v in raw.items() if k[0].endswith("modeling_gpt2.py") and
+                   k[2] == "forward"), default=0.0) / steps  # fmt: skip
+    out = {"backward": backward, "forward": forward}
     if who == "rlfm" and workload in TRAINING_FORWARD:
-        forward = called_from(stats, *TRAINING_FORWARD[workload])
-    else:
-        forward = max((v[3] for k, v in raw.items() if k[0].endswith("modeling_gpt2.py") and
-                       k[2] == "forward"), default=0.0)  # fmt: skip
-    return {"backward": backward / steps, "forward": forward / steps}
+        out["forward"] = called_from(stats, *TRAINING_FORWARD[workload]) / steps
+        out["train"] = out["forward"] + backward
+    elif who == "rlfm":
+        out["train"] = cumulative(stats, ("ppo.py", "optimise")) / steps
+    return out
 
 
 def ceiling(rl: dict[str, float], peer: dict[str, float]) -> tuple[float, float]:
-    """(share, ceiling) from the profiled runs: the share of rlfm's step that is forward +
-    backward (at most 1), and the peer's step over that part of rlfm's step. Both steps come
-    from the same kind of run, minutes apart at most; the profiler slows the peer's more
-    Python-heavy step more, so the ceiling errs in rlfm's favour."""
-    share = min(1.0, (rl["forward"] + rl["backward"]) / rl["step"])
+    """(share, ceiling) from the profiled runs: the share of rlfm's step that is the arithmetic
+    the peer does too (``train``; at most 1), and the peer's step over that part of rlfm's step.
+    Both steps come from the same kind of run; the profiler slows the peer's more Python-heavy
+    step more, so the ceiling errs in rlfm's favour."""
+    share = min(1.0, rl["train"] / rl["step"])
     return share, peer["step"] / (share * rl["step"])
 
 
@@ -224,6 +238,9 @@ def main() -> None:
               f"{step_s:.3f} s under the profiler; per {unit} run ({steps} in all, under the "
               f"profiler): backward {got[who]['backward']:.3f} s, {fwd} "
               f"{got[who]['forward']:.3f} s", file=out)  # fmt: skip
+        if who == "rlfm" and a.workload == "ppo":
+            print(f"its PPO epochs (optimise: forward, backward, optimizer) "
+                  f"{got[who]['train']:.3f} s per update run", file=out)  # fmt: skip
         if extra:
             print(extra, file=out)
         for key in ("cumulative", "tottime"):
@@ -232,13 +249,13 @@ def main() -> None:
             stats.strip_dirs().sort_stats(key).print_stats(a.top)
         text.append(out.getvalue())
     rl, peer = got["rlfm"], got["trl"]
+    share, top = ceiling(rl, peer)
+    shared = "its PPO epochs" if a.workload == "ppo" else "forward + backward"
     line = f"ratio {peer['plain'] / rl['plain']:.2f}x"
     line += f" ({peer['step'] / rl['step']:.2f}x under the profiler)"
-    if a.workload != "ppo":
-        share, top = ceiling(rl, peer)
-        line += (f"; under the profiler forward + backward are {100 * share:.0f}% of rlfm's "
-                 f"step, so its ceiling is TRL's step {peer['step']:.3f} s / ({share:.2f} x "
-                 f"rlfm's {rl['step']:.3f} s) = {top:.2f}x")  # fmt: skip
+    line += (f"; under the profiler {shared} are {100 * share:.0f}% of rlfm's {unit}, so its "
+             f"ceiling is TRL's {unit} {peer['step']:.3f} s / ({share:.2f} x rlfm's "
+             f"{rl['step']:.3f} s) = {top:.2f}x")  # fmt: skip
     text.insert(1, line)
     report = "\n".join(text)
     print(report)

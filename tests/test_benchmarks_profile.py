@@ -67,13 +67,47 @@ def test_called_from_counts_only_the_caller_s_calls(profile_step, tmp_path):
 
 
 def test_ceiling_by_hand(profile_step):
-    # rlfm, profiled: forward 0.02 + backward 0.03 of a 0.06 s step = 5/6 of it. The peer's
-    # profiled step 0.1 s over (5/6 x 0.06 s = 0.05 s) = 2x. Plain steps do not enter.
-    rl = {"forward": 0.02, "backward": 0.03, "step": 0.06, "plain": 0.5}
+    # rlfm, profiled: 0.05 s of a 0.06 s step is arithmetic the peer does too = 5/6 of it. The
+    # peer's profiled step 0.1 s over (5/6 x 0.06 s = 0.05 s) = 2x. Plain steps do not enter.
+    rl = {"train": 0.05, "step": 0.06, "plain": 0.5}
     share, top = profile_step.ceiling(rl, {"step": 0.1, "plain": 9.0})
     assert share == pytest.approx(5 / 6)
     assert top == pytest.approx(2.0)
-    # forward + backward counted over warm-up steps can exceed the timed step: capped at 1
+    # work counted over warm-up steps can exceed the timed step: capped at 1
     share, top = profile_step.ceiling(rl | {"step": 0.04}, {"step": 0.1})
     assert share == 1.0
     assert top == pytest.approx(2.5)
+
+
+def test_phases_per_step(profile_step):
+    """rlfm's SFT forward is batch_loss's calls from train (evaluation left out), ``train`` adds
+    the backward; the peer has no ``train``; PPO's is its optimise function, all calls."""
+    stats = _Stats(
+        {
+            ("/x/sft.py", 1, "batch_loss"): (
+                3,
+                3,
+                0.0,
+                0.9,
+                {
+                    ("/x/sft.py", 9, "train"): (2, 2, 0.0, 0.6),
+                    ("/x/sft.py", 5, "evaluate"): (1, 1, 0.0, 0.3),
+                },
+            ),
+            ("~", 0, profile_step.BACKWARD): (2, 2, 0.4, 0.4, {}),
+            ("/t/modeling_gpt2.py", 7, "forward"): (3, 3, 0.0, 0.8, {}),
+            ("/x/ppo.py", 3, "optimise"): (2, 2, 0.0, 1.0, {}),
+        }
+    )
+    rl = profile_step.phases(stats, 2, "sft", "rlfm")
+    assert rl == pytest.approx({"backward": 0.2, "forward": 0.3, "train": 0.5})
+    peer = profile_step.phases(stats, 2, "sft", "trl")
+    assert peer == pytest.approx({"backward": 0.2, "forward": 0.4})  # outermost forward
+    assert profile_step.phases(stats, 2, "ppo", "rlfm")["train"] == pytest.approx(0.5)
+
+
+class _Stats:
+    """A stand-in for pstats.Stats: its ``stats`` mapping only."""
+
+    def __init__(self, stats: dict):
+        self.stats = stats
