@@ -523,7 +523,7 @@ def ppo_samples(res: dict, warmup: int) -> dict:
 # ---------------------------------------------------------------------------- main
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--parts", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c"])
     p.add_argument("--size", choices=list(SIZES), default="small", help="model size")
@@ -551,6 +551,36 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    return p
+
+
+def common_spec(a: argparse.Namespace, assets: dict) -> dict:
+    """What every child of a run gets: the model, prompts and shape from the command line."""
+    return {
+        "prompt_ids": assets["prompt_ids"][: a.prompts],
+        "prompts_file": assets["prompts_file"],
+        "batch": a.prompts,
+        "prompt_tokens": a.prompt_tokens,
+        "new_tokens": a.new_tokens,
+        "precision": a.precision,
+        "lora_r": a.lora_r,
+        "epochs": a.epochs,
+        "trl_checkpointing": a.trl_gradient_checkpointing,
+        "pad": assets["pad"],
+        "eos": assets["eos"],
+        "model": assets["model"],
+        "rm": assets["rm"],
+    }
+
+
+def full_ppo_spec(a: argparse.Namespace, assets: dict) -> dict:
+    """Part (a): full fine-tuning, ``a.warmup + a.updates`` updates (add ``kind``)."""
+    spec = common_spec(a, assets) | {"adapter": "full", "micro_batch": a.micro_batch}
+    return spec | {"updates": a.warmup + a.updates}
+
+
+def main() -> None:
+    p = parser()
     a = p.parse_args()
     if a.child:
         spec = json.loads(a.child.read_text())
@@ -569,25 +599,10 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="ppo-bench-"))
     print(f"building tokenizer, {a.size} model and prompts in {root} ...", flush=True)
     assets = make_assets(root, a)
-    common = {
-        "prompt_ids": assets["prompt_ids"][: a.prompts],
-        "prompts_file": assets["prompts_file"],
-        "batch": a.prompts,
-        "prompt_tokens": a.prompt_tokens,
-        "new_tokens": a.new_tokens,
-        "precision": a.precision,
-        "lora_r": a.lora_r,
-        "epochs": a.epochs,
-        "trl_checkpointing": a.trl_gradient_checkpointing,
-        "pad": assets["pad"],
-        "eos": assets["eos"],
-        "model": assets["model"],
-        "rm": assets["rm"],
-    }
+    common = common_spec(a, assets)
     jobs: dict[str, list[tuple[str, dict]]] = {}
     if "a" in a.parts:
-        spec = common | {"adapter": "full", "micro_batch": a.micro_batch}
-        spec |= {"updates": a.warmup + a.updates}
+        spec = full_ppo_spec(a, assets)
         jobs["a"] = [("rlfm", spec | {"kind": "rlfm-ppo"}), ("trl", spec | {"kind": "trl-ppo"})]
     if "b" in a.parts:
         spec = common | {"adapter": "lora", "micro_batch": a.lora_micro_batch}

@@ -46,34 +46,19 @@ sys.path.insert(0, str(HERE))
 BACKWARD = "<method 'run_backward' of 'torch._C._EngineBase' objects>"
 
 
-def ppo_child(spec_file: Path) -> None:
-    """One PPO contender in this process (the parent wraps it in cProfile)."""
-    import ppo_vs_trl
-
-    spec = json.loads(spec_file.read_text())
-    fn = {"rlfm": ppo_vs_trl.child_rlfm_ppo, "trl": ppo_vs_trl.child_trl_ppo}[spec["kind"]]
-    res = fn(spec)
-    st = res["stamps"]
-    walls = [b["wall"] - a["wall"] for a, b in zip(st, st[1:])]
-    extra = f"generation s per update: {[round(g['s'], 2) for g in res['gens']]}"
-    out = {"step_s": sum(walls) / max(1, len(walls)), "unit": "update", "extra": extra}
-    Path(spec["result"]).write_text(json.dumps(out))
-
-
 def sides(a: argparse.Namespace, root: Path, precision: str) -> dict[str, tuple[list[str], int]]:
-    """Each side's command line and the optimizer steps (PPO: updates) it runs in all."""
-    py = [sys.executable]
+    """Each side's command line (the benchmark's own child, with the benchmark's defaults) and
+    the optimizer steps (PPO: updates) it runs in all."""
     if a.workload == "sft":
         import sft_vs_trl
 
-        ns = argparse.Namespace(size=a.size, rows=3000, max_length=128)
-        sft_vs_trl.prepare(ns, root)
-        flags = [f"--size={a.size}", f"--steps={a.steps}", f"--warmup={a.warmup}",
-                 f"--precision={precision}", "--rows=3000", "--max-length=128",
-                 "--batch-size=16", "--lr=0.0003", "--trl-loss=nll", "--adapter=full",
-                 f"--workdir={root}", "--attention=eager"]  # fmt: skip
-        script = str(HERE / "sft_vs_trl.py")
-        return {w: ([*py, script, "--child", w, *flags], a.steps) for w in ("rlfm", "trl")}
+        args = sft_vs_trl.parse_args([f"--size={a.size}", f"--steps={a.steps}",
+                                      f"--warmup={a.warmup}", f"--precision={precision}"])  # fmt: skip
+        sft_vs_trl.prepare(args, root)
+        return {
+            "rlfm": (sft_vs_trl.child_command(args, root, "rlfm"), a.steps),
+            "trl": (sft_vs_trl.child_command(args, root, "trl", "eager"), a.steps),
+        }
     if a.workload == "reward":
         import reward_vs_trl as rw
 
@@ -89,40 +74,45 @@ def sides(a: argparse.Namespace, root: Path, precision: str) -> dict[str, tuple[
         (root / "trl").mkdir()
         peer = spec | {"data": trl_file, "out": str(root / "trl" / "r.json"), "attention": "eager"}
         (root / "trl.spec.json").write_text(json.dumps(peer))
-        trl_cmd = [*py, str(HERE / "reward_vs_trl.py"), "--child", str(root / "trl.spec.json")]
+        trl_cmd = [
+            sys.executable,
+            str(HERE / "reward_vs_trl.py"),
+            "--child",
+            str(root / "trl.spec.json"),
+        ]
         return {"rlfm": (rlfm_cmd, a.steps), "trl": (trl_cmd, a.steps)}
     import ppo_vs_trl
 
-    ns = argparse.Namespace(size=a.size, prompts=a.prompts, prompt_tokens=24)
-    assets = ppo_vs_trl.make_assets(root, ns)
-    spec = {
-        "prompt_ids": assets["prompt_ids"][: a.prompts], "prompts_file": assets["prompts_file"],
-        "batch": a.prompts, "prompt_tokens": 24, "new_tokens": 32, "precision": "fp32", "lora_r": 8,
-        "epochs": 4, "trl_checkpointing": False, "pad": assets["pad"], "eos": assets["eos"],
-        "model": assets["model"], "rm": assets["rm"], "adapter": "full", "micro_batch": None,
-        "updates": a.steps + 1,
-    }  # fmt: skip
+    args = ppo_vs_trl.parser().parse_args([f"--size={a.size}", f"--prompts={a.prompts}",
+                                           f"--updates={a.steps}", "--warmup=1"])  # fmt: skip
+    spec = ppo_vs_trl.full_ppo_spec(args, ppo_vs_trl.make_assets(root, args))
     out = {}
-    for kind in ("rlfm", "trl"):
-        f = root / f"{kind}.spec.json"
-        result = str(root / f"{kind}.result.json")
-        f.write_text(json.dumps(spec | {"kind": kind, "out": str(root / f"{kind}-out"),
-                                        "result": result}))  # fmt: skip
-        out[kind] = ([*py, str(Path(__file__).resolve()), "--ppo-child", str(f)], a.steps + 1)
+    for who in ("rlfm", "trl"):
+        f = root / f"{who}.spec.json"
+        f.write_text(json.dumps(spec | {"kind": f"{who}-ppo", "out": str(root / f"{who}-out"),
+                                        "result": str(root / f"{who}.result.json")}))  # fmt: skip
+        cmd = [sys.executable, str(HERE / "ppo_vs_trl.py"), "--child", str(f)]
+        out[who] = (cmd, spec["updates"])
     return out
 
 
-def step_seconds(workload: str, who: str, root: Path, stdout: str) -> tuple[float, str]:
+def step_seconds(a: argparse.Namespace, who: str, root: Path, stdout: str) -> tuple[float, str]:
     """The step time the benchmark's own stamps measured, and an extra line."""
-    if workload == "sft":
+    if a.workload == "sft":
+        import sft_vs_trl
+
         line = [x for x in stdout.splitlines() if x.startswith("RESULT ")][-1]
-        return 16 / json.loads(line[len("RESULT ") :])["samples_per_s"], ""
-    if workload == "reward":
+        rate = json.loads(line[len("RESULT ") :])["samples_per_s"]
+        return sft_vs_trl.parse_args([]).batch_size / rate, ""
+    if a.workload == "reward":
         res = json.loads((root / who / "r.json").read_text())
         per_step = json.loads((root / "trl.spec.json").read_text())["pairs_per_step"]
         return per_step / res["rate"], ""
+    import ppo_vs_trl
+
     res = json.loads((root / f"{who}.result.json").read_text())
-    return res["step_s"], res["extra"]
+    gens = f"generation s per update: {[round(g['s'], 2) for g in res['gens']]}"
+    return 1 / ppo_vs_trl.update_rate(res, 1), gens
 
 
 # rlfm's training forward (with its loss), as (callee, caller) pairs of (file, function): the
@@ -194,10 +184,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=32, help="ppo: prompts per update (100m: 8)")
     p.add_argument("--top", type=int, default=22)
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--ppo-child", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args()
-    if a.ppo_child:
-        return ppo_child(a.ppo_child)
     a.steps = a.steps or {"sft": 60, "reward": 40, "ppo": 2}[a.workload]
     if a.workload != "ppo" and a.steps <= a.warmup:
         p.error(f"--steps ({a.steps}) must exceed --warmup ({a.warmup})")
@@ -213,7 +200,6 @@ def main() -> None:
     text = [f"# {a.workload}, {a.size} size, {precision}, default threads ({command}); "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, 1-min load {load:.1f}; "
             "the two sides ran one after the other, each in its own process"]  # fmt: skip
-    got: dict[str, dict[str, float]] = {}
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
 
     def run(who: str, cmd: list[str]) -> tuple[float, str]:
@@ -222,7 +208,7 @@ def main() -> None:
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if r.returncode != 0:
             sys.exit(f"{who} failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
-        return step_seconds(a.workload, who, root, r.stdout)
+        return step_seconds(a, who, root, r.stdout)
 
     got: dict[str, dict[str, float]] = {}
     unit = "update" if a.workload == "ppo" else "step"

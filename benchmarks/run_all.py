@@ -452,10 +452,9 @@ def select_jobs(only: list[str], sizes: list[str], precision: str | None = None)
         from rlfm.engine import bf16_supported
 
         precision = "bf16" if bf16_supported(torch.device("cpu")) else "fp32"
+    suffix = "fp32" if precision == "fp32" else ""  # bf16 jobs keep their plain names
     return [
-        replace(
-            j, args=(*j.args, "--precision", precision), precision=precision * (precision == "fp32")
-        )
+        replace(j, args=(*j.args, "--precision", precision), precision=suffix)
         if j.workload in PRECISION_WORKLOADS
         else j
         for j in jobs

@@ -269,7 +269,8 @@ def child(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- parent
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with the learning rate and precision defaults resolved."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--adapter", choices=["full", "lora"], default="full")
     p.add_argument("--size", choices=list(SIZES), default="small", help="model size")
@@ -288,7 +289,7 @@ def main() -> None:
     add_peer_attention_arg(p)
     p.add_argument("--child", choices=["rlfm", "trl"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--attention", default="sdpa", help=argparse.SUPPRESS)  # a TRL child's
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.lr is None:
         args.lr = 3e-4 if args.adapter == "full" else 2e-3
     if args.precision is None:
@@ -297,6 +298,22 @@ def main() -> None:
         from rlfm.engine import bf16_supported
 
         args.precision = "bf16" if bf16_supported(torch.device("cpu")) else "fp32"
+    return args
+
+
+def child_command(args: argparse.Namespace, work: Path, who: str, attention: str = "") -> list[str]:
+    """The command line of one contender (``who``: rlfm or trl; ``attention``: TRL's)."""
+    flags = [
+        f"--{k.replace('_', '-')}={v}"
+        for k, v in vars(args).items()
+        if v is not None and k not in ("child", "workdir", "json", "peer_attention", "attention")
+    ]
+    cmd = [sys.executable, str(HERE), "--child", who, "--workdir", str(work), *flags]
+    return cmd + ([f"--attention={attention}"] if attention else [])
+
+
+def main() -> None:
+    args = parse_args()
     if args.child:
         child(args)
         return
@@ -312,19 +329,14 @@ def main() -> None:
         f"{args.batch_size}, {args.steps} steps ({args.warmup} warm-up, not timed), "
         f"{args.precision}, lr {args.lr:g}"
     )
-    flags = [
-        f"--{k.replace('_', '-')}={v}"
-        for k, v in vars(args).items()
-        if v is not None and k not in ("child", "workdir", "json", "peer_attention", "attention")
-    ]
     sides = ["rlfm"] + [f"trl-{x}" for x in args.peer_attention]
     results: dict[str, list[dict]] = {name: [] for name in sides}
     for r in range(args.rounds):
         for name in sides if r % 2 == 0 else sides[::-1]:
             who, _, attn = name.partition("-")
-            cmd = [sys.executable, str(HERE), "--child", who, "--workdir", str(work), *flags]
-            cmd += [f"--attention={attn}"] if attn else []
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = subprocess.run(
+                child_command(args, work, who, attn), capture_output=True, text=True
+            )
             lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode != 0 or not lines:
                 sys.exit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")

@@ -242,9 +242,8 @@ def packed_for_inference(model: nn.Module, rows: int) -> Iterator[int]:
     patched: list[nn.Module] = []
     try:
         wanted = ENABLED and rows >= PACK_MIN_ROWS and not _has_adapters(model)
-        layers = [
-            m for m in model.modules() if wanted and _packable(m) and "forward" not in m.__dict__
-        ]
+        modules = model.modules() if wanted else ()  # scanned only when packing is wanted
+        layers = [m for m in modules if _packable(m) and "forward" not in m.__dict__]
         size = sum(m.weight.numel() * m.weight.element_size() for m in layers)
         free = available_memory() if layers else None
         if layers and (free is None or 2 * size <= free):
